@@ -1,0 +1,242 @@
+"""Batch Normalization (Ioffe & Szegedy, 2015) as pure functions and one linen module.
+
+Names: the paper's gamma/beta are `scale`/`bias` (Flax's names, so parameter trees
+match `flax.linen.BatchNorm`); population statistics E[x], Var[x] are `mean`/`var`
+in the `batch_stats` collection, next to `count`, the number of updates so far.
+
+The pure functions, in the order a BN layer uses them:
+  moments            Algorithm 1, lines 1-2: batch mean and biased variance over
+                     chosen axes (and across devices), in float32, two-pass.
+  normalize          Algorithm 1, lines 3-4 (and Algorithm 2, line 11 when given
+                     population statistics): y = scale * (x - mean)/sqrt(var + eps) + bias.
+  unbiased_variance  Algorithm 2, line 10's correction: var * m / (m - 1).
+  ema_update         running <- decay * running + (1 - decay) * batch.
+  average_update     exact running mean over batches (Algorithm 2, lines 9-10):
+                     running <- running + (batch - running) / (count + 1).
+
+Variants (ghost batches, renormalization, noise, frozen statistics) are built from
+the same functions: they change which axes `moments` reduces over, which
+statistics `normalize` gets, or what is added after it.
+"""
+
+from typing import Any, Callable, NamedTuple, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+Array = jax.Array
+Axes = int | Sequence[int]
+
+POPULATION_MODES = ("ema", "average")
+
+
+class Moments(NamedTuple):
+  """Batch statistics of Algorithm 1: mean, biased variance, values per statistic."""
+  mean: Array
+  var: Array
+  count: Array  # m: how many values each statistic was computed from
+
+
+def _canonical_axes(ndim: int, axes: Axes) -> tuple[int, ...]:
+  axes = (axes,) if isinstance(axes, int) else tuple(axes)
+  return tuple(sorted(a % ndim for a in axes))
+
+
+def _sum(x: Array, axes: tuple[int, ...], axis_name: str | None) -> Array:
+  s = jnp.sum(x, axis=axes)
+  return s if axis_name is None else lax.psum(s, axis_name)
+
+
+def moments(
+    x: Array,
+    axes: Axes,
+    *,
+    axis_name: str | None = None,
+    mask: Array | None = None,
+) -> Moments:
+  """Mean and biased variance of `x` over `axes` (and over devices of `axis_name`).
+
+  Per-activation statistics for a dense layer: axes=(0,). Per feature map for an
+  NHWC convolution: axes=(0, 1, 2), so m = batch * height * width. Computed in
+  float32 whatever the dtype of `x`, as mean((x - mean)^2): the one-pass
+  E[x^2] - E[x]^2 loses all precision when |mean| >> std. Across devices the sums
+  and counts are all-reduced (not the per-device means), so devices holding
+  different numbers of masked-in values are weighted correctly.
+
+  Args:
+    x: input.
+    axes: axes to reduce over; the others index the statistics.
+    axis_name: named axis (pmap / shard_map) to reduce across devices, or None.
+    mask: optional array broadcastable to `x`; nonzero marks values that count.
+  """
+  axes = _canonical_axes(x.ndim, axes)
+  x = x.astype(jnp.promote_types(x.dtype, jnp.float32))
+  if mask is None:
+    local = 1
+    for a in axes:
+      local *= x.shape[a]
+    devices = 1 if axis_name is None else lax.psum(1, axis_name)
+    count = jnp.asarray(local * devices, x.dtype)
+    mean = _sum(x, axes, axis_name) / count
+    var = _sum(jnp.square(x - jnp.expand_dims(mean, axes)), axes, axis_name) / count
+  else:
+    w = jnp.broadcast_to(mask, x.shape).astype(x.dtype)
+    count = _sum(w, axes, axis_name)
+    safe = jnp.maximum(count, 1.0)
+    mean = _sum(w * x, axes, axis_name) / safe
+    var = _sum(w * jnp.square(x - jnp.expand_dims(mean, axes)), axes, axis_name) / safe
+  return Moments(mean, var, count)
+
+
+def normalize(
+    x: Array,
+    mean: Array,
+    var: Array,
+    scale: Array | None = None,
+    bias: Array | None = None,
+    *,
+    axes: Axes,
+    epsilon: float,
+    dtype: Any = None,
+) -> Array:
+  """y = scale * (x - mean) / sqrt(var + epsilon) + bias, statistics broadcast over `axes`.
+
+  With batch statistics this is Algorithm 1; with population statistics it is the
+  fixed affine map of Algorithm 2. Written as x * a + b with per-feature a, b so
+  that only two elementwise operations touch the full activation tensor.
+  """
+  axes = _canonical_axes(x.ndim, axes)
+  mul = lax.rsqrt(var + epsilon)
+  if scale is not None:
+    mul = mul * scale.astype(mul.dtype)
+  shift = -mean * mul
+  if bias is not None:
+    shift = shift + bias.astype(shift.dtype)
+  mul, shift = jnp.expand_dims(mul, axes), jnp.expand_dims(shift, axes)
+  dtype = dtype or x.dtype
+  y = x.astype(mul.dtype) * mul + shift
+  return y.astype(dtype)
+
+
+def unbiased_variance(var: Array, count: Array) -> Array:
+  """Algorithm 2's correction Var = m / (m - 1) * sigma2_B (m = values per statistic)."""
+  return var * count / jnp.maximum(count - 1.0, 1.0)
+
+
+def ema_update(running: Array, batch: Array, decay: float) -> Array:
+  """Exponential moving average: running <- decay * running + (1 - decay) * batch."""
+  return decay * running + (1.0 - decay) * batch
+
+
+def average_update(running: Array, batch: Array, count: Array) -> Array:
+  """Exact mean over batches: after k updates `running` is the mean of the k batches.
+
+  `count` is the number of batches already averaged into `running`.
+  """
+  return running + (batch - running) / (count + 1.0).astype(running.dtype)
+
+
+def update_population(
+    mean: Array,
+    var: Array,
+    count: Array,
+    batch: Moments,
+    *,
+    mode: str,
+    decay: float,
+    unbiased: bool,
+) -> tuple[Array, Array]:
+  """New population (mean, var) after one batch; `count` = updates so far."""
+  batch_var = unbiased_variance(batch.var, batch.count) if unbiased else batch.var
+  if mode == "ema":
+    return ema_update(mean, batch.mean, decay), ema_update(var, batch_var, decay)
+  if mode == "average":
+    return average_update(mean, batch.mean, count), average_update(var, batch_var, count)
+  raise ValueError(f"population mode {mode!r} is not one of {POPULATION_MODES}")
+
+
+class BatchNorm(nn.Module):
+  """BN layer: batch statistics in training, population statistics in evaluation.
+
+  Statistics are taken over every axis except `feature_axes` ("per activation" for
+  a dense layer's (batch, features) input; "spatial" per feature map for NHWC).
+  Population statistics live in the `batch_stats` collection as float32 `mean`,
+  `var` and an int32 `count` of updates, and are updated in training per
+  `population`: "ema" (running <- decay * running + (1 - decay) * batch, as Flax;
+  note PyTorch's momentum is 1 - decay) or "average" (the exact mean over all
+  batches seen since the statistics were reset: Algorithm 2). `unbiased` applies
+  m/(m-1) to each batch variance before it enters the population.
+
+  Attributes:
+    use_running_average: evaluation mode (population statistics, nothing updated).
+    feature_axes: axes that index the statistics (default: last).
+    epsilon: added to the variance inside the square root.
+    decay: EMA decay (only for population="ema").
+    population: "ema" or "average".
+    unbiased: apply m/(m-1) to batch variances entering the population.
+    axis_name: named device axis to compute batch statistics across, or None for
+      per-device statistics.
+    use_scale / use_bias: learn gamma / beta.
+    dtype: output dtype (default: input dtype); statistics are always float32.
+    param_dtype: dtype of scale and bias.
+  """
+
+  use_running_average: bool | None = None
+  feature_axes: Axes = -1
+  epsilon: float = 1e-5
+  decay: float = 0.99
+  population: str = "ema"
+  unbiased: bool = False
+  axis_name: str | None = None
+  use_scale: bool = True
+  use_bias: bool = True
+  dtype: Any = None
+  param_dtype: Any = jnp.float32
+  scale_init: Callable[..., Array] = nn.initializers.ones
+  bias_init: Callable[..., Array] = nn.initializers.zeros
+
+  @nn.compact
+  def __call__(
+      self,
+      x: Array,
+      use_running_average: bool | None = None,
+      *,
+      mask: Array | None = None,
+  ) -> Array:
+    """Normalizes `x`; in training also updates `batch_stats` (when mutable)."""
+    eval_mode = nn.merge_param(
+        "use_running_average", self.use_running_average, use_running_average)
+    feature_axes = _canonical_axes(x.ndim, self.feature_axes)
+    reduce_axes = tuple(a for a in range(x.ndim) if a not in feature_axes)
+    feature_shape = tuple(x.shape[a] for a in feature_axes)
+
+    ra_mean = self.variable("batch_stats", "mean", jnp.zeros, feature_shape, jnp.float32)
+    ra_var = self.variable("batch_stats", "var", jnp.ones, feature_shape, jnp.float32)
+    ra_count = self.variable("batch_stats", "count", jnp.zeros, (), jnp.int32)
+    scale = (self.param("scale", self.scale_init, feature_shape, self.param_dtype)
+             if self.use_scale else None)
+    bias = (self.param("bias", self.bias_init, feature_shape, self.param_dtype)
+            if self.use_bias else None)
+
+    if eval_mode:
+      mean, var = ra_mean.value, ra_var.value
+    else:
+      batch = moments(x, reduce_axes, axis_name=self.axis_name, mask=mask)
+      mean, var = batch.mean, batch.var
+      # Skipped while Flax initializes, so that init leaves the defaults in place.
+      if not self.is_initializing() and self.is_mutable_collection("batch_stats"):
+        stats = jax.tree.map(lax.stop_gradient, batch)
+        ra_mean.value, ra_var.value = update_population(
+            ra_mean.value, ra_var.value, ra_count.value.astype(jnp.float32), stats,
+            mode=self.population, decay=self.decay, unbiased=self.unbiased)
+        ra_count.value = ra_count.value + 1
+
+    return normalize(x, mean, var, scale, bias, axes=reduce_axes,
+                     epsilon=self.epsilon, dtype=self.dtype or x.dtype)
+
+
+def reset_population(batch_stats: Any) -> Any:
+  """batch_stats with every BN layer's mean, var and count set to zero (before Algorithm 2)."""
+  return jax.tree.map(jnp.zeros_like, batch_stats)

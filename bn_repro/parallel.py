@@ -1,0 +1,54 @@
+"""The one data-parallel seam: per-device SPMD functions with a named axis, run under pmap.
+
+Everything a step does across devices (gradient mean, BN statistics) is written
+with collectives on `AXIS`, so the wrapper that maps a function over devices is
+this module's `data_parallel` alone. Arrays crossing it carry a leading device axis.
+"""
+
+from typing import Any, Callable, Sequence
+
+import jax
+import numpy as np
+
+from bn_repro.errors import UserError
+
+AXIS = "batch"
+
+
+def devices(num_devices: int = 0) -> list[jax.Device]:
+  """The first `num_devices` local devices (0: all of them), in pmap's order."""
+  available = jax.local_devices()
+  if num_devices < 0 or num_devices > len(available):
+    raise UserError(
+        f"asks for {num_devices} devices but {len(available)} are available; "
+        f"set it to 0 (all) or at most {len(available)}", field="config.num_devices")
+  return available[:num_devices] if num_devices else available
+
+
+def _sharding(devs: Sequence[jax.Device]) -> jax.sharding.NamedSharding:
+  mesh = jax.sharding.Mesh(np.array(devs), (AXIS,))
+  return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(AXIS))
+
+
+def shard(tree: Any, devs: Sequence[jax.Device]) -> Any:
+  """Puts arrays whose leading axis has one entry per device onto those devices."""
+  sharding = _sharding(devs)
+  return jax.tree.map(lambda x: jax.device_put(x, sharding), tree)
+
+
+def replicate(tree: Any, devs: Sequence[jax.Device]) -> Any:
+  """One copy of every leaf per device, stacked on a new leading axis."""
+  n = len(devs)
+  return shard(jax.tree.map(lambda x: np.broadcast_to(np.asarray(x), (n,) + np.shape(x)), tree),
+               devs)
+
+
+def unreplicate(tree: Any) -> Any:
+  """Device 0's copy of a replicated tree, as host NumPy arrays."""
+  return jax.tree.map(lambda x: np.asarray(x[0]), tree)
+
+
+def data_parallel(fn: Callable, devs: Sequence[jax.Device], *,
+                  donate_argnums: Sequence[int] = ()) -> Callable:
+  """Maps a per-device function (collectives over `AXIS`) over `devs` with jax.pmap."""
+  return jax.pmap(fn, axis_name=AXIS, devices=list(devs), donate_argnums=tuple(donate_argnums))
