@@ -1,0 +1,70 @@
+"""Command line: `bn-repro --config=configs/mnist_mlp.py:bn_sigmoid --workdir=runs/x`.
+
+Fields are overridden with `--config.<field>=<value>`. Exit codes: 0 done,
+2 bad input (one line on stderr), 3 the run diverged (recorded in the workdir).
+"""
+
+import logging as pylogging
+import os
+import sys
+
+from absl import app
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
+
+EXIT_BAD_INPUT = 2
+EXIT_DIVERGED = 3
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/mnist_mlp.py:bn_sigmoid.",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and the resolved config.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def _main(argv):
+  if len(argv) > 1:
+    _fail(f"unexpected arguments {' '.join(argv[1:])!r}; fields are set as --config.<field>=<value>")
+  from bn_repro import train  # pylint: disable=g-import-not-at-top
+  from bn_repro.errors import UserError  # pylint: disable=g-import-not-at-top
+  try:
+    train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  except UserError as e:
+    _fail(str(e))
+  except train.Diverged as e:
+    print(f"bn-repro: the run diverged at step {e.step}; status recorded in "
+          f"{_WORKDIR.value}/status.json", file=sys.stderr)
+    sys.exit(EXIT_DIVERGED)
+
+
+def _fail(message: str) -> None:
+  print(f"bn-repro: error: {message}", file=sys.stderr)
+  sys.exit(EXIT_BAD_INPUT)
+
+
+def _parse_flags(argv):
+  """absl's parser, with a bad flag or config override as one line and exit 2."""
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    _fail(str(e).splitlines()[0])
+  except Exception as e:  # a config file's get_config() rejecting its variant, a bad override
+    _fail(f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+
+
+class _OwnInfoOnly(pylogging.Filter):
+  """INFO lines from bn_repro only; libraries (orbax logs every save) speak from WARNING up."""
+
+  def filter(self, record: pylogging.LogRecord) -> bool:
+    return record.levelno >= pylogging.WARNING or f"{os.sep}bn_repro{os.sep}" in record.pathname
+
+
+def run():
+  """Console-script entry point."""
+  logging.set_verbosity(logging.INFO)
+  logging.get_absl_handler().addFilter(_OwnInfoOnly())
+  app.run(_main, flags_parser=_parse_flags)
+
+
+if __name__ == "__main__":
+  run()

@@ -1,0 +1,377 @@
+"""Training: state, the per-device step, and the loop (`train_and_evaluate`).
+
+The dataset sits in device memory (uint8) and the host sends only example
+indices; `lax.scan` runs many SGD steps per device call. The order of examples
+is a pure function of (seed, step) (`data.train_batch_indices`), so the step is
+the data position and a resumed run sees exactly the batches an uninterrupted
+one would.
+"""
+
+import json
+import math
+import os
+import time
+from typing import Any
+
+from absl import logging
+from flax.training import train_state
+import jax
+import jax.numpy as jnp
+from jax import lax
+import ml_collections
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+
+from bn_repro import batch_norm
+from bn_repro import data
+from bn_repro import models
+from bn_repro import parallel
+from bn_repro import validation
+from bn_repro.models import common
+from bn_repro.errors import UserError
+from bn_repro.metrics import MetricWriter
+
+CONFIG_FILE = "config.json"
+STATUS_FILE = "status.json"
+CHECKPOINT_DIR = "checkpoints"
+PERCENTILES = (15, 50, 85)
+
+# Settings that may change between a run and its resumption.
+RESUMABLE_CHANGES = ("num_steps", "log_every", "eval_every", "checkpoint_every",
+                     "tensorboard", "num_devices")
+
+
+class TrainState(train_state.TrainState):
+  batch_stats: Any = None
+
+
+class Diverged(Exception):
+  """The loss or the BN statistics stopped being finite; `step` is the first bad step."""
+
+  def __init__(self, step: int):
+    self.step = step
+    super().__init__(f"diverged at step {step}")
+
+
+def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+  o = config.optimizer
+  return optax.sgd(o.learning_rate, momentum=o.momentum or None)
+
+
+def preprocess(images: jax.Array, dtype: Any) -> jax.Array:
+  """uint8 pixels to [0, 1]."""
+  return images.astype(dtype) * (1.0 / 255.0)
+
+
+def create_train_state(config, model, sample_images: np.ndarray) -> TrainState:
+  rng = jax.random.PRNGKey(config.seed)
+  variables = model.init(rng, preprocess(jnp.asarray(sample_images), jnp.float32), train=False)
+  return TrainState.create(
+      apply_fn=model.apply,
+      params=variables["params"],
+      batch_stats=variables.get("batch_stats", {}),
+      tx=make_optimizer(config),
+  )
+
+
+def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+  return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+
+
+# ---------------------------------------------------------------------------
+# Per-device functions (SPMD, collectives over parallel.AXIS).
+
+
+def train_step(state: TrainState, images, labels, *, dtype, sync_batch_stats: bool):
+  """One SGD step on this device's share of the global batch."""
+  x = preprocess(images, dtype)
+
+  def loss_fn(params):
+    logits, updates = state.apply_fn(
+        {"params": params, "batch_stats": state.batch_stats}, x, train=True,
+        mutable=["batch_stats"])
+    loss = cross_entropy(logits, labels).mean()
+    return loss, (logits, updates.get("batch_stats", state.batch_stats))
+
+  (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+      state.params)
+  grads = lax.pmean(grads, parallel.AXIS)
+  if sync_batch_stats:  # per-device BN: average the population statistics
+    batch_stats = jax.tree.map(
+        lambda v: lax.pmean(v, parallel.AXIS) if jnp.issubdtype(v.dtype, jnp.floating) else v,
+        batch_stats)
+  state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
+  accuracy = jnp.mean(jnp.argmax(logits, -1) == labels)
+  return state, lax.pmean(jnp.stack([loss, accuracy]), parallel.AXIS)
+
+
+def train_chunk(state, images, labels, indices, *, dtype, sync_batch_stats):
+  """len(indices) steps; returns the state and per-step [loss, accuracy]."""
+
+  def body(state, idx):
+    return train_step(state, images[idx], labels[idx], dtype=dtype,
+                      sync_batch_stats=sync_batch_stats)
+
+  return lax.scan(body, state, indices)
+
+
+def recompute_population(state, images, labels, indices, *, dtype):
+  """Algorithm 2: population statistics as the exact mean over len(indices) batches."""
+  del labels
+
+  def body(batch_stats, idx):
+    _, updates = state.apply_fn(
+        {"params": state.params, "batch_stats": batch_stats},
+        preprocess(images[idx], dtype), train=True, mutable=["batch_stats"])
+    return updates["batch_stats"], None
+
+  batch_stats, _ = lax.scan(body, batch_norm.reset_population(state.batch_stats), indices)
+  return state.replace(batch_stats=batch_stats)
+
+
+def evaluate(state, images, labels, mask, *, dtype, probe_unit: int):
+  """Sums of correct, loss and count over this device's eval batches, and probe values."""
+
+  def body(sums, batch):
+    x, y, m = batch
+    logits, inter = state.apply_fn(
+        {"params": state.params, "batch_stats": state.batch_stats},
+        preprocess(x, dtype), train=False, mutable=["intermediates"])
+    correct = (jnp.argmax(logits, -1) == y).astype(jnp.float32)
+    sums = sums + jnp.stack([jnp.sum(correct * m), jnp.sum(cross_entropy(logits, y) * m),
+                             jnp.sum(m)])
+    probe = inter.get("intermediates", {}).get(models.PROBE)
+    probe = probe[0][:, probe_unit].astype(jnp.float32) if probe else jnp.zeros_like(m)
+    return sums, probe
+
+  sums, probes = lax.scan(body, jnp.zeros(3), (images, labels, mask))
+  return lax.psum(sums, parallel.AXIS), probes
+
+
+# ---------------------------------------------------------------------------
+# Host side.
+
+
+class Trainer:
+  """Holds the compiled per-device functions and device-resident data of one run."""
+
+  def __init__(self, config: ml_collections.ConfigDict, train_ds: data.ArrayDataset,
+               eval_ds: data.ArrayDataset, devs):
+    self.config = config
+    self.devs = devs
+    n = len(devs)
+    dtype = common.DTYPES[config.dtype]
+    self.model = models.build(config, axis_name=parallel.AXIS, dtype=dtype)
+    sync = config.model.use_bn and not config.bn.cross_device
+    self._train = parallel.data_parallel(
+        lambda *a: train_chunk(*a, dtype=dtype, sync_batch_stats=sync), devs,
+        donate_argnums=(0,))
+    self._population = parallel.data_parallel(
+        lambda *a: recompute_population(*a, dtype=dtype), devs, donate_argnums=(0,))
+    self._eval = parallel.data_parallel(
+        lambda *a: evaluate(*a, dtype=dtype, probe_unit=config.model.probe_unit), devs)
+    self._compiled: dict[int, Any] = {}
+    self.compile_seconds = 0.0
+
+    self.num_train = len(train_ds)
+    self.train_data = parallel.replicate((train_ds.images, train_ds.labels), devs)
+    # Eval: every example once; padding carries mask 0. Layout [device, batch index, example].
+    per_device = max(1, min(config.eval_batch_size // n, math.ceil(len(eval_ds) / n)))
+    images, labels, mask = data.pad_for_eval(eval_ds, n * per_device)
+    shape = lambda a: a.reshape((n, -1, per_device) + a.shape[1:])
+    self.eval_data = parallel.shard((shape(images), shape(labels), shape(mask)), devs)
+
+  def init_state(self, sample_images: np.ndarray) -> TrainState:
+    return create_train_state(self.config, self.model, sample_images)
+
+  def _indices(self, seed: int, start: int, steps: int) -> jax.Array:
+    """[device, step, local example] training indices."""
+    idx = data.train_batch_indices(self.num_train, self.config.batch_size, seed, start, steps)
+    idx = idx.reshape(steps, len(self.devs), -1).transpose(1, 0, 2)
+    return parallel.shard(idx, self.devs)
+
+  def train(self, state, start: int, steps: int):
+    """Runs `steps` steps from `start`; returns the state and host [steps, 2] metrics."""
+    idx = self._indices(self.config.seed, start, steps)
+    args = (state,) + self.train_data + (idx,)
+    if steps not in self._compiled:
+      t = time.perf_counter()
+      self._compiled[steps] = self._train.lower(*args).compile()
+      self.compile_seconds += time.perf_counter() - t
+    state, metrics = self._compiled[steps](*args)
+    return state, np.asarray(metrics[0])
+
+  def recompute_population(self, state):
+    b = self.config.bn
+    idx = self._indices(self.config.seed + 1_000_003, 0, b.population_batches)
+    return self._population(state, *self.train_data, idx)
+
+  def evaluate(self, state) -> dict[str, float]:
+    sums, probes = self._eval(state, *self.eval_data)
+    correct, loss, count = np.asarray(sums[0], np.float64)
+    out = {"eval/accuracy": correct / count, "eval/loss": loss / count}
+    if self.config.model.name == "mlp":
+      values = np.asarray(probes).reshape(-1)[np.asarray(self.eval_data[2]).reshape(-1) > 0]
+      for p, v in zip(PERCENTILES, np.percentile(values, PERCENTILES)):
+        out[f"probe/p{p}"] = float(v)
+    return out
+
+
+def _flat(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  out = {}
+
+  def walk(d, prefix):
+    for k, v in d.items():
+      if isinstance(v, dict):
+        walk(v, f"{prefix}{k}.")
+      else:
+        out[f"{prefix}{k}"] = list(v) if isinstance(v, tuple) else v
+
+  walk(config.to_dict(), "")
+  return out
+
+
+def _write_json(path: str, obj: Any) -> None:
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump(obj, f, indent=2, sort_keys=True)
+    f.write("\n")
+  os.replace(tmp, path)
+
+
+def _check_saved_config(workdir: str, config: ml_collections.ConfigDict) -> None:
+  path = os.path.join(workdir, CONFIG_FILE)
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    saved = json.load(f)
+  flat_saved = _flat(ml_collections.ConfigDict(saved))
+  flat_new = _flat(config)
+  differ = sorted(k for k in set(flat_saved) | set(flat_new)
+                  if k not in RESUMABLE_CHANGES and flat_saved.get(k) != flat_new.get(k))
+  if differ:
+    detail = ", ".join(f"{k} ({flat_saved.get(k)!r} -> {flat_new.get(k)!r})" for k in differ)
+    raise UserError(f"workdir {workdir} holds a run with a different config: {detail}; "
+                    "use a new --workdir or rerun with the saved config", field="--workdir")
+
+
+def _checkpoint_manager(workdir: str) -> ocp.CheckpointManager:
+  return ocp.CheckpointManager(
+      os.path.abspath(os.path.join(workdir, CHECKPOINT_DIR)),
+      options=ocp.CheckpointManagerOptions(max_to_keep=3, create=True))
+
+
+def _to_checkpoint(state: TrainState, config) -> dict:
+  step = int(state.step)
+  return {"step": step, "params": state.params, "batch_stats": state.batch_stats,
+          "opt_state": state.opt_state,
+          "data_position": {"seed": config.seed, "examples": step * config.batch_size}}
+
+
+def _is_due(step: int, every: int, last: int) -> bool:
+  return step == last or (every > 0 and step % every == 0)
+
+
+def _next_stop(step: int, config) -> int:
+  """The next step at which something happens: log, eval, checkpoint or the end."""
+  stops = [config.num_steps]
+  for every in (config.log_every, config.eval_every, config.checkpoint_every):
+    if every > 0:
+      stops.append((step // every + 1) * every)
+  return min(stops)
+
+
+def _format_eta(seconds: float) -> str:
+  seconds = int(seconds)
+  return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """Trains `config` in `workdir`, resuming from its latest checkpoint; returns the last metrics.
+
+  Raises UserError for bad input (before anything is written) and Diverged when
+  the loss stops being finite (after recording status "diverged").
+  """
+  validation.validate(config)
+  devs = parallel.devices(config.num_devices)
+  validation.validate_devices(config, len(devs))
+  train_ds, eval_ds = data.load_splits(config.data)
+  validation.validate_data(config, train_ds, eval_ds)
+  _check_saved_config(workdir, config)
+
+  trainer = Trainer(config, train_ds, eval_ds, devs)
+  os.makedirs(workdir, exist_ok=True)
+  _write_json(os.path.join(workdir, CONFIG_FILE), config.to_dict())
+  _write_json(os.path.join(workdir, STATUS_FILE), {"status": "running"})
+
+  state = trainer.init_state(train_ds.images[:2])
+  mgr = _checkpoint_manager(workdir)
+  writer = MetricWriter(workdir, tensorboard=config.tensorboard)
+  start = 0
+  if mgr.latest_step() is not None:
+    start = mgr.latest_step()
+    restored = mgr.restore(start, args=ocp.args.StandardRestore(_to_checkpoint(state, config)))
+    state = state.replace(step=restored["step"], params=restored["params"],
+                          batch_stats=restored["batch_stats"], opt_state=restored["opt_state"])
+    writer.truncate_after(start)
+    logging.info("Resumed from the checkpoint at step %d in %s", start, workdir)
+  state = parallel.replicate(state, devs)
+
+  last: dict[str, Any] = {}
+  step = start
+  try:
+    if start == 0 and config.eval_every > 0:
+      state, last = _eval_and_check(trainer, state, config, 0)
+      writer.write(0, last)
+    t_start = time.perf_counter()
+    while step < config.num_steps:
+      stop = _next_stop(step, config)
+      t = time.perf_counter()
+      compile_before = trainer.compile_seconds
+      state, chunk = trainer.train(state, step, stop - step)
+      elapsed = time.perf_counter() - t - (trainer.compile_seconds - compile_before)
+      bad = np.flatnonzero(~np.isfinite(chunk[:, 0]))
+      if bad.size:
+        raise Diverged(step + int(bad[0]) + 1)
+      step = stop
+      scalars: dict[str, Any] = {}
+      if _is_due(step, config.log_every, config.num_steps):
+        scalars.update({"train/loss": float(chunk[:, 0].mean()),
+                        "train/accuracy": float(chunk[:, 1].mean()),
+                        "steps_per_sec": len(chunk) / max(elapsed, 1e-9)})
+        if trainer.compile_seconds > compile_before:
+          scalars["compile_seconds"] = trainer.compile_seconds - compile_before
+      if _is_due(step, config.eval_every, config.num_steps):
+        state, evals = _eval_and_check(trainer, state, config, step)
+        scalars.update(evals)
+      if scalars:
+        writer.write(step, scalars)
+        last = scalars | {"step": step}
+        done = step - start
+        rate = done / max(time.perf_counter() - t_start - trainer.compile_seconds, 1e-9)
+        logging.info("step %d/%d  %s  ETA %s", step, config.num_steps,
+                     "  ".join(f"{k} {v:.4g}" for k, v in scalars.items()),
+                     _format_eta((config.num_steps - step) / max(rate, 1e-9)))
+      if _is_due(step, config.checkpoint_every, config.num_steps):
+        mgr.save(step, args=ocp.args.StandardSave(
+            _to_checkpoint(parallel.unreplicate(state), config)))
+  except Diverged as e:
+    _write_json(os.path.join(workdir, STATUS_FILE), {"status": "diverged", "step": e.step})
+    writer.write(e.step, {"diverged": True})
+    raise
+  finally:
+    mgr.wait_until_finished()
+    mgr.close()
+    writer.close()
+  _write_json(os.path.join(workdir, STATUS_FILE), {"status": "done", "step": step})
+  return last
+
+
+def _eval_and_check(trainer: Trainer, state, config, step: int):
+  if config.model.use_bn and config.bn.population == "average":
+    state = trainer.recompute_population(state)
+  evals = trainer.evaluate(state)
+  if not all(math.isfinite(v) for v in evals.values()):
+    raise Diverged(step)
+  return state, evals

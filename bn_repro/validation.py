@@ -1,0 +1,108 @@
+"""Config checks that run before anything is computed or written.
+
+Each failure is a `UserError` naming the field and the fix; the CLI prints it as
+one line and exits 2.
+"""
+
+from typing import Any, Iterable
+
+from absl import logging
+import ml_collections
+
+from bn_repro import batch_norm
+from bn_repro import models
+from bn_repro.errors import UserError
+from bn_repro.models import common
+
+SOURCES = ("tfds", "idx")
+OPTIMIZERS = ("sgd",)
+
+
+def _one_of(config: ml_collections.ConfigDict, field: str, allowed: Iterable[Any]) -> None:
+  allowed = tuple(allowed)
+  value = _get(config, field)
+  if value not in allowed:
+    raise UserError(f"{value!r} is not one of {', '.join(map(repr, allowed))}; "
+                    f"set --config.{field} to one of them", field=f"config.{field}")
+
+
+def _positive(config: ml_collections.ConfigDict, field: str) -> None:
+  value = _get(config, field)
+  if not value > 0:
+    raise UserError(f"must be > 0, got {value!r}; set --config.{field} to a positive value",
+                    field=f"config.{field}")
+
+
+def _non_negative(config: ml_collections.ConfigDict, field: str) -> None:
+  value = _get(config, field)
+  if value < 0:
+    raise UserError(f"must be >= 0 (0 turns it off), got {value!r}", field=f"config.{field}")
+
+
+def _get(config: ml_collections.ConfigDict, field: str) -> Any:
+  for part in field.split("."):
+    config = config[part]
+  return config
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Checks values and ranges of every field the trainer reads."""
+  _one_of(config, "model.name", models.NAMES)
+  _one_of(config, "model.nonlinearity", common.NONLINEARITIES)
+  _one_of(config, "dtype", common.DTYPES)
+  _one_of(config, "data.source", SOURCES)
+  _one_of(config, "optimizer.name", OPTIMIZERS)
+  _one_of(config, "bn.population", batch_norm.POPULATION_MODES)
+  for field in ("optimizer.learning_rate", "num_steps", "batch_size", "eval_batch_size",
+                "bn.epsilon", "model.num_classes", "model.init_std"):
+    _positive(config, field)
+  for field in ("log_every", "eval_every", "checkpoint_every", "num_devices",
+                "optimizer.momentum"):
+    _non_negative(config, field)
+  if not config.optimizer.momentum < 1:
+    raise UserError(f"must be in [0, 1), got {config.optimizer.momentum!r}",
+                    field="config.optimizer.momentum")
+  if not 0 < config.bn.decay < 1:
+    raise UserError(f"must be in (0, 1), got {config.bn.decay!r}; it weights the old "
+                    "population value: running <- decay * running + (1 - decay) * batch",
+                    field="config.bn.decay")
+  if config.bn.decay < 0.5:
+    logging.warning("config.bn.decay=%s weights the new batch more than the running value; "
+                    "PyTorch's momentum=%s corresponds to decay=%s here",
+                    config.bn.decay, config.bn.decay, 1 - config.bn.decay)
+  if config.model.use_bn and config.bn.population == "average":
+    _positive(config, "bn.population_batches")
+  hidden = tuple(config.model.hidden)
+  if not hidden or min(hidden) <= 0:
+    raise UserError(f"needs at least one layer and positive widths, got {hidden!r}",
+                    field="config.model.hidden")
+  if not 0 <= config.model.probe_unit < hidden[-1]:
+    raise UserError(f"must index a unit of the last hidden layer (0..{hidden[-1] - 1}), "
+                    f"got {config.model.probe_unit}", field="config.model.probe_unit")
+
+
+def validate_devices(config: ml_collections.ConfigDict, num_devices: int) -> None:
+  """Checks that the global batch splits over the devices and BN has m > 1."""
+  if config.batch_size % num_devices:
+    raise UserError(
+        f"global batch {config.batch_size} does not split over {num_devices} devices; "
+        f"use a multiple of {num_devices} or set --config.num_devices",
+        field="config.batch_size")
+  if config.model.use_bn:
+    m = config.batch_size if config.bn.cross_device else config.batch_size // num_devices
+    if m < 2:
+      raise UserError(
+          f"BN in training would compute each statistic from {m} value (variance 0, every "
+          "output equal to beta); use a batch of at least 2 per statistic, or "
+          "bn.cross_device=True", field="config.batch_size")
+
+
+def validate_data(config: ml_collections.ConfigDict, train_ds: Any, eval_ds: Any) -> None:
+  """Checks the loaded data against the model."""
+  for name, ds in (("train_split", train_ds), ("eval_split", eval_ds)):
+    if len(ds) == 0:
+      raise UserError("selects no examples; widen the split",
+                      field=f"config.data.{name}")
+    if int(ds.labels.max()) >= config.model.num_classes:
+      raise UserError(f"has label {int(ds.labels.max())} but the model has "
+                      f"{config.model.num_classes} classes", field="config.model.num_classes")

@@ -1,0 +1,110 @@
+"""The real CLI in subprocesses: an end-to-end run that resumes, and bad input."""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from bn_repro.metrics import read_metrics
+from idx_files import write_pair
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def tiny_idx(tmp_path_factory) -> pathlib.Path:
+  d = tmp_path_factory.mktemp("idx")
+  write_pair(d, "train", 96, seed=1)
+  write_pair(d, "t10k", 30, seed=2)
+  return d
+
+
+def cli(workdir, *overrides, config="configs/mnist_mlp.py:bn_sigmoid"):
+  cmd = [sys.executable, "-m", "bn_repro.main", f"--config={config}", f"--workdir={workdir}",
+         *overrides]
+  return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600,
+                        env=dict(os.environ))
+
+
+def tiny(idx_dir, *extra):
+  return ("--config.data.source=idx", f"--config.data.idx_dir={idx_dir}",
+          "--config.model.hidden=(16, 16)", "--config.batch_size=16",
+          "--config.eval_batch_size=40", "--config.log_every=4", "--config.eval_every=4",
+          "--config.checkpoint_every=4", "--config.tensorboard=False", *extra)
+
+
+def test_run_writes_metrics_and_checkpoints_and_resumes_exactly(tmp_path, tiny_idx):
+  straight = tmp_path / "straight"
+  r = cli(straight, *tiny(tiny_idx, "--config.num_steps=12"))
+  assert r.returncode == 0, r.stderr
+  assert json.loads((straight / "status.json").read_text())["status"] == "done"
+  assert sorted(os.listdir(straight / "checkpoints")) == ["12", "4", "8"]
+  assert json.loads((straight / "config.json").read_text())["batch_size"] == 16
+
+  resumed = tmp_path / "resumed"
+  assert cli(resumed, *tiny(tiny_idx, "--config.num_steps=8")).returncode == 0
+  r = cli(resumed, *tiny(tiny_idx, "--config.num_steps=12"))
+  assert r.returncode == 0, r.stderr
+  assert "Resumed from the checkpoint at step 8" in r.stderr
+
+  a, b = read_metrics(straight), read_metrics(resumed)
+  assert [e["step"] for e in a] == [0, 4, 8, 12] == [e["step"] for e in b]
+  for ea, eb in zip(a, b):
+    for k in ("train/loss", "eval/accuracy", "eval/loss", "probe/p50"):
+      if k in ea:
+        np.testing.assert_allclose(eb[k], ea[k], rtol=1e-6, err_msg=f"{k} at {ea['step']}")
+
+
+BAD_INPUT = [
+    ("unknown key", ["--config.learning_rate=0.1"], "learning_rate"),
+    ("learning rate 0", ["--config.optimizer.learning_rate=0"], "config.optimizer.learning_rate"),
+    ("negative steps", ["--config.num_steps=-5"], "config.num_steps"),
+    ("batch 0", ["--config.batch_size=0"], "config.batch_size"),
+    ("batch not divisible", ["--config.batch_size=60"], "8 devices"),
+    ("one value per statistic", ["--config.batch_size=8", "--config.bn.cross_device=False"],
+     "config.batch_size"),
+    ("too many devices", ["--config.num_devices=9"], "config.num_devices"),
+    ("bad nonlinearity", ["--config.model.nonlinearity=swish"], "config.model.nonlinearity"),
+    ("decay out of range", ["--config.bn.decay=1.0"], "config.bn.decay"),
+    ("epsilon 0", ["--config.bn.epsilon=0"], "config.bn.epsilon"),
+    ("wrong type", ["--config.num_steps=many"], "num_steps"),
+]
+
+
+@pytest.mark.parametrize("name,flags,expect", BAD_INPUT, ids=[b[0] for b in BAD_INPUT])
+def test_bad_input_is_one_line_exit_2_nothing_written(tmp_path, tiny_idx, name, flags, expect):
+  del name
+  workdir = tmp_path / "run"
+  r = cli(workdir, *tiny(tiny_idx, "--config.num_steps=4"), *flags)
+  assert r.returncode == 2, r.stderr
+  lines = r.stderr.strip().splitlines()
+  assert len(lines) == 1, r.stderr
+  assert expect in lines[0] and "Traceback" not in r.stderr
+  assert not workdir.exists()
+
+
+@pytest.mark.parametrize("setup", ["missing", "malformed"])
+def test_bad_data_directory(tmp_path, setup):
+  d = tmp_path / "data"
+  if setup == "malformed":
+    d.mkdir()
+    (d / "train-images-idx3-ubyte").write_bytes(b"\x00\x00\x08\x02" + bytes(20))
+    (d / "train-labels-idx1-ubyte").write_bytes(b"\x00\x00\x08\x01" + bytes(20))
+  workdir = tmp_path / "run"
+  r = cli(workdir, "--config.data.source=idx", f"--config.data.idx_dir={d}",
+          "--config.batch_size=16")
+  assert r.returncode == 2
+  lines = r.stderr.strip().splitlines()
+  assert len(lines) == 1, r.stderr
+  assert "config.data.idx_dir" in lines[0] or "IDX" in lines[0], r.stderr
+  assert not workdir.exists()
+
+
+def test_unknown_variant(tmp_path):
+  r = cli(tmp_path / "run", config="configs/mnist_mlp.py:bn_swish")
+  assert r.returncode == 2
+  assert len(r.stderr.strip().splitlines()) == 1 and "bn_swish" in r.stderr
