@@ -8,6 +8,7 @@ this module's `data_parallel` alone. Arrays crossing it carry a leading device a
 from typing import Any, Callable, Sequence
 
 import jax
+from jax import lax
 import numpy as np
 
 from bn_repro.errors import UserError
@@ -46,6 +47,11 @@ def replicate(tree: Any, devs: Sequence[jax.Device]) -> Any:
 def unreplicate(tree: Any) -> Any:
   """Device 0's copy of a replicated tree, as host NumPy arrays."""
   return jax.tree.map(lambda x: np.asarray(x[0]), tree)
+
+
+def pmean(tree: Any) -> Any:
+  """Mean over `AXIS`; the identity (no all-reduce op) when there is one device."""
+  return tree if lax.axis_size(AXIS) == 1 else lax.pmean(tree, AXIS)
 
 
 def data_parallel(fn: Callable, devs: Sequence[jax.Device], *,

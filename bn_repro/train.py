@@ -96,14 +96,14 @@ def train_step(state: TrainState, images, labels, *, dtype, sync_batch_stats: bo
 
   (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
       state.params)
-  grads = lax.pmean(grads, parallel.AXIS)
+  grads = parallel.pmean(grads)
   if sync_batch_stats:  # per-device BN: average the population statistics
     batch_stats = jax.tree.map(
-        lambda v: lax.pmean(v, parallel.AXIS) if jnp.issubdtype(v.dtype, jnp.floating) else v,
+        lambda v: parallel.pmean(v) if jnp.issubdtype(v.dtype, jnp.floating) else v,
         batch_stats)
   state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
   accuracy = jnp.mean(jnp.argmax(logits, -1) == labels)
-  return state, lax.pmean(jnp.stack([loss, accuracy]), parallel.AXIS)
+  return state, parallel.pmean(jnp.stack([loss, accuracy]))
 
 
 def train_chunk(state, images, labels, indices, *, dtype, sync_batch_stats):

@@ -71,7 +71,17 @@ def test_per_feature_map_statistics_nhwc(rng):
   assert not np.allclose(y[:, 0, 0, 1].var(), 1.0, rtol=1e-3)
 
 
-def test_grad_matches_papers_closed_form(rng):
+def _autodiff_bn(x, gamma, beta):
+  mom = bn.moments(x, (0,))
+  return bn.normalize(x, mom.mean, mom.var, gamma, beta, axes=(0,), epsilon=EPS)
+
+
+def _closed_form_bn(x, gamma, beta):
+  return bn.batch_normalize(x, gamma, beta, axes=(0,), epsilon=EPS)[0]
+
+
+@pytest.mark.parametrize("bn_fn", [_autodiff_bn, _closed_form_bn], ids=["autodiff", "custom_vjp"])
+def test_grad_matches_papers_closed_form(rng, bn_fn):
   m, n = 16, 5
   x = rng.normal(1.0, 2.0, (m, n)).astype(np.float32)
   gamma = rng.normal(size=n).astype(np.float32)
@@ -79,9 +89,7 @@ def test_grad_matches_papers_closed_form(rng):
   dy = rng.normal(size=(m, n)).astype(np.float32)
 
   def f(x, gamma, beta):
-    mom = bn.moments(x, (0,))
-    y = bn.normalize(x, mom.mean, mom.var, gamma, beta, axes=(0,), epsilon=EPS)
-    return jnp.sum(y * dy)
+    return jnp.sum(bn_fn(x, gamma, beta) * dy)
 
   dx, dgamma, dbeta = jax.grad(f, argnums=(0, 1, 2))(x, gamma, beta)
   want_dx, want_dgamma, want_dbeta = np_bn_backward(x, gamma, dy, EPS)
@@ -260,3 +268,36 @@ def test_cross_device_masked_statistics_weight_by_count(rng):
   sel = x[np.broadcast_to(mask, x.shape) > 0].reshape(-1, 2)
   np.testing.assert_allclose(mom.mean[0], sel.mean(0), rtol=1e-5)
   np.testing.assert_allclose(mom.var[0], sel.var(0), rtol=1e-4)
+
+
+@pytest.mark.parametrize("mask", [False, True])
+def test_batch_normalize_grads_equal_autodiff_nhwc_across_devices(rng, mask):
+  """The closed-form backward (and the masked autodiff path) under pmap on 8 devices."""
+  n = jax.local_device_count()
+  x = rng.normal(2, 3, size=(n, 2, 3, 3, 4)).astype(np.float32)
+  dy = rng.normal(size=x.shape).astype(np.float32)
+  gamma = rng.normal(size=4).astype(np.float32)
+  beta = rng.normal(size=4).astype(np.float32)
+  m = np.ones((n, 2, 1, 1, 1), np.float32) if mask else None
+
+  def loss(x, gamma, beta, dy, m):
+    y, _ = bn.batch_normalize(x, gamma, beta, axes=(0, 1, 2), epsilon=EPS,
+                              axis_name="batch", mask=m)
+    return jnp.sum(y * dy)
+
+  grads = jax.pmap(jax.grad(loss, argnums=(0, 1, 2)), axis_name="batch")(x, gamma[None].repeat(n, 0),
+                                                                         beta[None].repeat(n, 0), dy, m)
+
+  def global_loss(x, gamma, beta):  # one device, the concatenated batch
+    flat = x.reshape(-1, 3, 3, 4)
+    return jnp.sum(_autodiff_nhwc(flat, gamma, beta) * dy.reshape(flat.shape))
+
+  want = jax.grad(global_loss, argnums=(0, 1, 2))(x, gamma, beta)
+  np.testing.assert_allclose(grads[0], want[0], rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(grads[1].sum(0), want[1], rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(grads[2].sum(0), want[2], rtol=1e-4, atol=1e-4)
+
+
+def _autodiff_nhwc(x, gamma, beta):
+  mom = bn.moments(x, (0, 1, 2))
+  return bn.normalize(x, mom.mean, mom.var, gamma, beta, axes=(0, 1, 2), epsilon=EPS)

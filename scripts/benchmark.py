@@ -1,0 +1,223 @@
+"""Training speed of the MNIST MLP, ours next to baselines, measured in one process.
+
+  python scripts/benchmark.py [--idx_dir=../shared/data/mnist-t10k] [--steps=1000] [--repeats=5] [--json]
+
+For BN on and off it times, on one device and interleaved round by round (so
+that machine noise hits all alike), three loops of `--steps` SGD steps (batch 60):
+  floor     the step's matrix multiplications alone (forward, weight and input
+            gradients, the update) in one lax.scan: no nonlinearity, no BN, no loss;
+  ours      bn_repro's compiled training chunk (data on device, lax.scan, pmap);
+  per-step  a plain loop: jax.jit of one step with flax.linen.BatchNorm, one
+            Python dispatch and one host-to-device batch per step.
+It prints steps/s (median over rounds), each loop's ratio to the floor, our
+speed-up over the per-step loop, compile time, and the process's peak memory.
+Without --idx_dir it uses random images (speed does not depend on pixel values).
+"""
+
+import json
+import os
+import resource
+import statistics
+import sys
+import time
+
+from absl import app
+from absl import flags
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+_IDX_DIR = flags.DEFINE_string("idx_dir", "", "IDX directory with t10k files; '' = random images.")
+_STEPS = flags.DEFINE_integer("steps", 1000, "Steps per timed loop.")
+_REPEATS = flags.DEFINE_integer("repeats", 5, "Rounds; the median is reported.")
+_JSON = flags.DEFINE_bool("json", False, "Print one JSON object instead of the table.")
+
+
+def _datasets(idx_dir: str):
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from bn_repro import data  # pylint: disable=g-import-not-at-top
+  if idx_dir:
+    cfg = _config("bn_sigmoid", idx_dir).data
+    return data.load_splits(cfg)
+  rng = np.random.default_rng(0)
+  make = lambda n: data.ArrayDataset(
+      rng.integers(0, 256, (n, 28, 28, 1), dtype=np.uint8),
+      rng.integers(0, 10, n).astype(np.int32))
+  return make(8000), make(2000)
+
+
+def _config(variant: str, idx_dir: str):
+  from configs import mnist_mlp  # pylint: disable=g-import-not-at-top
+  c = mnist_mlp.get_config(variant)
+  c.num_devices = 1
+  c.data.source = "idx"
+  c.data.idx_dir = idx_dir
+  c.data.train_split, c.data.eval_split = "test[:8000]", "test[8000:]"
+  return c
+
+
+class Ours:
+  """bn_repro's training chunk, compiled once, timed without compilation."""
+
+  def __init__(self, variant, train_ds, eval_ds, steps):
+    from bn_repro import parallel, train  # pylint: disable=g-import-not-at-top
+    self.trainer = train.Trainer(_config(variant, ""), train_ds, eval_ds, parallel.devices(1))
+    self.state = parallel.replicate(self.trainer.init_state(train_ds.images[:2]),
+                                    self.trainer.devs)
+    self.steps, self.pos = steps, 0
+    t = time.perf_counter()
+    self.run()
+    self.compile_seconds = self.trainer.compile_seconds
+    self.first_call_seconds = time.perf_counter() - t
+
+  def run(self):
+    self.state, _ = self.trainer.train(self.state, self.pos, self.steps)
+    self.pos += self.steps
+
+
+class Floor:
+  """The MLP step's matmuls and the SGD update only, in one lax.scan."""
+
+  def __init__(self, train_ds, steps):
+    import jax  # pylint: disable=g-import-not-at-top
+    import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+    import numpy as np  # pylint: disable=g-import-not-at-top
+    from jax import lax  # pylint: disable=g-import-not-at-top
+    rng = np.random.default_rng(0)
+    idx = rng.integers(0, len(train_ds), (steps, 60))
+    self.x = jnp.asarray(train_ds.images[idx].reshape(steps, 60, -1), jnp.float32) / 255
+    shapes = [(784, 100), (100, 100), (100, 100), (100, 10)]
+    self.w = [jnp.asarray(rng.normal(size=s).astype(np.float32) * 0.05) for s in shapes]
+
+    def step(ws, x):
+      hs = [x]
+      for w in ws:
+        hs.append(hs[-1] @ w)
+      g = hs[-1]
+      grads = [None] * len(ws)
+      for i in reversed(range(len(ws))):
+        grads[i] = hs[i].T @ g
+        if i:
+          g = g @ ws[i].T
+      return [w - 1e-3 * dw for w, dw in zip(ws, grads)], None
+
+    self.fn = jax.jit(lambda ws, xs: lax.scan(step, ws, xs)[0])
+    t = time.perf_counter()
+    self.compile_seconds = 0.0
+    compiled = self.fn.lower(self.w, self.x).compile()
+    self.compile_seconds = time.perf_counter() - t
+    self.fn = compiled
+    self.steps = steps
+
+  def run(self):
+    import jax  # pylint: disable=g-import-not-at-top
+    self.w = jax.block_until_ready(self.fn(self.w, self.x))
+
+
+class PerStep:
+  """The usual Flax loop: jax.jit(step) with flax.linen.BatchNorm, one dispatch per step."""
+
+  def __init__(self, use_bn, train_ds, steps):
+    import flax.linen as nn  # pylint: disable=g-import-not-at-top
+    import jax  # pylint: disable=g-import-not-at-top
+    import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+    import numpy as np  # pylint: disable=g-import-not-at-top
+    import optax  # pylint: disable=g-import-not-at-top
+
+    class Net(nn.Module):
+      @nn.compact
+      def __call__(self, x, train):
+        x = x.reshape((x.shape[0], -1))
+        for _ in range(3):
+          x = nn.Dense(100, use_bias=not use_bn)(x)
+          if use_bn:
+            x = nn.BatchNorm(use_running_average=not train, momentum=0.99,
+                             use_fast_variance=False)(x)
+          x = nn.sigmoid(x)
+        return nn.Dense(10)(x)
+
+    net, tx = Net(), optax.sgd(0.5)
+    v = net.init(jax.random.PRNGKey(0), jnp.zeros((2, 28, 28, 1)), train=False)
+    self.params, self.stats = v["params"], v.get("batch_stats", {})
+    self.opt = tx.init(self.params)
+
+    @jax.jit
+    def step(params, stats, opt, x, y):
+      def loss_fn(p):
+        logits, upd = net.apply({"params": p, "batch_stats": stats}, x.astype(jnp.float32) / 255,
+                                train=True, mutable=["batch_stats"])
+        return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), upd
+      (loss, upd), g = jax.value_and_grad(loss_fn, has_aux=True)(params)
+      updates, opt = tx.update(g, opt)
+      return optax.apply_updates(params, updates), upd.get("batch_stats", {}), opt, loss
+
+    self.images, self.labels = train_ds.images, train_ds.labels
+    self.rng = np.random.default_rng(0)
+    self.step, self.steps = step, steps
+    t = time.perf_counter()
+    self._one()
+    self.compile_seconds = time.perf_counter() - t
+
+  def _one(self):
+    idx = self.rng.integers(0, len(self.images), 60)
+    self.params, self.stats, self.opt, self.loss = self.step(
+        self.params, self.stats, self.opt, self.images[idx], self.labels[idx])
+
+  def run(self):
+    import jax  # pylint: disable=g-import-not-at-top
+    for _ in range(self.steps):
+      self._one()
+    jax.block_until_ready(self.loss)
+
+
+def _time(runner) -> float:
+  t = time.perf_counter()
+  runner.run()
+  return runner.steps / (time.perf_counter() - t)
+
+
+def measure(idx_dir: str, steps: int, repeats: int) -> dict:
+  import jax  # pylint: disable=g-import-not-at-top
+  train_ds, eval_ds = _datasets(idx_dir)
+  floor = Floor(train_ds, steps)
+  loops = {"floor": floor}
+  for bn in ("bn", "nobn"):
+    loops[f"ours_{bn}"] = Ours(f"{bn}_sigmoid", train_ds, eval_ds, steps)
+    loops[f"per_step_{bn}"] = PerStep(bn == "bn", train_ds, steps)
+  for r in loops.values():  # warm-up round
+    r.run()
+  rates = {k: [] for k in loops}
+  for _ in range(repeats):
+    for k, r in loops.items():
+      rates[k].append(_time(r))
+  med = {k: statistics.median(v) for k, v in rates.items()}
+  result = {
+      "device": str(jax.devices()[0].device_kind), "steps": steps, "repeats": repeats,
+      "steps_per_sec": med,
+      "compile_seconds": {k: r.compile_seconds for k, r in loops.items()},
+      "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+  }
+  result["ratio_to_floor"] = {k: v / med["floor"] for k, v in med.items()}
+  result["speedup_over_per_step"] = {
+      bn: med[f"ours_{bn}"] / med[f"per_step_{bn}"] for bn in ("bn", "nobn")}
+  return result
+
+
+def main(argv):
+  del argv
+  res = measure(_IDX_DIR.value, _STEPS.value, _REPEATS.value)
+  if _JSON.value:
+    print(json.dumps(res, indent=2))
+    return
+  print(f"MNIST MLP 784-100-100-100-10, batch 60, sigmoid, {res['steps']} steps per loop, "
+        f"median of {res['repeats']} interleaved rounds, one {res['device']} device")
+  print(f"{'loop':<16}{'steps/s':>10}{'vs floor':>10}{'compile s':>11}")
+  for k, v in res["steps_per_sec"].items():
+    print(f"{k:<16}{v:>10.0f}{res['ratio_to_floor'][k]:>10.2f}"
+          f"{res['compile_seconds'][k]:>11.2f}")
+  for bn, s in res["speedup_over_per_step"].items():
+    print(f"ours/per-step ({bn}): {s:.2f}x")
+  print(f"peak RSS of the process: {res['peak_rss_mb']:.0f} MB")
+
+
+if __name__ == "__main__":
+  app.run(main)
