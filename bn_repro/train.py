@@ -76,7 +76,8 @@ def create_train_state(config, model, sample_images: np.ndarray) -> TrainState:
 
 
 def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
-  return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+  """Softmax cross-entropy per example (one-hot form: its gradient has no scatter)."""
+  return optax.softmax_cross_entropy(logits, jax.nn.one_hot(labels, logits.shape[-1]))
 
 
 # ---------------------------------------------------------------------------
