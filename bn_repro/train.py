@@ -332,7 +332,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       compile_before = trainer.compile_seconds
       state, chunk = trainer.train(state, step, stop - step)
       elapsed = time.perf_counter() - t - (trainer.compile_seconds - compile_before)
-      bad = np.flatnonzero(~np.isfinite(chunk[:, 0]))
+      bad = np.flatnonzero(~np.isfinite(chunk[:, 0]) |
+                           ((config.max_loss > 0) & (chunk[:, 0] > config.max_loss)))
       if bad.size:
         raise Diverged(step + int(bad[0]) + 1)
       step = stop

@@ -69,6 +69,7 @@ def get_config(variant: str = "bn_sigmoid") -> ml_collections.ConfigDict:
   c.log_every = 250
   c.eval_every = 250
   c.checkpoint_every = 5_000
+  c.max_loss = 0.0  # > 0: a train loss above it counts as divergence, like NaN/Inf
   c.dtype = "float32"  # compute dtype: float32 or bfloat16 (params, BN statistics float32)
   c.num_devices = 0  # 0 = all local devices
   c.tensorboard = True
