@@ -1,7 +1,8 @@
 """Command line: `bn-repro --config=configs/mnist_mlp.py:bn_sigmoid --workdir=runs/x`.
 
 Fields are overridden with `--config.<field>=<value>`. Exit codes: 0 done,
-2 bad input (one line on stderr), 3 the run diverged (recorded in the workdir).
+2 bad input (one line on stderr), 3 the run diverged (recorded in the workdir),
+4 stopped by SIGTERM/SIGINT after saving a checkpoint (rerun to resume).
 """
 
 import logging as pylogging
@@ -15,10 +16,16 @@ from ml_collections import config_flags
 
 EXIT_BAD_INPUT = 2
 EXIT_DIVERGED = 3
+EXIT_STOPPED = 4
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/mnist_mlp.py:bn_sigmoid.",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and the resolved config.")
+_FALLBACK = flags.DEFINE_bool(
+    "fallback_checkpoint", False,
+    "If the newest checkpoint cannot be restored, resume from the newest one that can.")
+_ALLOW_CHANGE = flags.DEFINE_bool(
+    "allow_config_change", False, "Resume even if the workdir's saved config differs.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -28,9 +35,15 @@ def _main(argv):
   from bn_repro import train  # pylint: disable=g-import-not-at-top
   from bn_repro.errors import UserError  # pylint: disable=g-import-not-at-top
   try:
-    train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    train.train_and_evaluate(_CONFIG.value, _WORKDIR.value,
+                             fallback_checkpoint=_FALLBACK.value,
+                             allow_config_change=_ALLOW_CHANGE.value)
   except UserError as e:
     _fail(str(e))
+  except train.Stopped as e:
+    print(f"bn-repro: stopped by signal {e.signum} at step {e.step} after saving a checkpoint; "
+          "rerun the same command to resume", file=sys.stderr)
+    sys.exit(EXIT_STOPPED)
   except train.Diverged as e:
     print(f"bn-repro: the run diverged at step {e.step}; status recorded in "
           f"{_WORKDIR.value}/status.json", file=sys.stderr)

@@ -7,9 +7,15 @@ the data position and a resumed run sees exactly the batches an uninterrupted
 one would.
 """
 
+import contextlib
+import fcntl
 import json
 import math
 import os
+import re
+import shutil
+import signal
+import threading
 import time
 from typing import Any
 
@@ -34,6 +40,7 @@ from bn_repro.metrics import MetricWriter
 
 CONFIG_FILE = "config.json"
 STATUS_FILE = "status.json"
+LOCK_FILE = "lock"
 CHECKPOINT_DIR = "checkpoints"
 PERCENTILES = (15, 50, 85)
 
@@ -108,13 +115,17 @@ def train_step(state: TrainState, images, labels, *, dtype, sync_batch_stats: bo
 
 
 def train_chunk(state, images, labels, indices, *, dtype, sync_batch_stats):
-  """len(indices) steps; returns the state and per-step [loss, accuracy]."""
+  """len(indices) steps; returns the state, per-step [loss, accuracy], and whether
+  the final parameters and BN statistics are all finite (checked once per chunk)."""
 
   def body(state, idx):
     return train_step(state, images[idx], labels[idx], dtype=dtype,
                       sync_batch_stats=sync_batch_stats)
 
-  return lax.scan(body, state, indices)
+  state, metrics = lax.scan(body, state, indices)
+  leaves = jax.tree.leaves((state.params, state.batch_stats))
+  finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
+  return state, metrics, finite
 
 
 def recompute_population(state, images, labels, indices, *, dtype):
@@ -193,15 +204,15 @@ class Trainer:
     return parallel.shard(idx, self.devs)
 
   def train(self, state, start: int, steps: int):
-    """Runs `steps` steps from `start`; returns the state and host [steps, 2] metrics."""
+    """Runs `steps` steps from `start`: the state, host [steps, 2] metrics, all finite."""
     idx = self._indices(self.config.seed, start, steps)
     args = (state,) + self.train_data + (idx,)
     if steps not in self._compiled:
       t = time.perf_counter()
       self._compiled[steps] = self._train.lower(*args).compile()
       self.compile_seconds += time.perf_counter() - t
-    state, metrics = self._compiled[steps](*args)
-    return state, np.asarray(metrics[0])
+    state, metrics, finite = self._compiled[steps](*args)
+    return state, np.asarray(metrics[0]), bool(finite[0])
 
   def recompute_population(self, state):
     b = self.config.bn
@@ -254,13 +265,15 @@ def _check_saved_config(workdir: str, config: ml_collections.ConfigDict) -> None
   if differ:
     detail = ", ".join(f"{k} ({flat_saved.get(k)!r} -> {flat_new.get(k)!r})" for k in differ)
     raise UserError(f"workdir {workdir} holds a run with a different config: {detail}; "
-                    "use a new --workdir or rerun with the saved config", field="--workdir")
+                    "use a new --workdir, rerun with the saved config, or pass --allow_config_change",
+                    field="--workdir")
 
 
 def _checkpoint_manager(workdir: str) -> ocp.CheckpointManager:
   return ocp.CheckpointManager(
       os.path.abspath(os.path.join(workdir, CHECKPOINT_DIR)),
-      options=ocp.CheckpointManagerOptions(max_to_keep=3, create=True))
+      options=ocp.CheckpointManagerOptions(max_to_keep=3, create=True),
+      item_handlers=ocp.StandardCheckpointHandler())
 
 
 def _to_checkpoint(state: TrainState, config) -> dict:
@@ -288,39 +301,191 @@ def _format_eta(seconds: float) -> str:
   return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+class Stopped(Exception):
+  """A SIGTERM/SIGINT stopped the run after saving a checkpoint at `step`."""
+
+  def __init__(self, step: int, signum: int):
+    self.step, self.signum = step, signum
+    super().__init__(f"stopped by signal {signum} at step {step}")
+
+
+class _StopSignals:
+  """Turns SIGTERM/SIGINT into a request the loop honours at its next chunk boundary.
+
+  A second signal while the first is pending interrupts at once.
+  """
+
+  SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+  def __init__(self):
+    self.requested: int | None = None
+    self._previous = {}
+
+  def _handle(self, signum, frame):
+    del frame
+    if self.requested is not None:
+      raise KeyboardInterrupt
+    self.requested = signum
+    logging.warning("Signal %d: saving a checkpoint at the end of this chunk, then stopping "
+                    "(send it again to stop at once)", signum)
+
+  def __enter__(self):
+    if threading.current_thread() is threading.main_thread():
+      for sig in self.SIGNALS:
+        self._previous[sig] = signal.signal(sig, self._handle)
+    return self
+
+  def __exit__(self, *exc):
+    for sig, handler in self._previous.items():
+      signal.signal(sig, handler)
+
+
+@contextlib.contextmanager
+def _exclusive_workdir(workdir: str):
+  """Creates `workdir` and holds an exclusive lock on it (released when the process dies)."""
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    fd = os.open(os.path.join(workdir, LOCK_FILE), os.O_RDWR | os.O_CREAT, 0o644)
+  except OSError as e:
+    raise UserError(f"cannot write to {workdir} ({e.strerror}); choose a writable --workdir",
+                    field="--workdir") from None
+  try:
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      owner = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+      raise UserError(f"{workdir} is in use by another run (pid {owner}); wait for it to "
+                      "finish or use another --workdir", field="--workdir") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, str(os.getpid()).encode(), 0)
+    yield
+  finally:
+    os.close(fd)
+
+
+def _check_disk(workdir: str, state: TrainState) -> None:
+  """Refuses to start when the workdir cannot hold a few checkpoints."""
+  nbytes = sum(np.asarray(x).nbytes for x in jax.tree.leaves(
+      (state.params, state.opt_state, state.batch_stats)))
+  need = 4 * nbytes + (16 << 20)
+  free = shutil.disk_usage(workdir).free
+  if free < need:
+    raise UserError(f"{workdir} has {free >> 20} MiB free but checkpoints need about "
+                    f"{need >> 20} MiB; free space or choose another --workdir",
+                    field="--workdir")
+
+
+def _paths(tree: Any) -> dict[str, Any]:
+  """Leaves by path, with attribute and key steps written alike ("['a']['b']")."""
+  leaves, _ = jax.tree_util.tree_flatten_with_path(tree)
+  return {re.sub(r"\.(\w+)", r"['\1']", jax.tree_util.keystr(p)): v for p, v in leaves}
+
+
+def _compatibility_problems(metadata: Any, template: Any) -> list[str]:
+  """Differences in structure, shape or dtype between a checkpoint and the model's state."""
+  saved, wanted = _paths(metadata), _paths(template)
+  problems = [f"{k} missing from the checkpoint" for k in sorted(set(wanted) - set(saved))]
+  problems += [f"{k} in the checkpoint but not in the model" for k in sorted(set(saved) - set(wanted))]
+  for k in sorted(set(saved) & set(wanted)):
+    shape_saved = tuple(getattr(saved[k], "shape", ()) or ())
+    shape_wanted = tuple(np.shape(wanted[k]))
+    if shape_saved != shape_wanted:
+      problems.append(f"{k} has shape {shape_saved} in the checkpoint, {shape_wanted} in the model")
+  return problems
+
+
+def _restore(mgr: ocp.CheckpointManager, template: dict, fallback: bool) -> tuple[int, Any]:
+  """(step, restored tree) of the newest usable checkpoint, or (0, None) when there is none."""
+  steps = sorted(mgr.all_steps(), reverse=True)
+  for step in steps:
+    try:
+      problems = _compatibility_problems(mgr.item_metadata(step).tree, template)
+      if problems:
+        reason = "; ".join(problems[:3]) + (f"; and {len(problems) - 3} more" if len(problems) > 3 else "")
+      else:
+        return step, mgr.restore(step, args=ocp.args.StandardRestore(template))
+    except Exception as e:  # pylint: disable=broad-except  # corrupt or truncated files
+      reason = f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]}"
+    where = os.path.join(str(mgr.directory), str(step))
+    if not fallback:
+      older = [s for s in steps if s < step]
+      hint = (f"rerun with --fallback_checkpoint to resume from an older one (steps {older})"
+              if older else "delete it to start over")
+      raise UserError(f"checkpoint {where} cannot be restored: {reason}; {hint}",
+                      field="--workdir")
+    logging.warning("Checkpoint %s cannot be restored (%s); trying the previous one", where, reason)
+  if steps:
+    raise UserError(f"no checkpoint in {mgr.directory} can be restored; delete them to start over",
+                    field="--workdir")
+  return 0, None
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
+                       fallback_checkpoint: bool = False,
+                       allow_config_change: bool = False) -> dict[str, Any]:
   """Trains `config` in `workdir`, resuming from its latest checkpoint; returns the last metrics.
 
-  Raises UserError for bad input (before anything is written) and Diverged when
-  the loss stops being finite (after recording status "diverged").
+  Raises UserError for bad input (before anything is written), Diverged when the
+  loss, the parameters or the BN statistics stop being finite (after recording
+  status "diverged"; the last checkpoint is the last good state) and Stopped after
+  SIGTERM/SIGINT (after saving a checkpoint).
+
+  Args:
+    config: the experiment.
+    workdir: where checkpoints, metrics, config and status go; one run at a time.
+    fallback_checkpoint: if the newest checkpoint cannot be restored, use the newest
+      one that can (otherwise that is an error).
+    allow_config_change: resume even if the saved config differs from `config`.
   """
   validation.validate(config)
   devs = parallel.devices(config.num_devices)
   validation.validate_devices(config, len(devs))
   train_ds, eval_ds = data.load_splits(config.data)
   validation.validate_data(config, train_ds, eval_ds)
-  _check_saved_config(workdir, config)
-
+  if not allow_config_change:
+    _check_saved_config(workdir, config)
   trainer = Trainer(config, train_ds, eval_ds, devs)
-  os.makedirs(workdir, exist_ok=True)
-  _write_json(os.path.join(workdir, CONFIG_FILE), config.to_dict())
-  _write_json(os.path.join(workdir, STATUS_FILE), {"status": "running"})
-
   state = trainer.init_state(train_ds.images[:2])
-  mgr = _checkpoint_manager(workdir)
-  writer = MetricWriter(workdir, tensorboard=config.tensorboard)
-  start = 0
-  if mgr.latest_step() is not None:
-    start = mgr.latest_step()
-    restored = mgr.restore(start, args=ocp.args.StandardRestore(_to_checkpoint(state, config)))
-    state = state.replace(step=restored["step"], params=restored["params"],
-                          batch_stats=restored["batch_stats"], opt_state=restored["opt_state"])
-    writer.truncate_after(start)
-    logging.info("Resumed from the checkpoint at step %d in %s", start, workdir)
-  state = parallel.replicate(state, devs)
 
+  with _exclusive_workdir(workdir), _StopSignals() as signals:
+    _check_disk(workdir, state)
+    mgr = _checkpoint_manager(workdir)
+    try:
+      start, restored = _restore(mgr, _to_checkpoint(state, config), fallback_checkpoint)
+      _write_json(os.path.join(workdir, CONFIG_FILE), config.to_dict())
+      _write_json(os.path.join(workdir, STATUS_FILE), {"status": "running", "step": start})
+      writer = MetricWriter(workdir, tensorboard=config.tensorboard)
+      if restored is not None:
+        state = state.replace(step=restored["step"], params=restored["params"],
+                              batch_stats=restored["batch_stats"],
+                              opt_state=restored["opt_state"])
+        writer.truncate_after(start)
+        logging.info("Resumed from the checkpoint at step %d in %s", start, workdir)
+      try:
+        return _loop(trainer, parallel.replicate(state, devs), start, mgr, writer, signals,
+                     workdir)
+      finally:
+        writer.close()
+    except OSError as e:
+      raise UserError(f"writing to {workdir} failed ({e.strerror or e}); the last checkpoint "
+                      f"is step {mgr.latest_step()}; fix it and rerun to resume",
+                      field="--workdir") from None
+    finally:
+      mgr.wait_until_finished()
+      mgr.close()
+
+
+def _loop(trainer: Trainer, state, start: int, mgr, writer: MetricWriter,
+          signals: _StopSignals, workdir: str) -> dict[str, Any]:
+  """Chunks of steps between log / eval / checkpoint points, from `start` to the end."""
+  config = trainer.config
+  status_path = os.path.join(workdir, STATUS_FILE)
   last: dict[str, Any] = {}
   step = start
+
+  def save():
+    mgr.save(step, args=ocp.args.StandardSave(_to_checkpoint(parallel.unreplicate(state), config)))
+
   try:
     if start == 0 and config.eval_every > 0:
       state, last = _eval_and_check(trainer, state, config, 0)
@@ -330,12 +495,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       stop = _next_stop(step, config)
       t = time.perf_counter()
       compile_before = trainer.compile_seconds
-      state, chunk = trainer.train(state, step, stop - step)
+      state, chunk, finite = trainer.train(state, step, stop - step)
       elapsed = time.perf_counter() - t - (trainer.compile_seconds - compile_before)
       bad = np.flatnonzero(~np.isfinite(chunk[:, 0]) |
                            ((config.max_loss > 0) & (chunk[:, 0] > config.max_loss)))
       if bad.size:
         raise Diverged(step + int(bad[0]) + 1)
+      if not finite:  # the last update made parameters or BN statistics NaN/Inf
+        raise Diverged(stop)
       step = stop
       scalars: dict[str, Any] = {}
       if _is_due(step, config.log_every, config.num_steps):
@@ -350,23 +517,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       if scalars:
         writer.write(step, scalars)
         last = scalars | {"step": step}
-        done = step - start
-        rate = done / max(time.perf_counter() - t_start - trainer.compile_seconds, 1e-9)
+        rate = (step - start) / max(time.perf_counter() - t_start - trainer.compile_seconds, 1e-9)
         logging.info("step %d/%d  %s  ETA %s", step, config.num_steps,
                      "  ".join(f"{k} {v:.4g}" for k, v in scalars.items()),
                      _format_eta((config.num_steps - step) / max(rate, 1e-9)))
-      if _is_due(step, config.checkpoint_every, config.num_steps):
-        mgr.save(step, args=ocp.args.StandardSave(
-            _to_checkpoint(parallel.unreplicate(state), config)))
+      if _is_due(step, config.checkpoint_every, config.num_steps) or signals.requested:
+        save()
+      if signals.requested and step < config.num_steps:
+        writer.flush()
+        _write_json(status_path, {"status": "stopped", "step": step})
+        raise Stopped(step, signals.requested)
   except Diverged as e:
-    _write_json(os.path.join(workdir, STATUS_FILE), {"status": "diverged", "step": e.step})
+    _write_json(status_path, {"status": "diverged", "step": e.step})
     writer.write(e.step, {"diverged": True})
     raise
-  finally:
-    mgr.wait_until_finished()
-    mgr.close()
-    writer.close()
-  _write_json(os.path.join(workdir, STATUS_FILE), {"status": "done", "step": step})
+  _write_json(status_path, {"status": "done", "step": step})
   return last
 
 

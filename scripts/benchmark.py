@@ -70,7 +70,7 @@ class Ours:
     self.first_call_seconds = time.perf_counter() - t
 
   def run(self):
-    self.state, _ = self.trainer.train(self.state, self.pos, self.steps)
+    self.state, _, _ = self.trainer.train(self.state, self.pos, self.steps)
     self.pos += self.steps
 
 

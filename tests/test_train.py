@@ -45,7 +45,7 @@ def make_trainer(config, num_devices, train_n=64, eval_n=37):
 def run_steps(config, num_devices, steps=3):
   trainer = make_trainer(config, num_devices)
   state = parallel.replicate(trainer.init_state(synthetic(2, 0).images), trainer.devs)
-  state, metrics = trainer.train(state, 0, steps)
+  state, metrics, _ = trainer.train(state, 0, steps)
   return trainer, state, metrics
 
 
@@ -88,7 +88,7 @@ def test_train_step_changes_batch_stats_eval_leaves_them_bit_identical():
   assert all(np.isfinite(v) for v in metrics.values())
   after_eval = parallel.unreplicate(state.batch_stats)
   jax.tree.map(np.testing.assert_array_equal, after_eval, before)
-  state, _ = trainer.train(state, 0, 1)
+  state, _, _ = trainer.train(state, 0, 1)
   after_step = parallel.unreplicate(state.batch_stats)
   assert not np.allclose(after_step["bn0"]["mean"], before["bn0"]["mean"])
   assert int(after_step["bn0"]["count"]) == 1
@@ -104,7 +104,7 @@ def test_eval_independent_of_eval_batch_size_and_device_count(use_bn):
     config = tiny_config(**{"eval_batch_size": eval_batch, "model.use_bn": use_bn})
     trainer = make_trainer(config, devices)
     state = parallel.replicate(trainer.init_state(synthetic(2, 0).images), trainer.devs)
-    state, _ = trainer.train(state, 0, 4)
+    state, _, _ = trainer.train(state, 0, 4)
     results.append(trainer.evaluate(state))
   for r in results[1:]:
     for k in results[0]:

@@ -8,9 +8,10 @@ import ml_collections
 
 from bn_repro import batch_norm
 from bn_repro.models import common
+from bn_repro.models.inception import Inception
 from bn_repro.models.mlp import MLP, PROBE
 
-NAMES = ("mlp",)
+NAMES = ("mlp", "inception", "bn_inception")
 
 
 def make_norm(config: ml_collections.ConfigDict, axis_name: str | None, dtype: Any):
@@ -30,7 +31,26 @@ def make_norm(config: ml_collections.ConfigDict, axis_name: str | None, dtype: A
 
 
 def build(config: ml_collections.ConfigDict, *, axis_name: str | None, dtype: Any) -> nn.Module:
-  """The model of `config.model`, its BN synced over `axis_name` when `bn.cross_device`."""
+  """The model of `config.model`, its BN synced over `axis_name` when `bn.cross_device`.
+
+  "inception" and "bn_inception" both build `Inception` (models/inception.py) from the
+  same fields; the name is a label: BN comes from `model.use_bn` alone (so BN-Baseline
+  is "inception" + use_bn). Fields of config.model they read:
+    num_classes       int: logits (1000 for ImageNet).
+    nonlinearity      "relu" | "sigmoid" | "tanh".
+    use_bn            bool: BN (per config.bn) after every convolution, no conv biases.
+    dropout_rate      float: dropout before the classifier (baseline 0.4, BN-x5 0.0);
+                      > 0 needs a 'dropout' rng in training.
+    use_lrn           bool: local response normalization in the stem (baseline only).
+    width_multiplier  float: scales every channel count (1.0 = the table).
+    modules           sequence of module names, a subset of inception.MODULE_NAMES
+                      ("3a", ..., "5b") in table order; () = stem only.
+    stem              "imagenet" (224x224 inputs) | "small" (28x28 / 32x32 inputs).
+    separable_stem    bool: separable 7x7/2 stem conv (the paper) or a plain 7x7/2.
+    pool_proj_4cd     int: 4c/4d pool projections, 128 (table) or 96 (TF-slim).
+    init_std, init_fan_in: kernels ~ N(0, init_std^2 [/ fan_in]) (He: sqrt(2), True).
+    probe_unit        (read by the trainer) channel of the sown probe to track.
+  """
   m = config.model
   if m.name == "mlp":
     return MLP(
@@ -41,7 +61,23 @@ def build(config: ml_collections.ConfigDict, *, axis_name: str | None, dtype: An
         kernel_init=common.gaussian_init(m.init_std, m.init_fan_in),
         dtype=dtype,
     )
+  if m.name in ("inception", "bn_inception"):
+    # Fields: see the docstring above.
+    return Inception(
+        num_classes=m.num_classes,
+        nonlinearity=m.nonlinearity,
+        norm=make_norm(config, axis_name, dtype),
+        dropout_rate=m.dropout_rate,
+        use_lrn=m.use_lrn,
+        width_multiplier=m.width_multiplier,
+        modules=tuple(m.modules),
+        stem=m.stem,
+        separable_stem=m.separable_stem,
+        pool_proj_4cd=m.pool_proj_4cd,
+        kernel_init=common.gaussian_init(m.init_std, m.init_fan_in),
+        dtype=dtype,
+    )
   raise ValueError(f"unknown model {m.name!r}")
 
 
-__all__ = ["MLP", "PROBE", "NAMES", "build", "make_norm"]
+__all__ = ["Inception", "MLP", "PROBE", "NAMES", "build", "make_norm"]
