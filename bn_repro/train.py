@@ -398,19 +398,20 @@ def _restore(mgr: ocp.CheckpointManager, template: dict, fallback: bool) -> tupl
   """(step, restored tree) of the newest usable checkpoint, or (0, None) when there is none."""
   steps = sorted(mgr.all_steps(), reverse=True)
   for step in steps:
+    older = [s for s in steps if s < step]
+    hint = (f"rerun with --fallback_checkpoint to resume from an older one (steps {older})"
+            if older else "delete it to start over")
     try:
       problems = _compatibility_problems(mgr.item_metadata(step).tree, template)
-      if problems:
-        reason = "; ".join(problems[:3]) + (f"; and {len(problems) - 3} more" if len(problems) > 3 else "")
-      else:
+      if not problems:
         return step, mgr.restore(step, args=ocp.args.StandardRestore(template))
+      reason = "it was written by a different model: " + "; ".join(problems[:3]) + (
+          f"; and {len(problems) - 3} more" if len(problems) > 3 else "")
+      hint = "use a new --workdir for a different model"
     except Exception as e:  # pylint: disable=broad-except  # corrupt or truncated files
       reason = f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]}"
     where = os.path.join(str(mgr.directory), str(step))
     if not fallback:
-      older = [s for s in steps if s < step]
-      hint = (f"rerun with --fallback_checkpoint to resume from an older one (steps {older})"
-              if older else "delete it to start over")
       raise UserError(f"checkpoint {where} cannot be restored: {reason}; {hint}",
                       field="--workdir")
     logging.warning("Checkpoint %s cannot be restored (%s); trying the previous one", where, reason)
