@@ -1,4 +1,4 @@
-"""The one data-parallel seam: per-device SPMD functions with a named axis, run under pmap.
+"""The one data-parallel seam: per-device SPMD functions with a named axis, run under pmap or shard_map.
 
 Everything a step does across devices (gradient mean, BN statistics) is written
 with collectives on `AXIS`, so the wrapper that maps a function over devices is
@@ -54,7 +54,28 @@ def pmean(tree: Any) -> Any:
   return tree if lax.axis_size(AXIS) == 1 else lax.pmean(tree, AXIS)
 
 
+BACKENDS = ("pmap", "shard_map")
+
+
 def data_parallel(fn: Callable, devs: Sequence[jax.Device], *,
-                  donate_argnums: Sequence[int] = ()) -> Callable:
-  """Maps a per-device function (collectives over `AXIS`) over `devs` with jax.pmap."""
-  return jax.pmap(fn, axis_name=AXIS, devices=list(devs), donate_argnums=tuple(donate_argnums))
+                  donate_argnums: Sequence[int] = (), backend: str = "pmap") -> Callable:
+  """Maps a per-device function (collectives over `AXIS`) over `devs`.
+
+  "pmap": jax.pmap. "shard_map": jax.jit of jax.shard_map over a 1-D mesh, with
+  each device's block (leading axis of size 1) squeezed so that `fn` sees the same
+  per-device shapes as under pmap. Both take and return arrays whose leading axis
+  has one entry per device.
+  """
+  if backend == "pmap":
+    return jax.pmap(fn, axis_name=AXIS, devices=list(devs), donate_argnums=tuple(donate_argnums))
+  if backend == "shard_map":
+    mesh = jax.sharding.Mesh(np.array(devs), (AXIS,))
+    spec = jax.sharding.PartitionSpec(AXIS)
+
+    def per_block(*args):
+      out = fn(*jax.tree.map(lambda x: x[0], args))
+      return jax.tree.map(lambda x: x[None], out)
+
+    mapped = jax.shard_map(per_block, mesh=mesh, in_specs=spec, out_specs=spec, check_vma=False)
+    return jax.jit(mapped, donate_argnums=tuple(donate_argnums))
+  raise ValueError(f"unknown backend {backend!r}; choose one of {BACKENDS}")

@@ -176,13 +176,16 @@ class Trainer:
     dtype = common.DTYPES[config.dtype]
     self.model = models.build(config, axis_name=parallel.AXIS, dtype=dtype)
     sync = config.model.use_bn and not config.bn.cross_device
+    backend = config.parallel
     self._train = parallel.data_parallel(
         lambda *a: train_chunk(*a, dtype=dtype, sync_batch_stats=sync), devs,
-        donate_argnums=(0,))
+        donate_argnums=(0,), backend=backend)
     self._population = parallel.data_parallel(
-        lambda *a: recompute_population(*a, dtype=dtype), devs, donate_argnums=(0,))
+        lambda *a: recompute_population(*a, dtype=dtype), devs, donate_argnums=(0,),
+        backend=backend)
     self._eval = parallel.data_parallel(
-        lambda *a: evaluate(*a, dtype=dtype, probe_unit=config.model.probe_unit), devs)
+        lambda *a: evaluate(*a, dtype=dtype, probe_unit=config.model.probe_unit), devs,
+        backend=backend)
     self._compiled: dict[int, Any] = {}
     self.compile_seconds = 0.0
 

@@ -11,6 +11,7 @@ import ml_collections
 
 from bn_repro import batch_norm
 from bn_repro import models
+from bn_repro import parallel
 from bn_repro.errors import UserError
 from bn_repro.models import common
 
@@ -50,6 +51,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _one_of(config, "model.name", models.NAMES)
   _one_of(config, "model.nonlinearity", common.NONLINEARITIES)
   _one_of(config, "dtype", common.DTYPES)
+  _one_of(config, "parallel", parallel.BACKENDS)
   _one_of(config, "data.source", SOURCES)
   _one_of(config, "optimizer.name", OPTIMIZERS)
   _one_of(config, "bn.population", batch_norm.POPULATION_MODES)

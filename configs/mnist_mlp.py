@@ -72,5 +72,6 @@ def get_config(variant: str = "bn_sigmoid") -> ml_collections.ConfigDict:
   c.max_loss = 0.0  # > 0: a train loss above it counts as divergence, like NaN/Inf
   c.dtype = "float32"  # compute dtype: float32 or bfloat16 (params, BN statistics float32)
   c.num_devices = 0  # 0 = all local devices
+  c.parallel = "pmap"  # or "shard_map": jax.jit + jax.shard_map over a device mesh
   c.tensorboard = True
   return c

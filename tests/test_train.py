@@ -168,3 +168,14 @@ def test_model_builds_without_bias_when_bn_is_on():
   assert "bias" in p_no["dense0"] and "bn0" not in p_no
   # Gaussian N(0, 1/fan_in): the first layer's std is close to 1/28.
   assert abs(np.std(p_bn["dense0"]["kernel"]) * 28 - 1) < 0.05
+
+
+def test_shard_map_backend_equals_pmap():
+  _, s_pmap, m_pmap = run_steps(tiny_config(), 8)
+  trainer, s_shmap, m_shmap = run_steps(tiny_config(parallel="shard_map"), 8)
+  u1, u2 = parallel.unreplicate(s_pmap), parallel.unreplicate(s_shmap)
+  assert_trees_close(u2.params, u1.params, rtol=1e-6, atol=1e-6)
+  assert_trees_close(u2.batch_stats, u1.batch_stats, rtol=1e-6, atol=1e-6)
+  np.testing.assert_allclose(m_shmap, m_pmap, rtol=1e-6)
+  evals = trainer.evaluate(s_shmap)
+  assert 0 <= evals["eval/accuracy"] <= 1
