@@ -65,17 +65,18 @@ def _parse_flags(argv):
     _fail(f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
 
 
-class _OwnInfoOnly(pylogging.Filter):
-  """INFO lines from bn_repro only; libraries (orbax logs every save) speak from WARNING up."""
+class _OwnLinesOnly(pylogging.Filter):
+  """bn_repro's log lines; libraries (orbax logs every save, tfds warns about empty dirs)
+  only from ERROR up."""
 
   def filter(self, record: pylogging.LogRecord) -> bool:
-    return record.levelno >= pylogging.WARNING or f"{os.sep}bn_repro{os.sep}" in record.pathname
+    return record.levelno >= pylogging.ERROR or f"{os.sep}bn_repro{os.sep}" in record.pathname
 
 
 def run():
   """Console-script entry point."""
   logging.set_verbosity(logging.INFO)
-  logging.get_absl_handler().addFilter(_OwnInfoOnly())
+  logging.get_absl_handler().addFilter(_OwnLinesOnly())
   app.run(_main, flags_parser=_parse_flags)
 
 

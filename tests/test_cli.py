@@ -72,6 +72,16 @@ BAD_INPUT = [
     ("decay out of range", ["--config.bn.decay=1.0"], "config.bn.decay"),
     ("epsilon 0", ["--config.bn.epsilon=0"], "config.bn.epsilon"),
     ("wrong type", ["--config.num_steps=many"], "num_steps"),
+    ("unknown model", ["--config.model.name=resnet"], "config.model.name"),
+    ("unknown dataset", ["--config.data.name=svhn"], "config.data.name"),
+    ("unknown BN mode", ["--config.bn.population=median"], "config.bn.population"),
+    ("unknown backend", ["--config.parallel=xmap"], "config.parallel"),
+    ("unknown source", ["--config.data.source=web"], "config.data.source"),
+    ("bad split", ["--config.data.eval_split=test[a:b]"], "config.data.eval_split"),
+    ("overlapping splits", ["--config.data.train_split=train[:50]",
+                            "--config.data.eval_split=train[40:]"], "config.data.eval_split"),
+    ("tfds offline", ["--config.data.source=tfds", "--config.data.tfds_data_dir={tmp}/tfds"],
+     "config.data.idx_dir"),
 ]
 
 
@@ -79,6 +89,7 @@ BAD_INPUT = [
 def test_bad_input_is_one_line_exit_2_nothing_written(tmp_path, tiny_idx, name, flags, expect):
   del name
   workdir = tmp_path / "run"
+  flags = [f.format(tmp=tmp_path) for f in flags]
   r = cli(workdir, *tiny(tiny_idx, "--config.num_steps=4"), *flags)
   assert r.returncode == 2, r.stderr
   lines = r.stderr.strip().splitlines()
@@ -87,13 +98,17 @@ def test_bad_input_is_one_line_exit_2_nothing_written(tmp_path, tiny_idx, name, 
   assert not workdir.exists()
 
 
-@pytest.mark.parametrize("setup", ["missing", "malformed"])
+@pytest.mark.parametrize("setup", ["missing", "wrong magic", "truncated"])
 def test_bad_data_directory(tmp_path, setup):
   d = tmp_path / "data"
-  if setup == "malformed":
+  if setup != "missing":
     d.mkdir()
-    (d / "train-images-idx3-ubyte").write_bytes(b"\x00\x00\x08\x02" + bytes(20))
-    (d / "train-labels-idx1-ubyte").write_bytes(b"\x00\x00\x08\x01" + bytes(20))
+    write_pair(d, "train", 20, seed=0, gz=False)
+    write_pair(d, "t10k", 10, seed=0, gz=False)
+    images = d / "train-images-idx3-ubyte"
+    raw = images.read_bytes()
+    images.write_bytes(b"\x00\x00\x08\x02" + raw[4:] if setup == "wrong magic"
+                       else raw[: len(raw) // 2])
   workdir = tmp_path / "run"
   r = cli(workdir, "--config.data.source=idx", f"--config.data.idx_dir={d}",
           "--config.batch_size=16")
@@ -108,3 +123,9 @@ def test_unknown_variant(tmp_path):
   r = cli(tmp_path / "run", config="configs/mnist_mlp.py:bn_swish")
   assert r.returncode == 2
   assert len(r.stderr.strip().splitlines()) == 1 and "bn_swish" in r.stderr
+
+
+def test_decay_below_half_warns_pytorch_convention(tmp_path, tiny_idx):
+  r = cli(tmp_path / "run", *tiny(tiny_idx, "--config.num_steps=4", "--config.bn.decay=0.1"))
+  assert r.returncode == 0, r.stderr
+  assert "PyTorch's momentum=0.1 corresponds to decay=0.9" in r.stderr
