@@ -484,6 +484,7 @@ def _loop(trainer: Trainer, state, start: int, mgr, writer: MetricWriter,
   """Chunks of steps between log / eval / checkpoint points, from `start` to the end."""
   config = trainer.config
   status_path = os.path.join(workdir, STATUS_FILE)
+  profiler = _Profiler(config, workdir)
   last: dict[str, Any] = {}
   step = start
 
@@ -496,6 +497,7 @@ def _loop(trainer: Trainer, state, start: int, mgr, writer: MetricWriter,
       writer.write(0, last)
     t_start = time.perf_counter()
     while step < config.num_steps:
+      profiler.update(step)
       stop = _next_stop(step, config)
       t = time.perf_counter()
       compile_before = trainer.compile_seconds
@@ -535,8 +537,37 @@ def _loop(trainer: Trainer, state, start: int, mgr, writer: MetricWriter,
     _write_json(status_path, {"status": "diverged", "step": e.step})
     writer.write(e.step, {"diverged": True})
     raise
+  finally:
+    profiler.stop()
   _write_json(status_path, {"status": "done", "step": step})
   return last
+
+
+class _Profiler:
+  """A jax.profiler trace of the chunks that start in [profile_start_step, + profile_num_steps).
+
+  Traces go to <workdir>/profile (open with TensorBoard's profile plugin or Perfetto).
+  Windows are rounded to chunk boundaries: a chunk runs many steps in one device call.
+  """
+
+  def __init__(self, config, workdir: str):
+    self.start = config.profile_start_step
+    self.end = self.start + config.profile_num_steps
+    self.logdir = os.path.join(workdir, "profile")
+    self.active = False
+
+  def update(self, step: int) -> None:
+    if not self.active and self.start >= 0 and self.start <= step < self.end:
+      jax.profiler.start_trace(self.logdir)
+      self.active = True
+    elif self.active and step >= self.end:
+      self.stop()
+
+  def stop(self) -> None:
+    if self.active:
+      jax.profiler.stop_trace()
+      self.active = False
+      logging.info("Wrote a profile to %s", self.logdir)
 
 
 def _eval_and_check(trainer: Trainer, state, config, step: int):

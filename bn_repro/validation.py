@@ -59,7 +59,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
                 "bn.epsilon", "model.num_classes", "model.init_std"):
     _positive(config, field)
   for field in ("log_every", "eval_every", "checkpoint_every", "num_devices",
-                "optimizer.momentum", "max_loss"):
+                "optimizer.momentum", "max_loss", "profile_num_steps"):
     _non_negative(config, field)
   if not config.optimizer.momentum < 1:
     raise UserError(f"must be in [0, 1), got {config.optimizer.momentum!r}",

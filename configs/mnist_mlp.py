@@ -74,4 +74,6 @@ def get_config(variant: str = "bn_sigmoid") -> ml_collections.ConfigDict:
   c.num_devices = 0  # 0 = all local devices
   c.parallel = "pmap"  # or "shard_map": jax.jit + jax.shard_map over a device mesh
   c.tensorboard = True
+  c.profile_start_step = -1  # >= 0: jax.profiler trace into <workdir>/profile from this step
+  c.profile_num_steps = 0
   return c

@@ -129,3 +129,12 @@ def test_decay_below_half_warns_pytorch_convention(tmp_path, tiny_idx):
   r = cli(tmp_path / "run", *tiny(tiny_idx, "--config.num_steps=4", "--config.bn.decay=0.1"))
   assert r.returncode == 0, r.stderr
   assert "PyTorch's momentum=0.1 corresponds to decay=0.9" in r.stderr
+
+
+def test_profile_window_writes_a_trace(tmp_path, tiny_idx):
+  workdir = tmp_path / "run"
+  r = cli(workdir, *tiny(tiny_idx, "--config.num_steps=12", "--config.profile_start_step=4",
+                         "--config.profile_num_steps=4"))
+  assert r.returncode == 0, r.stderr
+  traces = list((workdir / "profile").rglob("*.xplane.pb"))
+  assert traces and traces[0].stat().st_size > 0

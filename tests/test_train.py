@@ -179,3 +179,10 @@ def test_shard_map_backend_equals_pmap():
   np.testing.assert_allclose(m_shmap, m_pmap, rtol=1e-6)
   evals = trainer.evaluate(s_shmap)
   assert 0 <= evals["eval/accuracy"] <= 1
+
+
+def test_bfloat16_loss_tracks_float32_on_a_short_run():
+  _, _, m32 = run_steps(tiny_config(), 1, steps=20)
+  _, _, m16 = run_steps(tiny_config(dtype="bfloat16"), 1, steps=20)
+  np.testing.assert_allclose(m16[:, 0], m32[:, 0], rtol=0.05)
+  assert not np.array_equal(m16[:, 0], m32[:, 0])  # bf16 really ran
