@@ -91,14 +91,21 @@ def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
 # Per-device functions (SPMD, collectives over parallel.AXIS).
 
 
-def train_step(state: TrainState, images, labels, *, dtype, sync_batch_stats: bool):
-  """One SGD step on this device's share of the global batch."""
+def train_step(state: TrainState, images, labels, *, dtype, sync_batch_stats: bool,
+               seed: int):
+  """One SGD step on this device's share of the global batch.
+
+  The dropout key is a pure function of (seed, step, device), so it needs no
+  checkpointing and a resumed run draws the same masks.
+  """
   x = preprocess(images, dtype)
+  rng = jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(seed), state.step),
+                           lax.axis_index(parallel.AXIS))
 
   def loss_fn(params):
     logits, updates = state.apply_fn(
         {"params": params, "batch_stats": state.batch_stats}, x, train=True,
-        mutable=["batch_stats"])
+        mutable=["batch_stats"], rngs={"dropout": rng})
     loss = cross_entropy(logits, labels).mean()
     return loss, (logits, updates.get("batch_stats", state.batch_stats))
 
@@ -114,13 +121,13 @@ def train_step(state: TrainState, images, labels, *, dtype, sync_batch_stats: bo
   return state, parallel.pmean(jnp.stack([loss, accuracy]))
 
 
-def train_chunk(state, images, labels, indices, *, dtype, sync_batch_stats):
+def train_chunk(state, images, labels, indices, *, dtype, sync_batch_stats, seed):
   """len(indices) steps; returns the state, per-step [loss, accuracy], and whether
   the final parameters and BN statistics are all finite (checked once per chunk)."""
 
   def body(state, idx):
     return train_step(state, images[idx], labels[idx], dtype=dtype,
-                      sync_batch_stats=sync_batch_stats)
+                      sync_batch_stats=sync_batch_stats, seed=seed)
 
   state, metrics = lax.scan(body, state, indices)
   leaves = jax.tree.leaves((state.params, state.batch_stats))
@@ -142,8 +149,11 @@ def recompute_population(state, images, labels, indices, *, dtype):
   return state.replace(batch_stats=batch_stats)
 
 
+EVAL_SUMS = ("correct", "top5", "loss", "count")
+
+
 def evaluate(state, images, labels, mask, *, dtype, probe_unit: int):
-  """Sums of correct, loss and count over this device's eval batches, and probe values."""
+  """Sums (EVAL_SUMS) over this device's eval batches, and the probe unit's values."""
 
   def body(sums, batch):
     x, y, m = batch
@@ -151,13 +161,15 @@ def evaluate(state, images, labels, mask, *, dtype, probe_unit: int):
         {"params": state.params, "batch_stats": state.batch_stats},
         preprocess(x, dtype), train=False, mutable=["intermediates"])
     correct = (jnp.argmax(logits, -1) == y).astype(jnp.float32)
-    sums = sums + jnp.stack([jnp.sum(correct * m), jnp.sum(cross_entropy(logits, y) * m),
-                             jnp.sum(m)])
+    k = min(5, logits.shape[-1])
+    top5 = jnp.any(lax.top_k(logits, k)[1] == y[:, None], axis=-1).astype(jnp.float32)
+    sums = sums + jnp.stack([jnp.sum(correct * m), jnp.sum(top5 * m),
+                             jnp.sum(cross_entropy(logits, y) * m), jnp.sum(m)])
     probe = inter.get("intermediates", {}).get(models.PROBE)
     probe = probe[0][:, probe_unit].astype(jnp.float32) if probe else jnp.zeros_like(m)
     return sums, probe
 
-  sums, probes = lax.scan(body, jnp.zeros(3), (images, labels, mask))
+  sums, probes = lax.scan(body, jnp.zeros(len(EVAL_SUMS)), (images, labels, mask))
   return lax.psum(sums, parallel.AXIS), probes
 
 
@@ -178,7 +190,7 @@ class Trainer:
     sync = config.model.use_bn and not config.bn.cross_device
     backend = config.parallel
     self._train = parallel.data_parallel(
-        lambda *a: train_chunk(*a, dtype=dtype, sync_batch_stats=sync), devs,
+        lambda *a: train_chunk(*a, dtype=dtype, sync_batch_stats=sync, seed=config.seed), devs,
         donate_argnums=(0,), backend=backend)
     self._population = parallel.data_parallel(
         lambda *a: recompute_population(*a, dtype=dtype), devs, donate_argnums=(0,),
@@ -198,7 +210,13 @@ class Trainer:
     self.eval_data = parallel.shard((shape(images), shape(labels), shape(mask)), devs)
 
   def init_state(self, sample_images: np.ndarray) -> TrainState:
-    return create_train_state(self.config, self.model, sample_images)
+    state = create_train_state(self.config, self.model, sample_images)
+    _, inter = jax.eval_shape(lambda: self.model.apply(
+        {"params": state.params, "batch_stats": state.batch_stats},
+        preprocess(jnp.asarray(sample_images), jnp.float32), train=False,
+        mutable=["intermediates"]))
+    self.has_probe = models.PROBE in inter.get("intermediates", {})
+    return state
 
   def _indices(self, seed: int, start: int, steps: int) -> jax.Array:
     """[device, step, local example] training indices."""
@@ -224,9 +242,9 @@ class Trainer:
 
   def evaluate(self, state) -> dict[str, float]:
     sums, probes = self._eval(state, *self.eval_data)
-    correct, loss, count = np.asarray(sums[0], np.float64)
-    out = {"eval/accuracy": correct / count, "eval/loss": loss / count}
-    if self.config.model.name == "mlp":
+    correct, top5, loss, count = np.asarray(sums[0], np.float64)
+    out = {"eval/accuracy": correct / count, "eval/top5": top5 / count, "eval/loss": loss / count}
+    if self.has_probe:
       values = np.asarray(probes).reshape(-1)[np.asarray(self.eval_data[2]).reshape(-1) > 0]
       for p, v in zip(PERCENTILES, np.percentile(values, PERCENTILES)):
         out[f"probe/p{p}"] = float(v)
