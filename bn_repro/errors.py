@@ -5,6 +5,12 @@ message must name what is wrong and how to fix it, in one sentence.
 """
 
 
+# Exit codes of the CLI, shared with the sweep runner.
+EXIT_BAD_INPUT = 2  # a UserError: one line on stderr, nothing written
+EXIT_DIVERGED = 3  # loss, parameters or BN statistics not finite; status.json says where
+EXIT_STOPPED = 4  # SIGTERM/SIGINT: a checkpoint was saved; rerun to resume
+
+
 class UserError(ValueError):
   """Bad input that the user can fix; `field` names the config field, if any."""
 

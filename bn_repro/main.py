@@ -14,9 +14,7 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
-EXIT_BAD_INPUT = 2
-EXIT_DIVERGED = 3
-EXIT_STOPPED = 4
+from bn_repro.errors import EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_STOPPED
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/mnist_mlp.py:bn_sigmoid.",
                                           lock_config=True)

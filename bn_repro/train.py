@@ -36,7 +36,7 @@ from bn_repro import parallel
 from bn_repro import validation
 from bn_repro.models import common
 from bn_repro.errors import UserError
-from bn_repro.metrics import MetricWriter
+from bn_repro.metrics import MetricWriter, read_metrics
 
 CONFIG_FILE = "config.json"
 STATUS_FILE = "status.json"
@@ -61,9 +61,27 @@ class Diverged(Exception):
     super().__init__(f"diverged at step {step}")
 
 
-def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+def make_optimizer(config: ml_collections.ConfigDict,
+                   steps_per_epoch: float) -> optax.GradientTransformation:
+  """SGD (with momentum if > 0), L2 weight decay on kernels, exponential learning-rate decay.
+
+  Weight decay adds weight_decay * w to the gradient of every `kernel` (not to BN's
+  scale and bias); the learning rate is multiplied by lr_decay_rate every
+  lr_decay_epochs epochs (staircase; 0 = constant), epochs converted to steps here.
+  """
   o = config.optimizer
-  return optax.sgd(o.learning_rate, momentum=o.momentum or None)
+  lr: Any = o.learning_rate
+  if o.lr_decay_epochs > 0 and o.lr_decay_rate != 1.0:
+    lr = optax.exponential_decay(o.learning_rate,
+                                 transition_steps=max(1, round(o.lr_decay_epochs * steps_per_epoch)),
+                                 decay_rate=o.lr_decay_rate, staircase=True)
+  parts = []
+  if o.weight_decay > 0:
+    kernels = lambda params: jax.tree_util.tree_map_with_path(
+        lambda path, _: getattr(path[-1], "key", None) == "kernel", params)
+    parts.append(optax.add_decayed_weights(o.weight_decay, mask=kernels))
+  parts.append(optax.sgd(lr, momentum=o.momentum or None))
+  return optax.chain(*parts)
 
 
 def preprocess(images: jax.Array, dtype: Any) -> jax.Array:
@@ -71,14 +89,15 @@ def preprocess(images: jax.Array, dtype: Any) -> jax.Array:
   return images.astype(dtype) * (1.0 / 255.0)
 
 
-def create_train_state(config, model, sample_images: np.ndarray) -> TrainState:
+def create_train_state(config, model, sample_images: np.ndarray,
+                       steps_per_epoch: float) -> TrainState:
   rng = jax.random.PRNGKey(config.seed)
   variables = model.init(rng, preprocess(jnp.asarray(sample_images), jnp.float32), train=False)
   return TrainState.create(
       apply_fn=model.apply,
       params=variables["params"],
       batch_stats=variables.get("batch_stats", {}),
-      tx=make_optimizer(config),
+      tx=make_optimizer(config, steps_per_epoch),
   )
 
 
@@ -210,7 +229,8 @@ class Trainer:
     self.eval_data = parallel.shard((shape(images), shape(labels), shape(mask)), devs)
 
   def init_state(self, sample_images: np.ndarray) -> TrainState:
-    state = create_train_state(self.config, self.model, sample_images)
+    state = create_train_state(self.config, self.model, sample_images,
+                               self.num_train / self.config.batch_size)
     _, inter = jax.eval_shape(lambda: self.model.apply(
         {"params": state.params, "batch_stats": state.batch_stats},
         preprocess(jnp.asarray(sample_images), jnp.float32), train=False,
@@ -281,8 +301,9 @@ def _check_saved_config(workdir: str, config: ml_collections.ConfigDict) -> None
     saved = json.load(f)
   flat_saved = _flat(ml_collections.ConfigDict(saved))
   flat_new = _flat(config)
-  differ = sorted(k for k in set(flat_saved) | set(flat_new)
-                  if k not in RESUMABLE_CHANGES and flat_saved.get(k) != flat_new.get(k))
+  # Fields only one side has come from a newer or older version of the code, not the user.
+  differ = sorted(k for k in set(flat_saved) & set(flat_new)
+                  if k not in RESUMABLE_CHANGES and flat_saved[k] != flat_new[k])
   if differ:
     detail = ", ".join(f"{k} ({flat_saved.get(k)!r} -> {flat_new.get(k)!r})" for k in differ)
     raise UserError(f"workdir {workdir} holds a run with a different config: {detail}; "
@@ -481,8 +502,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         state = state.replace(step=restored["step"], params=restored["params"],
                               batch_stats=restored["batch_stats"],
                               opt_state=restored["opt_state"])
-        writer.truncate_after(start)
         logging.info("Resumed from the checkpoint at step %d in %s", start, workdir)
+      writer.truncate_after(start if restored is not None else -1)  # lines past the checkpoint
       try:
         return _loop(trainer, parallel.replicate(state, devs), start, mgr, writer, signals,
                      workdir)
@@ -505,6 +526,9 @@ def _loop(trainer: Trainer, state, start: int, mgr, writer: MetricWriter,
   profiler = _Profiler(config, workdir)
   last: dict[str, Any] = {}
   step = start
+  # Figure 3's "steps to reach accuracy X": written once, at the first eval that gets there.
+  target_open = config.target_accuracy > 0 and not any(
+      "target/reached" in e for e in (read_metrics(workdir) if start else []))
 
   def save():
     mgr.save(step, args=ocp.args.StandardSave(_to_checkpoint(parallel.unreplicate(state), config)))
@@ -538,6 +562,9 @@ def _loop(trainer: Trainer, state, start: int, mgr, writer: MetricWriter,
       if _is_due(step, config.eval_every, config.num_steps):
         state, evals = _eval_and_check(trainer, state, config, step)
         scalars.update(evals)
+        if target_open and evals["eval/accuracy"] >= config.target_accuracy:
+          scalars["target/reached"] = config.target_accuracy  # first step at the target
+          target_open = False
       if scalars:
         writer.write(step, scalars)
         last = scalars | {"step": step}

@@ -74,6 +74,19 @@ def validate(config: ml_collections.ConfigDict) -> None:
                     config.bn.decay, config.bn.decay, 1 - config.bn.decay)
   if config.model.use_bn and config.bn.population == "average":
     _positive(config, "bn.population_batches")
+  if not 0 <= config.target_accuracy <= 1:
+    raise UserError(f"must be in [0, 1] (0 = off), got {config.target_accuracy!r}",
+                    field="config.target_accuracy")
+  for field in ("optimizer.weight_decay", "optimizer.lr_decay_epochs"):
+    _non_negative(config, field)
+  _positive(config, "optimizer.lr_decay_rate")
+  if config.model.name == "mlp":
+    _validate_mlp(config)
+  else:
+    _validate_inception(config)
+
+
+def _validate_mlp(config: ml_collections.ConfigDict) -> None:
   hidden = tuple(config.model.hidden)
   if not hidden or min(hidden) <= 0:
     raise UserError(f"needs at least one layer and positive widths, got {hidden!r}",
@@ -81,6 +94,19 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if not 0 <= config.model.probe_unit < hidden[-1]:
     raise UserError(f"must index a unit of the last hidden layer (0..{hidden[-1] - 1}), "
                     f"got {config.model.probe_unit}", field="config.model.probe_unit")
+
+
+def _validate_inception(config: ml_collections.ConfigDict) -> None:
+  from bn_repro.models import inception  # pylint: disable=g-import-not-at-top
+  _one_of(config, "model.stem", ("imagenet", "small"))
+  _positive(config, "model.width_multiplier")
+  if not 0 <= config.model.dropout_rate < 1:
+    raise UserError(f"must be in [0, 1), got {config.model.dropout_rate!r}",
+                    field="config.model.dropout_rate")
+  unknown = [m for m in config.model.modules if m not in inception.MODULE_NAMES]
+  if unknown:
+    raise UserError(f"unknown modules {unknown}; choose from {', '.join(inception.MODULE_NAMES)}",
+                    field="config.model.modules")
 
 
 def validate_devices(config: ml_collections.ConfigDict, num_devices: int) -> None:

@@ -62,6 +62,9 @@ def get_config(variant: str = "bn_sigmoid") -> ml_collections.ConfigDict:
   c.optimizer.name = "sgd"
   c.optimizer.learning_rate = 0.5
   c.optimizer.momentum = 0.0
+  c.optimizer.weight_decay = 0.0  # L2 on kernels: adds weight_decay * w to the gradient
+  c.optimizer.lr_decay_rate = 1.0  # learning rate *= lr_decay_rate every lr_decay_epochs
+  c.optimizer.lr_decay_epochs = 0.0  # 0 = constant learning rate
 
   c.batch_size = 60  # global, split over devices
   c.eval_batch_size = 1000  # global
@@ -69,6 +72,7 @@ def get_config(variant: str = "bn_sigmoid") -> ml_collections.ConfigDict:
   c.log_every = 250
   c.eval_every = 250
   c.checkpoint_every = 5_000
+  c.target_accuracy = 0.0  # > 0: record the first step whose eval accuracy reaches it
   c.max_loss = 0.0  # > 0: a train loss above it counts as divergence, like NaN/Inf
   c.dtype = "float32"  # compute dtype: float32 or bfloat16 (params, BN statistics float32)
   c.num_devices = 0  # 0 = all local devices

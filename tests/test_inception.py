@@ -42,8 +42,32 @@ PINNED = {
     ("baseline", 96, True): 11_178_336,
 }
 
-TINY = dict(num_classes=10, width_multiplier=0.125, modules=("3a", "3b", "3c", "4a"),
-            stem="small")
+TINY = dict(num_classes=10, width_multiplier=0.125, modules=("3a", "3c"), stem="small")
+TINY_INPUT = (4, 28, 28, 1)  # one shape for every real forward pass: compiled ops are reused
+
+
+def tiny_input(seed: int = 0) -> jax.Array:
+  return jnp.asarray(np.random.default_rng(seed).uniform(size=TINY_INPUT), jnp.float32)
+
+
+def tiny_variables(model: nn.Module, seed: int = 0):
+  """Variables shaped as `model.init` makes them, filled by numpy.
+
+  Avoids compiling XLA's random number generators (slow on a shared 2-core machine):
+  kernels ~ N(0, 2 / fan_in), BN scale and population variance 1, the rest 0.
+  """
+  abstract = jax.eval_shape(functools.partial(model.init, train=False),
+                            jax.random.PRNGKey(0), jax.ShapeDtypeStruct(TINY_INPUT, jnp.float32))
+  rng = np.random.default_rng(seed)
+
+  def fill(path, leaf):
+    name = path[-1].key
+    if name == "kernel":
+      std = np.sqrt(2.0 / math.prod(leaf.shape[:-1]))
+      return jnp.asarray(rng.normal(0.0, std, leaf.shape), leaf.dtype)
+    return (jnp.ones if name in ("scale", "var") else jnp.zeros)(leaf.shape, leaf.dtype)
+
+  return jax.tree_util.tree_map_with_path(fill, abstract)
 
 
 def conv_params(k: int, cin: int, cout: int, bn: bool) -> int:
@@ -107,10 +131,11 @@ def expected_stages(proj: int) -> dict[str, tuple[int, int, int]]:
 def test_full_model_logits_and_stage_shapes_follow_the_table(kind, proj):
   logits, variables = traced(kind, proj)
   assert logits.shape == (2, 1000) and logits.dtype == jnp.float32
-  stages = {k: v[0].shape for k, v in variables[inception.STAGES].items()}
-  assert stages == {k: (2,) + v for k, v in expected_stages(proj).items()}
+  inter = dict(variables["intermediates"])
   # The probe: pooled pre-nonlinearity of 5b's last double-3x3 conv, (batch, channels).
-  (probe,) = variables["intermediates"][models.PROBE]
+  (probe,) = inter.pop(models.PROBE)
+  assert {k: v[0].shape for k, v in inter.items()} == {
+      k: (2,) + v for k, v in expected_stages(proj).items()}
   assert probe.shape == (2, 224)
 
 
@@ -124,8 +149,13 @@ def test_parameter_counts_pinned_and_equal_to_table_arithmetic(key):
 
 
 def test_count_params_helper_agrees():
-  assert inception.count_params(inception.bn_inception(), (1, 224, 224, 3)) == PINNED[
-      ("bn", 128, True)]
+  model = inception.bn_inception(**TINY)
+  n = num_values(tiny_variables(model)["params"])
+  assert inception.count_params(model, TINY_INPUT) == n
+  # Small stem 3x3 1->24, 3a (in 24) and 3c (in 32) at width 1/8, classifier 64 -> 10.
+  m3a, c = module_params((8, 8, 8, 8, 12, 4), 24, bn=True)
+  m3c, c = module_params((0, 16, 20, 8, 12, 0), c, bn=True)
+  assert n == conv_params(3, 1, 24, bn=True) + m3a + m3c + c * 10 + 10
 
 
 @pytest.mark.parametrize("kind", ["bn", "baseline"])
@@ -139,7 +169,7 @@ def test_module_3a_parameters_by_hand(kind):
       + 192 * 64 + per_channel * 64 + 9 * 64 * 96 + per_channel * 96
       + 9 * 96 * 96 + per_channel * 96
       + 192 * 32 + per_channel * 32)
-  assert expected == (219_072 if bn else 218_464)
+  assert expected == (219_072 if bn else 218_592)
   _, variables = traced(kind)
   assert num_values(variables["params"]["inception_3a"]) == expected
 
@@ -158,7 +188,7 @@ def test_conv_bias_only_without_bn(kind):
   _, variables = traced(kind)
   params = variables["params"]
   layers = list(conv_layers(params))
-  assert len(layers) == 3 + 10 * 6 - 2 * 2  # stem 3; 6 per module, 3c and 4e lack 2
+  assert len(layers) == 3 + 10 * 7 - 2 * 2  # stem 3; 7 per module, 3c and 4e lack 2
   for path, layer in layers:
     if kind == "bn":
       assert "bias" not in layer["conv"], path
@@ -184,7 +214,7 @@ def naive_lrn(x, size=5, alpha=1e-4, beta=0.75, k=1.0):
 
 @pytest.mark.parametrize("size,alpha", [(5, 1e-4), (3, 0.5), (4, 0.1)])
 def test_lrn_matches_caffe_formula(size, alpha):
-  x = jax.random.normal(jax.random.PRNGKey(0), (2, 3, 3, 9)) * 40.0
+  x = jnp.asarray(np.random.default_rng(0).normal(0.0, 40.0, (2, 3, 3, 9)), jnp.float32)
   y = inception.local_response_norm(x, size=size, alpha=alpha)
   np.testing.assert_allclose(y, naive_lrn(x, size, alpha), rtol=1e-5)
   assert np.max(np.abs(np.asarray(y) - np.asarray(x))) > 1e-2  # not the identity here
@@ -199,43 +229,44 @@ def test_lrn_only_when_asked(monkeypatch, stem, calls):
     return original(x, *a, **kw)
 
   monkeypatch.setattr(inception, "local_response_norm", counting_lrn)
-  x = jax.random.uniform(jax.random.PRNGKey(1), (2, 32, 32, 3)) * 50.0
-  outs = {}
+  x = jax.ShapeDtypeStruct((2, 32, 32, 3), jnp.float32)
   for use_lrn in (False, True):
-    counted.clear()
-    model = inception.Inception(num_classes=10, width_multiplier=0.125, modules=(),
+    model = inception.Inception(num_classes=10, width_multiplier=0.125, modules=("3a",),
                                 stem=stem, use_lrn=use_lrn)
-    params = model.init(jax.random.PRNGKey(0), x)
-    outs[use_lrn] = model.apply(params, x)
+    variables = jax.eval_shape(model.init, jax.random.PRNGKey(0), x)
+    counted.clear()
+    jax.eval_shape(model.apply, variables, x)  # traces the forward pass once
     assert len(counted) == (calls if use_lrn else 0)
-  assert not np.allclose(outs[False], outs[True])
+  if stem == "imagenet":  # after the first max pool and after the 3x3 stem conv
+    assert counted == [(2, 8, 8, 8), (2, 8, 8, 24)]
   assert inception.inception_baseline().use_lrn and not inception.bn_inception().use_lrn
 
 
 def test_dropout_only_in_training():
-  model = inception.inception_baseline(**TINY)
-  assert model.dropout_rate == 0.4 and model.norm is None
-  x = jax.random.uniform(jax.random.PRNGKey(0), (4, 28, 28, 1))
-  params = model.init(jax.random.PRNGKey(1), x)
-  r1, r2 = jax.random.PRNGKey(2), jax.random.PRNGKey(3)
-  train1 = model.apply(params, x, train=True, rngs={"dropout": r1})
-  train2 = model.apply(params, x, train=True, rngs={"dropout": r2})
-  assert not np.allclose(train1, train2)
-  eval1 = model.apply(params, x, train=False, rngs={"dropout": r1})
-  eval2 = model.apply(params, x, train=False, rngs={"dropout": r2})
+  # BN-Baseline-like: BN and dropout (the same ops as the other tiny tests, already compiled).
+  model = inception.bn_inception(dropout_rate=0.4, **TINY)
+  x, variables = tiny_input(), tiny_variables(model)
+
+  def train(rng, m=model):
+    return m.apply(variables, x, train=True, rngs={"dropout": rng}, mutable=["batch_stats"])[0]
+
+  # rbg keys: XLA compiles their generator much faster than threefry's.
+  r1, r2 = jax.random.key(2, impl="rbg"), jax.random.key(3, impl="rbg")
+  assert not np.allclose(train(r1), train(r2))
+  eval1 = model.apply(variables, x, train=False, rngs={"dropout": r1})
+  eval2 = model.apply(variables, x, train=False, rngs={"dropout": r2})
   np.testing.assert_array_equal(eval1, eval2)
-  np.testing.assert_array_equal(eval1, model.apply(params, x))
+  np.testing.assert_array_equal(eval1, model.apply(variables, x))
   no_dropout = model.clone(dropout_rate=0.0)
-  np.testing.assert_array_equal(
-      no_dropout.apply(params, x, train=True, rngs={"dropout": r1}),
-      no_dropout.apply(params, x, train=True, rngs={"dropout": r2}))
+  np.testing.assert_array_equal(train(r1, no_dropout), train(r2, no_dropout))
+  assert inception.inception_baseline().dropout_rate == 0.4
+  assert inception.inception_baseline().norm is None
   assert inception.bn_inception().dropout_rate == 0.0
 
 
 def test_tiny_bn_variant_updates_statistics_only_in_training():
   model = inception.bn_inception(**TINY)
-  x = jax.random.uniform(jax.random.PRNGKey(0), (4, 28, 28, 1))
-  variables = model.init(jax.random.PRNGKey(1), x)
+  x, variables = tiny_input(), tiny_variables(model)
   stats = variables["batch_stats"]
   logits, updated = model.apply(variables, x, train=True, mutable=["batch_stats"])
   assert logits.shape == (4, 10) and np.all(np.isfinite(logits))
@@ -245,35 +276,28 @@ def test_tiny_bn_variant_updates_statistics_only_in_training():
   jax.tree.map(np.testing.assert_array_equal, stats, after_eval["batch_stats"])
   # One mean/var per feature map of every convolution: shape (channels,).
   layers = list(conv_layers(variables["params"]))
-  assert len(layers) == 1 + 4 * 6 - 2  # small stem 1; 3c lacks 2
+  assert len(layers) == 1 + 2 * 7 - 2  # small stem 1; 7 per module, 3c lacks 2
   for path, layer in layers:
     channels = layer["conv"]["kernel"].shape[-1]
     bn_stats = functools.reduce(lambda t, k: t[k], path, stats)["bn"]
     assert bn_stats["mean"].shape == bn_stats["var"].shape == (channels,), path
   # The width-1/8 stages: 28x28 -> 3c at 14x14.
-  _, st = model.apply(variables, x, mutable=[inception.STAGES, "intermediates"])
-  shapes = {k: v[0].shape for k, v in st[inception.STAGES].items()}
-  assert shapes == {"conv1": (4, 28, 28, 24), "3a": (4, 28, 28, 32), "3b": (4, 28, 28, 40),
-                    "3c": (4, 14, 14, 72), "4a": (4, 14, 14, 72)}
-  assert st["intermediates"][models.PROBE][0].shape == (4, 16)
+  _, inter = model.apply(variables, x, mutable=["intermediates"])
+  shapes = {k: v[0].shape for k, v in inter["intermediates"].items()}
+  # 3a: 8 + 8 + 12 + 4; 3c: 20 + 12 + 32 passed through; probe: 3c's double-3x3, 96 / 8.
+  assert shapes == {"conv1": (4, 28, 28, 24), "3a": (4, 28, 28, 32), "3c": (4, 14, 14, 64),
+                    models.PROBE: (4, 12)}
 
 
-@pytest.mark.parametrize("nonlinearity", ["sigmoid", "relu", "tanh"])
-def test_nonlinearities_build_and_run(nonlinearity):
-  model = inception.bn_inception(nonlinearity=nonlinearity, **TINY)
-  x = jax.random.uniform(jax.random.PRNGKey(0), (2, 28, 28, 1))
-  variables = model.init(jax.random.PRNGKey(1), x)
-  logits, _ = model.apply(variables, x, train=True, mutable=["batch_stats"])
-  assert logits.shape == (2, 10) and np.all(np.isfinite(logits))
-
-
-def test_nonlinearity_is_used():
-  x = jax.random.uniform(jax.random.PRNGKey(0), (2, 28, 28, 1))
+def test_nonlinearities_build_and_are_used():
+  x = tiny_input()
   outs = []
   for nonlinearity in ("sigmoid", "relu", "tanh"):
     model = inception.bn_inception(nonlinearity=nonlinearity, **TINY)
-    variables = model.init(jax.random.PRNGKey(1), x)
-    outs.append(model.apply(variables, x))
+    variables = tiny_variables(model)
+    logits, _ = model.apply(variables, x, train=True, mutable=["batch_stats"])
+    assert logits.shape == (4, 10) and np.all(np.isfinite(logits))
+    outs.append(logits)
   assert not np.allclose(outs[0], outs[1]) and not np.allclose(outs[1], outs[2])
 
 
@@ -284,10 +308,10 @@ def test_width_scaling_and_module_validation():
   assert inception.scale_channels(0, 0.125) == 0
   assert inception.module_spec("4c", 1.0, 96).pool_proj == 96
   assert inception.module_spec("4a", 1.0, 96).pool_proj == 128
-  x = jnp.zeros((1, 28, 28, 1))
+  x = jax.ShapeDtypeStruct((1, 28, 28, 1), jnp.float32)
   for bad in [dict(modules=("3b", "3a")), dict(modules=("6a",)), dict(stem="tiny")]:
     with pytest.raises(ValueError):
-      inception.Inception(**{**TINY, **bad}).init(jax.random.PRNGKey(0), x)
+      jax.eval_shape(inception.Inception(**{**TINY, **bad}).init, jax.random.PRNGKey(0), x)
 
 
 @pytest.mark.parametrize("name,use_bn", [("bn_inception", True), ("inception", False)])
@@ -299,7 +323,7 @@ def test_registry_builds_from_config(name, use_bn):
   c.model.dropout_rate = 0.0 if use_bn else 0.4
   c.model.use_lrn = not use_bn
   c.model.width_multiplier = 0.125
-  c.model.modules = ("3a", "3b", "3c", "4a")
+  c.model.modules = ("3a", "3b", "3c", "4a")  # (only traced here)
   c.model.stem = "small"
   c.model.separable_stem = True
   c.model.pool_proj_4cd = 96
@@ -311,8 +335,10 @@ def test_registry_builds_from_config(name, use_bn):
   assert model.norm is None or model.norm.func is batch_norm.BatchNorm
   assert (model.modules, model.stem, model.use_lrn, model.dropout_rate, model.pool_proj_4cd) == (
       ("3a", "3b", "3c", "4a"), "small", not use_bn, c.model.dropout_rate, 96)
-  x = jnp.ones((3, 28, 28, 1))
-  variables = model.init(jax.random.PRNGKey(0), x, train=False)
+  x = jax.ShapeDtypeStruct((3, 28, 28, 1), jnp.float32)
+  variables = jax.eval_shape(functools.partial(model.init, train=False), jax.random.PRNGKey(0), x)
+  assert ("batch_stats" in variables) == use_bn
   # What the trainer's evaluation reads: probe[0][:, unit] of a (batch, channels) array.
-  _, inter = model.apply(variables, x, train=False, mutable=["intermediates"])
-  assert inter["intermediates"][models.PROBE][0][:, c.model.probe_unit].shape == (3,)
+  _, inter = jax.eval_shape(
+      functools.partial(model.apply, train=False, mutable=["intermediates"]), variables, x)
+  assert inter["intermediates"][models.PROBE][0].shape == (3, 16)

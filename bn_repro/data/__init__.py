@@ -1,8 +1,10 @@
-"""Datasets as in-memory numpy arrays, and the order training reads them."""
+"""Datasets: in memory (MNIST, CIFAR-10) or streamed from tfds (ImageNet)."""
 
+from bn_repro.data.imagenet import StreamingImages
 from bn_repro.data.mnist import ArrayDataset
 from bn_repro.data.mnist import load_splits
 from bn_repro.data.mnist import pad_for_eval
 from bn_repro.data.mnist import train_batch_indices
 
-__all__ = ["ArrayDataset", "load_splits", "pad_for_eval", "train_batch_indices"]
+__all__ = ["ArrayDataset", "StreamingImages", "load_splits", "pad_for_eval",
+           "train_batch_indices"]

@@ -1,4 +1,4 @@
-"""In-memory datasets (MNIST now) from IDX files or tfds, plus batch order.
+"""In-memory datasets (MNIST, CIFAR-10) from IDX or tfds, plus batch order.
 
 Everything is numpy: the whole dataset is held in host memory, and the training
 stream is a pure function of (seed, step) so that resuming is exact. tfds is
@@ -29,7 +29,7 @@ class DatasetSpec:
   image_shape: tuple[int, int, int]
   num_classes: int
   split_names: tuple[str, ...]
-  idx_prefixes: Mapping[str, str]  # split name -> IDX file prefix.
+  idx_prefixes: Mapping[str, str]  # split name -> IDX file prefix; {} = none.
   download_host: str  # Probed before a tfds download.
 
 
@@ -39,6 +39,11 @@ DATASETS: dict[str, DatasetSpec] = {
         split_names=("train", "test"),
         idx_prefixes={"train": "train", "test": "t10k"},
         download_host="storage.googleapis.com"),
+    "cifar10": DatasetSpec(
+        image_shape=(32, 32, 3), num_classes=10,
+        split_names=("train", "test"),
+        idx_prefixes={},
+        download_host="www.cs.toronto.edu"),
 }
 
 
@@ -70,6 +75,10 @@ def load_splits(
     raise UserError(
         f"unknown source {data.source!r}; use 'tfds' or 'idx'.",
         field="config.data.source")
+  if data.source == "idx" and not spec.idx_prefixes:
+    raise UserError(
+        f"dataset {data.name!r} has no IDX files; set"
+        " --config.data.source=tfds.", field="config.data.source")
   train = splits.parse_split(
       data.train_split, "config.data.train_split", spec.split_names)
   eval_ = splits.parse_split(
@@ -183,16 +192,22 @@ def _network_reachable(host: str, port: int = 443,
   return bool(result)
 
 
+def check_array_record(builder: Any, fix: str, field: str) -> None:
+  """Raises `UserError` unless a prepared `builder` is in ArrayRecord format (readable without TF)."""
+  file_format = builder.info.file_format
+  if file_format is not None and file_format.value != "array_record":
+    raise UserError(
+        f"{builder.name} in {builder.data_dir} is prepared as {file_format.value}, which tfds "
+        f"cannot read without TensorFlow; {fix}", field=field)
+
+
 def _ensure_prepared(builder: Any, spec: DatasetSpec) -> None:
   """Prepares `builder` if it can do so; raises `UserError` rather than hang."""
   if builder.is_prepared():
-    file_format = builder.info.file_format
-    if file_format is not None and file_format.value != "array_record":
-      raise UserError(
-          f"{builder.name} in {builder.data_dir} is prepared as"
-          f" {file_format.value}, which tfds cannot read without TensorFlow;"
-          " prepare it with file_format='array_record' or set"
-          " --config.data.source=idx.", field="config.data.source")
+    check_array_record(
+        builder, "prepare it with file_format='array_record'" +
+        (" or set --config.data.source=idx." if spec.idx_prefixes else "."),
+        "config.data.source")
     return
   if not _tensorflow_available():
     reason = "preparing it needs TensorFlow (pip install 'bn_repro[prepare]')"
@@ -204,8 +219,10 @@ def _ensure_prepared(builder: Any, spec: DatasetSpec) -> None:
     return
   raise UserError(
       f"tfds dataset {builder.name} is not prepared in {builder.data_dir} and"
-      f" {reason}; prepare it on a machine with TensorFlow and a network, or"
-      " set --config.data.source=idx --config.data.idx_dir=<dir of IDX files>.",
+      f" {reason}; prepare it on a machine with TensorFlow and a network"
+      + (", or set --config.data.source=idx --config.data.idx_dir=<dir of IDX"
+         " files>." if spec.idx_prefixes else
+         " and set --config.data.tfds_data_dir to its data_dir."),
       field="config.data.source")
 
 

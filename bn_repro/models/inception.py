@@ -39,14 +39,21 @@ Small variants for CPU: `width_multiplier` scales every channel count (`scale_ch
 `modules` keeps a subset of the ten modules, and `stem='small'` replaces the ImageNet
 stem by one 3x3/1 convolution to 192 (scaled) channels with no pooling, so that a
 28x28 (MNIST) or 32x32 (CIFAR-10) input reaches module 3a at the same 28x28 / 32x32
-resolution the full network has there.
+resolution the full network has there. The depth multiplier 8 and the module strides
+are not scaled.
 
-Collections: the global-average-pooled pre-nonlinearity values of one convolution
-(the last 3x3 of the double-3x3 branch of the last module, or the last stem convolution
-when `modules` is empty), shape (batch, channels), are sown into `intermediates` under
-`PROBE` as in the MLP, for the trainer's probe. Every stage output is sown into the
-`STAGES` collection ('conv1', 'pool1', 'conv2', 'pool2', '3a', ..., '5b'); both are
-no-ops unless the caller makes the collection mutable.
+Parameter counts at 1000 classes (scripts/param_counts.py): BN-Inception 11,278,528
+(pool_proj_4cd=128; 11,188,288 with 96), close to the ~11.2M the table implies; the
+baseline built this way has 11,268,512, not the 13.6M the paper quotes for "Inception",
+which presumably counts parts the paper does not describe (e.g. auxiliary classifiers).
+
+Sown into the `intermediates` collection (a no-op unless the caller makes it mutable;
+`init` never does): under `PROBE`, as in the MLP and for the trainer's probe, the
+global-average-pooled pre-nonlinearity values of ONE convolution, shape (batch,
+channels): the last 3x3 of the double-3x3 branch of the last module (the last stem
+convolution when `modules` is empty); and every stage's output under its name in the
+table ('conv1', 'pool1', 'conv2', 'pool2' of the ImageNet stem or 'conv1' of the small
+one, then '3a', ..., '5b'), for shape checks.
 """
 
 import functools
@@ -64,7 +71,7 @@ from bn_repro.models.mlp import PROBE
 
 Array = jax.Array
 
-STAGES = "stages"  # collection of sown stage outputs (for shape checks)
+INTERMEDIATES = "intermediates"  # collection of the sown probe and stage outputs
 STEMS = ("imagenet", "small")
 MIN_CHANNELS = 4  # floor of a width-scaled channel count (1/8 of the table's smallest, 32)
 DEPTH_MULTIPLIER = 8  # of the separable 7x7 stem convolution
@@ -270,9 +277,9 @@ class Inception(nn.Module):
       else:
         probe = conv(ch(64), (7, 7), strides=2, name="stem_conv1")(x, train)
       x = act(probe)
-      self.sow(STAGES, "conv1", x)
+      self.sow(INTERMEDIATES, "conv1", x)
       x = nn.max_pool(x, (3, 3), (2, 2), padding="SAME")
-      self.sow(STAGES, "pool1", x)
+      self.sow(INTERMEDIATES, "pool1", x)
       if self.use_lrn:
         x = local_response_norm(x)
       x = act(conv(ch(64), (1, 1), name="stem_conv2_reduce")(x, train))
@@ -280,23 +287,23 @@ class Inception(nn.Module):
       x = act(probe)
       if self.use_lrn:
         x = local_response_norm(x)
-      self.sow(STAGES, "conv2", x)
+      self.sow(INTERMEDIATES, "conv2", x)
       x = nn.max_pool(x, (3, 3), (2, 2), padding="SAME")
-      self.sow(STAGES, "pool2", x)
+      self.sow(INTERMEDIATES, "pool2", x)
     else:
       probe = conv(ch(192), (3, 3), name="stem_conv1")(x, train)
       x = act(probe)
       if self.use_lrn:
         x = local_response_norm(x)
-      self.sow(STAGES, "conv1", x)
+      self.sow(INTERMEDIATES, "conv1", x)
 
     for name in self.modules:
       spec = module_spec(name, self.width_multiplier, self.pool_proj_4cd)
       x, probe = InceptionModule(spec, self.nonlinearity, self.norm, self.kernel_init,
                                  self.dtype, name=f"inception_{name}")(x, train)
-      self.sow(STAGES, name, x)
+      self.sow(INTERMEDIATES, name, x)
 
-    self.sow("intermediates", PROBE, jnp.mean(probe, axis=(1, 2)))
+    self.sow(INTERMEDIATES, PROBE, jnp.mean(probe, axis=(1, 2)))
     x = jnp.mean(x, axis=(1, 2))
     if self.dropout_rate > 0:
       x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
