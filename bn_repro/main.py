@@ -59,7 +59,12 @@ def _parse_flags(argv):
     return flags.FLAGS(argv)
   except flags.Error as e:
     _fail(str(e).splitlines()[0])
-  except Exception as e:  # a config file's get_config() rejecting its variant, a bad override
+  except (AttributeError, KeyError) as e:  # an override of a field the config does not have
+    key = str(e).strip("\"'")
+    given = [a.split("=")[0] for a in argv if a.startswith("--config.") and key in a]
+    _fail(f"unknown config field {key!r}" + (f" in {given[0]}" if given else "") +
+          "; the fields are those of the config file (see its get_config and the README)")
+  except Exception as e:  # a config file's get_config() rejecting its variant
     _fail(f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
 
 

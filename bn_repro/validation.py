@@ -10,6 +10,7 @@ from absl import logging
 import ml_collections
 
 from bn_repro import batch_norm
+from bn_repro import data
 from bn_repro import models
 from bn_repro import parallel
 from bn_repro.errors import UserError
@@ -53,6 +54,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _one_of(config, "dtype", common.DTYPES)
   _one_of(config, "parallel", parallel.BACKENDS)
   _one_of(config, "data.source", SOURCES)
+  _one_of(config, "data.name", data.DATASETS)
   _one_of(config, "optimizer.name", OPTIMIZERS)
   _one_of(config, "bn.population", batch_norm.POPULATION_MODES)
   for field in ("optimizer.learning_rate", "num_steps", "batch_size", "eval_batch_size",

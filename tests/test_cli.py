@@ -60,7 +60,8 @@ def test_run_writes_metrics_and_checkpoints_and_resumes_exactly(tmp_path, tiny_i
 
 
 BAD_INPUT = [
-    ("unknown key", ["--config.learning_rate=0.1"], "learning_rate"),
+    ("unknown key", ["--config.learning_rate=0.1"],
+     "unknown config field 'learning_rate' in --config.learning_rate"),
     ("learning rate 0", ["--config.optimizer.learning_rate=0"], "config.optimizer.learning_rate"),
     ("negative steps", ["--config.num_steps=-5"], "config.num_steps"),
     ("batch 0", ["--config.batch_size=0"], "config.batch_size"),

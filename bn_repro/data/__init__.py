@@ -2,9 +2,10 @@
 
 from bn_repro.data.imagenet import StreamingImages
 from bn_repro.data.mnist import ArrayDataset
+from bn_repro.data.mnist import DATASETS
 from bn_repro.data.mnist import load_splits
 from bn_repro.data.mnist import pad_for_eval
 from bn_repro.data.mnist import train_batch_indices
 
-__all__ = ["ArrayDataset", "StreamingImages", "load_splits", "pad_for_eval",
+__all__ = ["ArrayDataset", "DATASETS", "StreamingImages", "load_splits", "pad_for_eval",
            "train_batch_indices"]
