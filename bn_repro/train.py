@@ -140,15 +140,23 @@ def train_step(state: TrainState, images, labels, *, dtype, sync_batch_stats: bo
   return state, parallel.pmean(jnp.stack([loss, accuracy]))
 
 
-def train_chunk(state, images, labels, indices, *, dtype, sync_batch_stats, seed):
-  """len(indices) steps; returns the state, per-step [loss, accuracy], and whether
-  the final parameters and BN statistics are all finite (checked once per chunk)."""
+def train_chunk(state, dataset, batches, *, dtype, sync_batch_stats, seed):
+  """len(batches) steps; returns the state, per-step [loss, accuracy], and whether
+  the final parameters and BN statistics are all finite (checked once per chunk).
 
-  def body(state, idx):
-    return train_step(state, images[idx], labels[idx], dtype=dtype,
-                      sync_batch_stats=sync_batch_stats, seed=seed)
+  `batches` holds, per step, either example indices into the device-resident
+  `dataset` (images, labels), or, with `dataset` = (), the (images, labels) themselves.
+  """
 
-  state, metrics = lax.scan(body, state, indices)
+  def body(state, batch):
+    if dataset:
+      images, labels = dataset[0][batch], dataset[1][batch]
+    else:
+      images, labels = batch
+    return train_step(state, images, labels, dtype=dtype, sync_batch_stats=sync_batch_stats,
+                      seed=seed)
+
+  state, metrics = lax.scan(body, state, batches)
   leaves = jax.tree.leaves((state.params, state.batch_stats))
   finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
   return state, metrics, finite
@@ -196,14 +204,91 @@ def evaluate(state, images, labels, mask, *, dtype, probe_unit: int):
 # Host side.
 
 
-class Trainer:
-  """Holds the compiled per-device functions and device-resident data of one run."""
+class InMemoryFeed:
+  """A dataset held in device memory (uint8); the host sends example indices only."""
 
-  def __init__(self, config: ml_collections.ConfigDict, train_ds: data.ArrayDataset,
-               eval_ds: data.ArrayDataset, devs):
+  def __init__(self, config, train_ds: data.ArrayDataset, eval_ds: data.ArrayDataset, devs):
+    self.config, self.devs = config, devs
+    n = len(devs)
+    self.num_train = len(train_ds)
+    self.sample_images = train_ds.images[:2]
+    self.dataset = parallel.replicate((train_ds.images, train_ds.labels), devs)
+    # Eval: every example once; padding carries mask 0. Layout [device, batch index, example].
+    per_device = max(1, min(config.eval_batch_size // n, math.ceil(len(eval_ds) / n)))
+    images, labels, mask = data.pad_for_eval(eval_ds, n * per_device)
+    shape = lambda a: a.reshape((n, -1, per_device) + a.shape[1:])
+    self.eval_data = parallel.shard((shape(images), shape(labels), shape(mask)), devs)
+
+  def indices(self, seed: int, start: int, steps: int) -> jax.Array:
+    """[device, step, local example] training indices."""
+    idx = data.train_batch_indices(self.num_train, self.config.batch_size, seed, start, steps)
+    return parallel.shard(idx.reshape(steps, len(self.devs), -1).transpose(1, 0, 2), self.devs)
+
+  def train_inputs(self, start: int, steps: int):
+    return self.dataset, self.indices(self.config.seed, start, steps)
+
+  def eval_inputs(self):
+    yield self.eval_data
+
+  def close(self):
+    pass
+
+
+class StreamFeed:
+  """Batches streamed from the host (datasets that do not fit in device memory)."""
+
+  def __init__(self, config, devs):
+    self.config, self.devs = config, devs
+    kw = dict(global_batch=config.batch_size, image_size=config.data.image_size,
+              seed=config.seed, distortion=config.data.distortion,
+              process_index=jax.process_index(), process_count=jax.process_count())
+    self.train_stream = data.StreamingImages(config.data, split=config.data.train_split,
+                                             train=True, **kw)
+    self.eval_stream = data.StreamingImages(config.data, split=config.data.eval_split,
+                                            train=False, **kw)
+    self.num_train = len(self.train_stream)
+    size = config.data.image_size
+    self.sample_images = np.zeros((2, size, size, 3), np.uint8)
+    self._it, self._next = None, None
+
+  def _to_devices(self, *arrays):
+    """[step, local batch, ...] host arrays to [device, step, per-device batch, ...]."""
+    n = len(self.devs)
+    return parallel.shard(tuple(
+        np.swapaxes(a.reshape((a.shape[0], n, -1) + a.shape[2:]), 0, 1) for a in arrays),
+        self.devs)
+
+  def train_inputs(self, start: int, steps: int):
+    if self._next != start:
+      self.close()
+      self._it = self.train_stream.batches(start)
+    batches = [next(self._it) for _ in range(steps)]
+    self._next = start + steps
+    return (), self._to_devices(np.stack([b[0] for b in batches]),
+                                np.stack([b[1] for b in batches]))
+
+  def eval_inputs(self):
+    with self.eval_stream.eval_batches(self.config.eval_batch_size) as it:
+      for images, labels, mask in it:
+        yield self._to_devices(images[None], labels[None], mask[None])
+
+  def close(self):
+    if self._it is not None:
+      self._it.close()
+      self._it, self._next = None, None
+
+
+class Trainer:
+  """Holds the compiled per-device functions and the data feed of one run.
+
+  `train_ds` / `eval_ds` are ArrayDatasets (kept in device memory), or None for a
+  dataset streamed from tfds (`data.name` in STREAMED).
+  """
+
+  def __init__(self, config: ml_collections.ConfigDict, train_ds: data.ArrayDataset | None,
+               eval_ds: data.ArrayDataset | None, devs):
     self.config = config
     self.devs = devs
-    n = len(devs)
     dtype = common.DTYPES[config.dtype]
     self.model = models.build(config, axis_name=parallel.AXIS, dtype=dtype)
     sync = config.model.use_bn and not config.bn.cross_device
@@ -219,16 +304,12 @@ class Trainer:
         backend=backend)
     self._compiled: dict[int, Any] = {}
     self.compile_seconds = 0.0
+    self.feed = (InMemoryFeed(config, train_ds, eval_ds, devs) if train_ds is not None
+                 else StreamFeed(config, devs))
+    self.num_train = self.feed.num_train
 
-    self.num_train = len(train_ds)
-    self.train_data = parallel.replicate((train_ds.images, train_ds.labels), devs)
-    # Eval: every example once; padding carries mask 0. Layout [device, batch index, example].
-    per_device = max(1, min(config.eval_batch_size // n, math.ceil(len(eval_ds) / n)))
-    images, labels, mask = data.pad_for_eval(eval_ds, n * per_device)
-    shape = lambda a: a.reshape((n, -1, per_device) + a.shape[1:])
-    self.eval_data = parallel.shard((shape(images), shape(labels), shape(mask)), devs)
-
-  def init_state(self, sample_images: np.ndarray) -> TrainState:
+  def init_state(self, sample_images: np.ndarray | None = None) -> TrainState:
+    sample_images = self.feed.sample_images if sample_images is None else sample_images
     state = create_train_state(self.config, self.model, sample_images,
                                self.num_train / self.config.batch_size)
     _, inter = jax.eval_shape(lambda: self.model.apply(
@@ -238,16 +319,9 @@ class Trainer:
     self.has_probe = models.PROBE in inter.get("intermediates", {})
     return state
 
-  def _indices(self, seed: int, start: int, steps: int) -> jax.Array:
-    """[device, step, local example] training indices."""
-    idx = data.train_batch_indices(self.num_train, self.config.batch_size, seed, start, steps)
-    idx = idx.reshape(steps, len(self.devs), -1).transpose(1, 0, 2)
-    return parallel.shard(idx, self.devs)
-
   def train(self, state, start: int, steps: int):
     """Runs `steps` steps from `start`: the state, host [steps, 2] metrics, all finite."""
-    idx = self._indices(self.config.seed, start, steps)
-    args = (state,) + self.train_data + (idx,)
+    args = (state,) + tuple(self.feed.train_inputs(start, steps))
     if steps not in self._compiled:
       t = time.perf_counter()
       self._compiled[steps] = self._train.lower(*args).compile()
@@ -256,19 +330,27 @@ class Trainer:
     return state, np.asarray(metrics[0]), bool(finite[0])
 
   def recompute_population(self, state):
-    b = self.config.bn
-    idx = self._indices(self.config.seed + 1_000_003, 0, b.population_batches)
-    return self._population(state, *self.train_data, idx)
+    """Algorithm 2 over bn.population_batches training batches (in-memory datasets)."""
+    idx = self.feed.indices(self.config.seed + 1_000_003, 0, self.config.bn.population_batches)
+    return self._population(state, *self.feed.dataset, idx)
 
   def evaluate(self, state) -> dict[str, float]:
-    sums, probes = self._eval(state, *self.eval_data)
-    correct, top5, loss, count = np.asarray(sums[0], np.float64)
+    totals = np.zeros(len(EVAL_SUMS))
+    values = []
+    for images, labels, mask in self.feed.eval_inputs():
+      sums, probes = self._eval(state, images, labels, mask)
+      totals += np.asarray(sums[0], np.float64)
+      if self.has_probe:
+        values.append(np.asarray(probes).reshape(-1)[np.asarray(mask).reshape(-1) > 0])
+    correct, top5, loss, count = totals
     out = {"eval/accuracy": correct / count, "eval/top5": top5 / count, "eval/loss": loss / count}
     if self.has_probe:
-      values = np.asarray(probes).reshape(-1)[np.asarray(self.eval_data[2]).reshape(-1) > 0]
-      for p, v in zip(PERCENTILES, np.percentile(values, PERCENTILES)):
+      for p, v in zip(PERCENTILES, np.percentile(np.concatenate(values), PERCENTILES)):
         out[f"probe/p{p}"] = float(v)
     return out
+
+  def close(self):
+    self.feed.close()
 
 
 def _flat(config: ml_collections.ConfigDict) -> dict[str, Any]:
@@ -330,8 +412,11 @@ def _is_due(step: int, every: int, last: int) -> bool:
 
 
 def _next_stop(step: int, config) -> int:
-  """The next step at which something happens: log, eval, checkpoint or the end."""
+  """The next step at which something happens: log, eval, checkpoint, the end, or the
+  end of a device call of at most steps_per_call steps."""
   stops = [config.num_steps]
+  if config.steps_per_call > 0:
+    stops.append(step + config.steps_per_call)
   for every in (config.log_every, config.eval_every, config.checkpoint_every):
     if every > 0:
       stops.append((step // every + 1) * every)
@@ -483,12 +568,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   validation.validate(config)
   devs = parallel.devices(config.num_devices)
   validation.validate_devices(config, len(devs))
-  train_ds, eval_ds = data.load_splits(config.data)
-  validation.validate_data(config, train_ds, eval_ds)
+  if config.data.name in data.STREAMED:
+    train_ds = eval_ds = None
+  else:
+    train_ds, eval_ds = data.load_splits(config.data)
+    validation.validate_data(config, train_ds, eval_ds)
   if not allow_config_change:
     _check_saved_config(workdir, config)
   trainer = Trainer(config, train_ds, eval_ds, devs)
-  state = trainer.init_state(train_ds.images[:2])
+  state = trainer.init_state()
 
   with _exclusive_workdir(workdir), _StopSignals() as signals:
     _check_disk(workdir, state)
@@ -509,6 +597,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                      workdir)
       finally:
         writer.close()
+        trainer.close()
     except OSError as e:
       raise UserError(f"writing to {workdir} failed ({e.strerror or e}); the last checkpoint "
                       f"is step {mgr.latest_step()}; fix it and rerun to resume",

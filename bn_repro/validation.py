@@ -54,14 +54,17 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _one_of(config, "dtype", common.DTYPES)
   _one_of(config, "parallel", parallel.BACKENDS)
   _one_of(config, "data.source", SOURCES)
-  _one_of(config, "data.name", data.DATASETS)
+  _one_of(config, "data.name", tuple(data.DATASETS) + data.STREAMED)
+  if config.data.name in data.STREAMED and config.model.use_bn and config.bn.population == "average":
+    raise UserError("Algorithm 2 recomputation needs a dataset held in memory; use "
+                    "bn.population=ema with a streamed dataset", field="config.bn.population")
   _one_of(config, "optimizer.name", OPTIMIZERS)
   _one_of(config, "bn.population", batch_norm.POPULATION_MODES)
   for field in ("optimizer.learning_rate", "num_steps", "batch_size", "eval_batch_size",
                 "bn.epsilon", "model.num_classes", "model.init_std"):
     _positive(config, field)
   for field in ("log_every", "eval_every", "checkpoint_every", "num_devices",
-                "optimizer.momentum", "max_loss", "profile_num_steps"):
+                "optimizer.momentum", "max_loss", "profile_num_steps", "steps_per_call"):
     _non_negative(config, field)
   if not config.optimizer.momentum < 1:
     raise UserError(f"must be in [0, 1), got {config.optimizer.momentum!r}",

@@ -55,7 +55,7 @@ def get_config(variant: str = "bn_x30") -> ml_collections.ConfigDict:
       name="inception", num_classes=1000, nonlinearity="relu", use_bn=True, dropout_rate=0.4,
       use_lrn=True, width_multiplier=1.0, modules=("3a", "3b", "3c", "4a", "4b", "4c", "4d",
                                                      "4e", "5a", "5b"),
-      stem="imagenet", separable_stem=True, pool_proj_4cd=128, init_std=2**0.5,
+      stem="imagenet", stem_stride=1, separable_stem=True, pool_proj_4cd=128, init_std=2**0.5,
       init_fan_in=True, probe_unit=0))
   c.bn = ml_collections.ConfigDict(dict(
       epsilon=1e-3, decay=0.9997, population="ema", population_batches=100, unbiased=False,
@@ -70,6 +70,7 @@ def get_config(variant: str = "bn_x30") -> ml_collections.ConfigDict:
   c.eval_batch_size = 400
   c.num_steps = 4_000_000
   c.log_every = 1000
+  c.steps_per_call = 1  # streamed batches: one step per device call, host prefetches ahead
   c.eval_every = 20_000
   c.checkpoint_every = 20_000
   c.target_accuracy = 0.722  # Figure 3: steps to reach the baseline's best accuracy

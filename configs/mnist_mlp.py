@@ -70,6 +70,7 @@ def get_config(variant: str = "bn_sigmoid") -> ml_collections.ConfigDict:
   c.eval_batch_size = 1000  # global
   c.num_steps = 50_000
   c.log_every = 250
+  c.steps_per_call = 0  # > 0: at most this many steps per device call (0: up to the next log/eval)
   c.eval_every = 250
   c.checkpoint_every = 5_000
   c.target_accuracy = 0.0  # > 0: record the first step whose eval accuracy reaches it

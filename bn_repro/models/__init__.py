@@ -46,6 +46,7 @@ def build(config: ml_collections.ConfigDict, *, axis_name: str | None, dtype: An
     modules           sequence of module names, a subset of inception.MODULE_NAMES
                       ("3a", ..., "5b") in table order; () = stem only.
     stem              "imagenet" (224x224 inputs) | "small" (28x28 / 32x32 inputs).
+    stem_stride       int: stride of the small stem's conv (ignored by "imagenet").
     separable_stem    bool: separable 7x7/2 stem conv (the paper) or a plain 7x7/2.
     pool_proj_4cd     int: 4c/4d pool projections, 128 (table) or 96 (TF-slim).
     init_std, init_fan_in: kernels ~ N(0, init_std^2 [/ fan_in]) (He: sqrt(2), True).
@@ -72,6 +73,7 @@ def build(config: ml_collections.ConfigDict, *, axis_name: str | None, dtype: An
         width_multiplier=m.width_multiplier,
         modules=tuple(m.modules),
         stem=m.stem,
+        stem_stride=m.stem_stride,
         separable_stem=m.separable_stem,
         pool_proj_4cd=m.pool_proj_4cd,
         kernel_init=common.gaussian_init(m.init_std, m.init_fan_in),

@@ -240,6 +240,7 @@ class Inception(nn.Module):
   nonlinearity: str = "relu"
   norm: Callable[..., nn.Module] | None = None
   dropout_rate: float = 0.0
+  stem_stride: int = 1  # stride of the small stem's conv (2: 28x28 inputs reach 3a at 14x14)
   use_lrn: bool = False
   width_multiplier: float = 1.0
   modules: Sequence[str] = MODULE_NAMES
@@ -291,7 +292,7 @@ class Inception(nn.Module):
       x = nn.max_pool(x, (3, 3), (2, 2), padding="SAME")
       self.sow(INTERMEDIATES, "pool2", x)
     else:
-      probe = conv(ch(192), (3, 3), name="stem_conv1")(x, train)
+      probe = conv(ch(192), (3, 3), strides=self.stem_stride, name="stem_conv1")(x, train)
       x = act(probe)
       if self.use_lrn:
         x = local_response_norm(x)
