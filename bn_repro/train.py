@@ -111,11 +111,13 @@ def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
 
 
 def train_step(state: TrainState, images, labels, *, dtype, sync_batch_stats: bool,
-               seed: int):
+               seed: Any, update_scale: Any = None):
   """One SGD step on this device's share of the global batch.
 
   The dropout key is a pure function of (seed, step, device), so it needs no
-  checkpointing and a resumed run draws the same masks.
+  checkpointing and a resumed run draws the same masks. `update_scale` multiplies
+  the optimizer's update (batched runs: a per-run learning rate with an optimizer
+  built for learning rate 1, which is the same SGD for a constant per-run factor).
   """
   x = preprocess(images, dtype)
   rng = jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(seed), state.step),
@@ -135,7 +137,13 @@ def train_step(state: TrainState, images, labels, *, dtype, sync_batch_stats: bo
     batch_stats = jax.tree.map(
         lambda v: parallel.pmean(v) if jnp.issubdtype(v.dtype, jnp.floating) else v,
         batch_stats)
-  state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
+  if update_scale is None:
+    state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
+  else:
+    updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
+    updates = jax.tree.map(lambda u: u * update_scale, updates)
+    state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
+                          opt_state=opt_state, batch_stats=batch_stats)
   accuracy = jnp.mean(jnp.argmax(logits, -1) == labels)
   return state, parallel.pmean(jnp.stack([loss, accuracy]))
 
