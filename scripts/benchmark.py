@@ -10,7 +10,9 @@ that machine noise hits all alike), three loops of `--steps` SGD steps (batch 60
   per-step  a plain loop: jax.jit of one step with flax.linen.BatchNorm, one
             Python dispatch and one host-to-device batch per step.
 It prints steps/s (median over rounds), each loop's ratio to the floor, our
-speed-up over the per-step loop, compile time, and the process's peak memory.
+speed-up over the per-step loop, compile time, and the process's peak memory; and
+8 seeds of the BN MLP trained together in one program (bn_repro.batched, vmap over
+runs) against the same runs one after another, in run-steps/s.
 Without --idx_dir it uses random images (speed does not depend on pixel values).
 """
 
@@ -169,6 +171,28 @@ class PerStep:
     jax.block_until_ready(self.loss)
 
 
+class Batched:
+  """`runs` seeds of the MLP (BN) in one program (bn_repro.batched), run-steps per second."""
+
+  def __init__(self, train_ds, eval_ds, steps, runs):
+    from bn_repro import batched, parallel  # pylint: disable=g-import-not-at-top
+    configs = []
+    for seed in range(runs):
+      c = _config("bn_sigmoid", "")
+      c.seed = seed
+      configs.append(c)
+    self.bt = batched.BatchedTrainer(configs, train_ds, eval_ds, parallel.devices(1))
+    self.states = parallel.replicate(self.bt.init_states(), self.bt.devs)
+    self.steps, self.pos = steps, 0
+    t = time.perf_counter()
+    self.run()
+    self.compile_seconds = time.perf_counter() - t
+
+  def run(self):
+    self.states, _, _ = self.bt.train(self.states, self.pos, self.steps)
+    self.pos += self.steps
+
+
 def _time(runner) -> float:
   t = time.perf_counter()
   runner.run()
@@ -183,6 +207,8 @@ def measure(idx_dir: str, steps: int, repeats: int) -> dict:
   for bn in ("bn", "nobn"):
     loops[f"ours_{bn}"] = Ours(f"{bn}_sigmoid", train_ds, eval_ds, steps)
     loops[f"per_step_{bn}"] = PerStep(bn == "bn", train_ds, steps)
+  runs = 8
+  loops["batched_8_runs"] = Batched(train_ds, eval_ds, steps, runs)
   for r in loops.values():  # warm-up round
     r.run()
   rates = {k: [] for k in loops}
@@ -190,6 +216,9 @@ def measure(idx_dir: str, steps: int, repeats: int) -> dict:
     for k, r in loops.items():
       rates[k].append(_time(r))
   med = {k: statistics.median(v) for k, v in rates.items()}
+  # Run-steps per second: 8 runs in one program vs the same 8 one after another (ours_bn).
+  batched_rate = med.pop("batched_8_runs") * runs
+  compile_batched = loops.pop("batched_8_runs").compile_seconds
   result = {
       "device": str(jax.devices()[0].device_kind), "steps": steps, "repeats": repeats,
       "steps_per_sec": med,
@@ -197,6 +226,10 @@ def measure(idx_dir: str, steps: int, repeats: int) -> dict:
       "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
   }
   result["ratio_to_floor"] = {k: v / med["floor"] for k, v in med.items()}
+  result["batched"] = {"runs": runs, "run_steps_per_sec": batched_rate,
+                       "sequential_run_steps_per_sec": med["ours_bn"],
+                       "speedup": batched_rate / med["ours_bn"],
+                       "compile_seconds": compile_batched}
   result["speedup_over_per_step"] = {
       bn: med[f"ours_{bn}"] / med[f"per_step_{bn}"] for bn in ("bn", "nobn")}
   return result
@@ -216,6 +249,10 @@ def main(argv):
           f"{res['compile_seconds'][k]:>11.2f}")
   for bn, s in res["speedup_over_per_step"].items():
     print(f"ours/per-step ({bn}): {s:.2f}x")
+  b = res["batched"]
+  print(f"{b['runs']} seeds batched in one program: {b['run_steps_per_sec']:.0f} run-steps/s vs "
+        f"{b['sequential_run_steps_per_sec']:.0f} one after another: {b['speedup']:.2f}x "
+        f"(compile {b['compile_seconds']:.1f} s)")
   print(f"peak RSS of the process: {res['peak_rss_mb']:.0f} MB")
 
 
