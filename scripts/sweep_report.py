@@ -18,6 +18,13 @@ config.json, status.json, metrics.jsonl and environment.json. Writes into --out_
   figure1.png, figure1{a,b,c}.png, figure1.csv, figure1.md
                            Figure 1 (scripts/figure1.py) for a BN / no-BN sigmoid pair
                            whose configs differ only in model.use_bn
+  figure2.png, figure3.csv, figure3.md
+                           Figures 2 and 3 when the points are the paper's Inception
+                           variants (the variant at the end of each point's config spec,
+                           e.g. configs/inception_small.py:bn_x5; any subset with
+                           `inception`): eval accuracy vs step per variant, and steps to
+                           Inception's best accuracy, max accuracy and speed-up next to
+                           the paper's numbers
   REPORT.md                the paper's claim next to ours for each figure and table, the
                            exact commands, and the software and hardware the points ran on
 Exit codes: 0 written; 2 bad input (one line on stderr, nothing written).
@@ -60,6 +67,7 @@ SEED_FIELD = "seed"
 BN_FIELD = "model.use_bn"
 NONLINEARITY_FIELD = "model.nonlinearity"
 ACC_KEY = "eval/accuracy"
+TOP5_KEY = "eval/top5"
 SWEEP_FILE = "sweep.json"
 
 
@@ -85,6 +93,7 @@ class PointResult:
   command: str
   config: dict[str, Any]  # config.json ({} before the point started)
   status: str
+  config_spec: str = ""  # sweep.json's --config value, e.g. "configs/inception_small.py:bn_x5"
   status_step: int | None = None
   error: str = ""
   run: Any = None  # figure1.Run when the point has eval events
@@ -94,6 +103,7 @@ class PointResult:
   best_step: int | None = None
   best_accuracy: float | None = None
   steps_to_target: int | None = None
+  top5: dict[int, float] = dataclasses.field(default_factory=dict)  # eval/top5 by step
 
   @property
   def diverged_at(self) -> int | None:
@@ -158,8 +168,10 @@ def load_sweep(sweep_dir: str, target: float) -> SweepResults:
 def _load_point(sweep_dir: str, entry: dict[str, Any], target: float) -> PointResult:
   figure1 = _figure1()
   d = os.path.join(sweep_dir, entry["name"])
-  p = PointResult(name=entry["name"], fields=dict(entry.get("fields") or {}),
-                  command=entry.get("command", ""), config={}, status="pending")
+  fields = dict(entry.get("fields") or {})
+  p = PointResult(name=entry["name"], fields=fields, command=entry.get("command", ""),
+                  config={}, status="pending",
+                  config_spec=str(entry.get("config") or fields.get("config") or ""))
   if not os.path.isdir(d):
     return p
   if os.path.isfile(os.path.join(d, "config.json")):
@@ -181,6 +193,9 @@ def _load_point(sweep_dir: str, entry: dict[str, Any], target: float) -> PointRe
   if not any(ACC_KEY in e for e in events):
     return p
   p.run = figure1.load_run(d)
+  p.top5 = {e["step"]: float(e[TOP5_KEY]) for e in events
+            if isinstance(e.get("step"), int) and isinstance(e.get(TOP5_KEY), (int, float))
+            and not isinstance(e.get(TOP5_KEY), bool)}
   s = figure1.summarize(p.run)
   p.best_step, p.best_accuracy = s["best_step"], s["best_accuracy"]
   if p.status == "done":
@@ -520,6 +535,220 @@ def figure1_claims(bn: PointResult, nobn: PointResult) -> tuple[str, str]:
 
 
 # ---------------------------------------------------------------------------
+# Figures 2 and 3: the paper's five Inception variants.
+
+BASELINE = "inception"
+# variant -> (the paper's name, its steps to 72.2% in millions (None: never), its max top-1).
+PAPER_VARIANTS = {
+    "inception": ("Inception", 31.0, 0.722),
+    "bn_baseline": ("BN-Baseline", 13.3, 0.727),
+    "bn_x5": ("BN-x5", 2.1, 0.730),
+    "bn_x30": ("BN-x30", 2.7, 0.748),
+    "bn_x5_sigmoid": ("BN-x5-Sigmoid", None, 0.698),
+}
+PAPER_TARGET = 0.722  # Inception's max top-1: Figure 3's target
+NEVER = "never"
+
+
+def variant_of(p: PointResult) -> str | None:
+  """"configs/inception_small.py:bn_x30,cifar10" -> "bn_x30"; None if not a paper variant."""
+  _, sep, variant = p.config_spec.rpartition(":")
+  variant = variant.partition(",")[0]
+  return variant if sep and variant in PAPER_VARIANTS else None
+
+
+def paper_speedup(variant: str) -> float | None:
+  """Inception's steps to 72.2% / the variant's, from the paper's table."""
+  steps = PAPER_VARIANTS[variant][1]
+  return PAPER_VARIANTS[BASELINE][1] / steps if steps else None
+
+
+@dataclasses.dataclass
+class VariantRow:
+  """One variant's Figure 3 numbers (ours)."""
+  variant: str
+  point: PointResult
+  steps: int | None  # first eval step at or above Inception's best accuracy
+  speedup: float | None  # Inception's steps / ours
+
+  @property
+  def name(self) -> str:
+    return PAPER_VARIANTS[self.variant][0]
+
+  @property
+  def top5_at_max(self) -> float | None:
+    return self.point.top5.get(self.point.best_step)
+
+  @property
+  def never(self) -> bool:
+    """Evaluated, but never at or above the baseline's best."""
+    return self.steps is None and self.point.run is not None
+
+
+@dataclasses.dataclass
+class Figure3:
+  baseline_best: float | None  # Inception's best eval accuracy (None: no evals yet)
+  rows: list[VariantRow]  # one per variant, in the paper's order
+  points: list[PointResult]  # every point of the sweep (repeats of a variant included)
+  num_classes: int | None
+
+  def row(self, variant: str) -> VariantRow | None:
+    return next((r for r in self.rows if r.variant == variant), None)
+
+
+def figure3(res: SweepResults) -> Figure3 | None:
+  """Figure 3's table when every point is a paper variant and one is `inception`.
+
+  With several points of one variant (e.g. seeds), the first in sweep order is used.
+  """
+  variants = [variant_of(p) for p in res.points]
+  if not res.points or None in variants or BASELINE not in variants:
+    return None
+  first: dict[str, PointResult] = {}
+  for v, p in zip(variants, res.points):
+    first.setdefault(v, p)
+  best = first[BASELINE].best_accuracy
+  reach = {}
+  for v, p in first.items():
+    reach[v] = None if p.run is None or best is None else next(
+        (s for s in sorted(p.run.accuracy) if p.run.accuracy[s] >= best), None)
+  base_steps = reach[BASELINE]
+  rows = [VariantRow(v, first[v], reach[v],
+                     base_steps / reach[v] if base_steps is not None and reach[v] else None)
+          for v in PAPER_VARIANTS if v in first]
+  classes = [p.value("model.num_classes") for p in res.points]
+  classes = [c for c in classes if isinstance(c, int) and c > 0]
+  return Figure3(best, rows, list(res.points), classes[0] if classes else None)
+
+
+FIGURE3_COLUMNS = ("variant", "model", "point", "status", "diverged_at",
+                   "baseline_best_accuracy", "steps_to_baseline_best", "speedup",
+                   "max_accuracy", "max_accuracy_step", "top5_at_max",
+                   "paper_steps_to_72.2_millions", "paper_max_accuracy", "paper_speedup")
+
+
+def figure3_rows(fig: Figure3) -> list[list[str]]:
+  """figure3.csv: header, then one row per variant ("never": evaluated, never reached)."""
+  rows = [list(FIGURE3_COLUMNS)]
+  for r in fig.rows:
+    paper_steps = PAPER_VARIANTS[r.variant][1]
+    rows.append([r.variant, r.name, r.point.name, r.point.status, _cell(r.point.diverged_at),
+                 _cell(fig.baseline_best), NEVER if r.never else _cell(r.steps),
+                 _cell(r.speedup), _cell(r.point.best_accuracy), _cell(r.point.best_step),
+                 _cell(r.top5_at_max), NEVER if paper_steps is None else _cell(paper_steps),
+                 _cell(PAPER_VARIANTS[r.variant][2]), _cell(paper_speedup(r.variant))])
+  return rows
+
+
+def _times(value: float | None) -> str:
+  return "—" if value is None else f"{value:.2f}×"
+
+
+def figure3_markdown(fig: Figure3) -> list[str]:
+  """Figure 3's table, ours next to the paper's."""
+  header = ["model", "point", "status", f"steps to {_fmt(fig.baseline_best)} (Inception's best)",
+            "speed-up", "max accuracy (step)", "top-5 at max", "paper: steps to 72.2%",
+            "paper: max top-1", "paper: speed-up"]
+  rows = []
+  for r in fig.rows:
+    p = r.point
+    status = p.status + (f" at step {p.diverged_at}" if p.diverged_at is not None else "")
+    paper_steps = PAPER_VARIANTS[r.variant][1]
+    rows.append([r.name, f"`{p.name}`", status, NEVER if r.never else _fmt(r.steps),
+                 _times(r.speedup), f"{_fmt(p.best_accuracy)} ({_fmt(p.best_step)})",
+                 _fmt(r.top5_at_max), NEVER if paper_steps is None else f"{paper_steps:.1f}M",
+                 f"{100 * PAPER_VARIANTS[r.variant][2]:.1f}%", _times(paper_speedup(r.variant))])
+  return _md_table(header, rows) + [
+      "", "Steps: the first eval step whose accuracy is at or above Inception's best eval "
+      "accuracy (the paper: 72.2%, Inception's max); speed-up: Inception's steps / the "
+      "variant's. Paper numbers from Figure 3 (BN-x30's 74.8% after 6M steps)."]
+
+
+def figure3_claims(fig: Figure3) -> tuple[str, str, str]:
+  """Ours for: (a) BN reaches the baseline's best in a fraction of its steps, (b) BN-x5-Sigmoid
+  learns, (c) divergence."""
+  base = fig.row(BASELINE)
+  if fig.baseline_best is None:
+    fewer = "Inception has no eval yet."
+  else:
+    parts = []
+    for r in fig.rows:
+      if r.variant == BASELINE:
+        continue
+      if r.point.run is None:
+        parts.append(f"{r.name}: no eval yet")
+      elif r.steps is None:
+        parts.append(f"{r.name}: never (max {_fmt(r.point.best_accuracy)})")
+      elif not base.steps or not r.steps:
+        parts.append(f"{r.name}: {r.steps} steps")
+      else:
+        parts.append(f"{r.name}: {r.steps} steps ({r.steps / base.steps:.2f} of Inception's; "
+                     f"{r.speedup:.2f}× fewer)")
+    fewer = (f"Inception's best {_fmt(fig.baseline_best)} first at step {base.steps}. "
+             + ("; ".join(parts) if parts else "No BN variant in this sweep") + ".")
+  sig = fig.row("bn_x5_sigmoid")
+  if sig is None:
+    sigmoid = "BN-x5-Sigmoid is not in this sweep."
+  elif sig.point.best_accuracy is None:
+    sigmoid = "BN-x5-Sigmoid has no eval yet."
+  elif fig.num_classes is None:
+    sigmoid = (f"BN-x5-Sigmoid max accuracy {_fmt(sig.point.best_accuracy)} (step "
+               f"{sig.point.best_step}); chance unknown (no model.num_classes).")
+  else:
+    chance = 1 / fig.num_classes
+    ratio = sig.point.best_accuracy / chance
+    verdict = "learns" if ratio >= 2 else "does not clearly learn (under 2× chance)"
+    sigmoid = (f"BN-x5-Sigmoid max accuracy {_fmt(sig.point.best_accuracy)} (step "
+               f"{sig.point.best_step}) = {ratio:.1f}× chance (1/{fig.num_classes} = "
+               f"{chance:.4f}): {verdict}.")
+  diverged = [p for p in fig.points if p.status == "diverged"]
+  if diverged:
+    div = "Diverged: " + "; ".join(
+        f"{PAPER_VARIANTS[variant_of(p)][0]} (`{p.name}`) at step {_fmt(p.diverged_at)}"
+        + (f", last eval {_fmt(p.run.accuracy[max(p.run.accuracy)])} at step "
+           f"{max(p.run.accuracy)}" if p.run is not None and p.run.accuracy else "")
+        for p in diverged) + "."
+  else:
+    div = f"None of the {len(fig.points)} points diverged."
+  return fewer, sigmoid, div
+
+
+def draw_figure2(fig3: Figure3, path: str) -> None:
+  """Eval accuracy vs step, one line per variant; dashed: Inception's best; o: first step
+  at or above it; x: diverged."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+
+  fig, ax = plt.subplots(figsize=(9, 5))
+  for r in fig3.rows:
+    run = r.point.run
+    if run is None or not run.accuracy:
+      continue
+    color = f"C{list(PAPER_VARIANTS).index(r.variant)}"
+    steps = sorted(run.accuracy)
+    acc = [run.accuracy[s] for s in steps]
+    ax.plot(steps, acc, "-", color=color, marker="." if len(steps) <= 50 else None,
+            label=r.name + (f" (diverged at {r.point.diverged_at})"
+                            if r.point.diverged_at is not None else ""))
+    if r.steps is not None:
+      ax.plot([r.steps], [run.accuracy[r.steps]], "o", color=color, mfc="none", markersize=9)
+    if r.point.diverged_at is not None:
+      ax.plot([steps[-1]], [acc[-1]], "x", color=color, markersize=10, mew=2)
+  if fig3.baseline_best is not None:
+    ax.axhline(fig3.baseline_best, color="gray", ls="--", lw=1,
+               label=f"Inception's best ({fig3.baseline_best:.4f})")
+  ax.set_xlabel("training step")
+  ax.set_ylabel("eval accuracy (top-1)")
+  ax.set_title("Figure 2: eval accuracy vs training step (o: first at Inception's best)")
+  ax.grid(alpha=0.3)
+  ax.legend(loc="lower right", fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+# ---------------------------------------------------------------------------
 # REPORT.md.
 
 PAPER = {
@@ -533,6 +762,18 @@ PAPER = {
                  "without BN; Sec. 3.3, 4.2.1).",
     "sigmoid": "BN makes saturating nonlinearities trainable (BN-x5-Sigmoid reaches "
                "69.8% top-1; Inception with sigmoid and no BN stays at chance; Sec. 4.2.1).",
+    "fig2": "Figure 2: BN-x5 and BN-x30 pass Inception's best (72.2%) long before Inception "
+            "gets there; BN-x30 ends highest (74.8%).",
+    "fig3_fewer": "BN variants reach Inception's best (72.2%) in a fraction of its 31.0M steps: "
+                  + "; ".join(f"{PAPER_VARIANTS[v][0]} {PAPER_VARIANTS[v][1]:.1f}M "
+                              f"({PAPER_VARIANTS[v][1] / PAPER_VARIANTS[BASELINE][1]:.3f}; "
+                              f"{paper_speedup(v):.2f}× fewer)"
+                              for v in ("bn_baseline", "bn_x5", "bn_x30"))
+                  + "; BN-x5-Sigmoid never (Figure 3).",
+    "fig3_sigmoid": "BN-x5-Sigmoid learns: 69.8% max top-1, though it never reaches 72.2%; "
+                    "Inception with sigmoid and no BN never beats chance (1/1000; Sec. 4.2.1).",
+    "fig3_diverged": "The five variants all train (Figure 2); Inception without BN at BN-x5's "
+                     "learning rate diverges to \"machine infinity\" (Sec. 4.2.1).",
 }
 
 
@@ -562,7 +803,7 @@ def _environment_lines(res: SweepResults) -> list[str]:
 
 def make_report(res: SweepResults, target: float, pair, lines: Sequence[LrLine],
                 seeds: bool, groups: Sequence[Group], written: Sequence[str],
-                report_command: str) -> str:
+                report_command: str, fig3: Figure3 | None = None) -> str:
   counts: dict[str, int] = {}
   for p in res.points:
     counts[p.status] = counts.get(p.status, 0) + 1
@@ -581,6 +822,11 @@ def make_report(res: SweepResults, target: float, pair, lines: Sequence[LrLine],
     higher, sigmoid = lr_claims(lines, target)
     rows += [["Learning rate", PAPER["higher_lr"], higher],
              ["Saturating nonlinearity", PAPER["sigmoid"], sigmoid]]
+  if fig3 is not None:
+    fewer, sigmoid, div = figure3_claims(fig3)
+    rows += [["Figure 3: steps to Inception's best", PAPER["fig3_fewer"], fewer],
+             ["Figure 3: BN-x5-Sigmoid", PAPER["fig3_sigmoid"], sigmoid],
+             ["Figure 2: divergence", PAPER["fig3_diverged"], div]]
   if rows:
     out += _md_table(["", "paper (Ioffe & Szegedy, 2015)", "ours"], rows)
   else:
@@ -593,6 +839,15 @@ def make_report(res: SweepResults, target: float, pair, lines: Sequence[LrLine],
     out += ["## Figure 1", "", f"Pair: `{bn.name}` (BN) and `{nobn.name}` (no BN).", "",
             "![Figure 1](figure1.png)", "", figure1.summary_table(bn.run, nobn.run),
             "Every eval step: [figure1.csv](figure1.csv), [figure1.md](figure1.md).", ""]
+  if fig3 is not None:
+    used = {r.point.name for r in fig3.rows}
+    out += ["## Figures 2 and 3", "", PAPER["fig2"], "", "![Figure 2](figure2.png)", "",
+            "Figure 3 (ours next to the paper's):", ""] + figure3_markdown(fig3) + [
+            "", "As CSV: [figure3.csv](figure3.csv).", ""]
+    extra = [p.name for p in fig3.points if p.name not in used]
+    if extra:
+      out += ["Not in the table (a variant's first point in sweep order is used): "
+              + ", ".join(f"`{n}`" for n in extra) + ".", ""]
   if lines:
     out += ["## Learning-rate sensitivity", "", "![lr sensitivity](lr_sensitivity.png)", "",
             "Final eval accuracy of finished points, mean ± std over seeds; diverged points "
@@ -659,9 +914,19 @@ def write_all(res: SweepResults, out: str, target: float, lr_hint: float,
       csv.writer(f).writerows(figure1.csv_rows(bn.run, nobn.run))
     with open(path("figure1.md"), "w") as f:
       f.write(figure1.make_table(bn.run, nobn.run))
+  fig3 = figure3(res)
+  if fig3 is not None:
+    draw_figure2(fig3, path("figure2.png"))
+    with open(path("figure3.csv"), "w", newline="") as f:
+      csv.writer(f).writerows(figure3_rows(fig3))
+    with open(path("figure3.md"), "w") as f:
+      f.write("\n".join([f"# Figure 3: `{res.spec}`", "",
+                         f"Inception's best eval accuracy: {_fmt(fig3.baseline_best)}.", ""]
+                        + figure3_markdown(fig3) + [""]))
   report = path("REPORT.md")
   with open(report, "w") as f:
-    f.write(make_report(res, target, pair, lines, seeds, groups, written, report_command))
+    f.write(make_report(res, target, pair, lines, seeds, groups, written, report_command,
+                        fig3))
   return written
 
 
