@@ -144,6 +144,13 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9._+-]")
 MAX_NAME = 200
 
 
+def pick(sweeps: Mapping[str, Callable[[], "Sweep"]], name: str, where: str) -> "Sweep":
+  """sweeps[name](), or a ValueError naming the choices (a config file's get_sweep)."""
+  if name not in sweeps:
+    raise ValueError(f"unknown sweep {name!r} in {where}; choose one of {', '.join(sweeps)}")
+  return sweeps[name]()
+
+
 def short_float(value: float) -> str:
   """The shortest exact spelling: 10.0 -> "10", 1e9 -> "1e+09", 0.1234567 stays."""
   short = format(value, "g")

@@ -46,7 +46,8 @@ PERCENTILES = (15, 50, 85)
 
 # Settings that may change between a run and its resumption.
 RESUMABLE_CHANGES = ("num_steps", "log_every", "eval_every", "checkpoint_every",
-                     "tensorboard", "num_devices")
+                     "tensorboard", "num_devices", "steps_per_call", "profile_start_step",
+                     "profile_num_steps")
 
 
 class TrainState(train_state.TrainState):

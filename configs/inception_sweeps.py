@@ -39,7 +39,4 @@ SWEEPS = {"small_five": small_five, "full_five": full_five}
 
 def get_sweep(name: str) -> sw.Sweep:
   """The sweep `name`; one of SWEEPS."""
-  if name not in SWEEPS:
-    raise ValueError(f"unknown sweep {name!r} in configs/inception_sweeps.py; choose one of "
-                     f"{', '.join(SWEEPS)}")
-  return SWEEPS[name]()
+  return sw.pick(SWEEPS, name, "configs/inception_sweeps.py")

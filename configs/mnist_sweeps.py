@@ -59,7 +59,4 @@ SWEEPS = {"lr_grid": lr_grid, "figure1": figure1}
 
 def get_sweep(name: str) -> sw.Sweep:
   """The sweep `name`; one of SWEEPS."""
-  if name not in SWEEPS:
-    raise ValueError(f"unknown sweep {name!r} in configs/mnist_sweeps.py; choose one of "
-                     f"{', '.join(SWEEPS)}")
-  return SWEEPS[name]()
+  return sw.pick(SWEEPS, name, "configs/mnist_sweeps.py")

@@ -1,6 +1,7 @@
 """Training speed of the MNIST MLP, ours next to baselines, measured in one process.
 
-  python scripts/benchmark.py [--idx_dir=../shared/data/mnist-t10k] [--steps=1000] [--repeats=5] [--json]
+  python scripts/benchmark.py [--idx_dir=../shared/data/mnist-t10k] [--steps=1000] [--repeats=5]
+    [--figure1] [--json]
 
 For BN on and off it times, on one device and interleaved round by round (so
 that machine noise hits all alike), three loops of `--steps` SGD steps (batch 60):
@@ -12,7 +13,9 @@ that machine noise hits all alike), three loops of `--steps` SGD steps (batch 60
 It prints steps/s (median over rounds), each loop's ratio to the floor, our
 speed-up over the per-step loop, compile time, and the process's peak memory; and
 8 seeds of the BN MLP trained together in one program (bn_repro.batched, vmap over
-runs) against the same runs one after another, in run-steps/s.
+runs) against the same runs one after another, in run-steps/s; the small
+BN-Inception's images/s (forward + backward) and compile time; and with --figure1
+the wall time of the whole Figure 1 reproduction (needs --idx_dir).
 Without --idx_dir it uses random images (speed does not depend on pixel values).
 """
 
@@ -32,6 +35,8 @@ _IDX_DIR = flags.DEFINE_string("idx_dir", "", "IDX directory with t10k files; ''
 _STEPS = flags.DEFINE_integer("steps", 1000, "Steps per timed loop.")
 _REPEATS = flags.DEFINE_integer("repeats", 5, "Rounds; the median is reported.")
 _JSON = flags.DEFINE_bool("json", False, "Print one JSON object instead of the table.")
+_FIGURE1 = flags.DEFINE_bool("figure1", False,
+                             "Also time the whole Figure 1 reproduction (2 x 50,000 steps).")
 
 
 def _datasets(idx_dir: str):
@@ -193,13 +198,45 @@ class Batched:
     self.pos += self.steps
 
 
+class SmallInception:
+  """Small BN-Inception (configs/inception_small.py:bn_x5, MNIST-sized), forward + backward."""
+
+  def __init__(self, train_ds, eval_ds, steps):
+    from bn_repro import parallel, train  # pylint: disable=g-import-not-at-top
+    from configs import inception_small  # pylint: disable=g-import-not-at-top
+    c = inception_small.get_config("bn_x5")
+    c.num_devices = 1
+    self.trainer = train.Trainer(c, train_ds, eval_ds, parallel.devices(1))
+    self.state = parallel.replicate(self.trainer.init_state(), self.trainer.devs)
+    self.steps, self.pos, self.batch = steps, 0, c.batch_size
+    self.run()
+    self.compile_seconds = self.trainer.compile_seconds
+
+  def run(self):
+    self.state, _, _ = self.trainer.train(self.state, self.pos, self.steps)
+    self.pos += self.steps
+
+
+def figure1_wall_seconds(idx_dir: str) -> float:
+  """Both Figure 1 runs (50,000 steps each, evals every 250) in this process, wall seconds."""
+  import tempfile  # pylint: disable=g-import-not-at-top
+  from bn_repro import train  # pylint: disable=g-import-not-at-top
+  t = time.perf_counter()
+  with tempfile.TemporaryDirectory() as tmp:
+    for variant in ("bn_sigmoid", "nobn_sigmoid"):
+      c = _config(variant, idx_dir)
+      c.tensorboard = False
+      train.train_and_evaluate(c, os.path.join(tmp, variant))
+  return time.perf_counter() - t
+
+
 def _time(runner) -> float:
   t = time.perf_counter()
   runner.run()
   return runner.steps / (time.perf_counter() - t)
 
 
-def measure(idx_dir: str, steps: int, repeats: int) -> dict:
+def measure(idx_dir: str, steps: int, repeats: int, with_figure1: bool = False) -> dict:
   import jax  # pylint: disable=g-import-not-at-top
   train_ds, eval_ds = _datasets(idx_dir)
   floor = Floor(train_ds, steps)
@@ -209,6 +246,8 @@ def measure(idx_dir: str, steps: int, repeats: int) -> dict:
     loops[f"per_step_{bn}"] = PerStep(bn == "bn", train_ds, steps)
   runs = 8
   loops["batched_8_runs"] = Batched(train_ds, eval_ds, steps, runs)
+  inception_steps = max(1, steps // 50)
+  loops["small_bn_inception"] = SmallInception(train_ds, eval_ds, inception_steps)
   for r in loops.values():  # warm-up round
     r.run()
   rates = {k: [] for k in loops}
@@ -219,6 +258,8 @@ def measure(idx_dir: str, steps: int, repeats: int) -> dict:
   # Run-steps per second: 8 runs in one program vs the same 8 one after another (ours_bn).
   batched_rate = med.pop("batched_8_runs") * runs
   compile_batched = loops.pop("batched_8_runs").compile_seconds
+  small = loops.pop("small_bn_inception")
+  small_images = med.pop("small_bn_inception") * small.batch
   result = {
       "device": str(jax.devices()[0].device_kind), "steps": steps, "repeats": repeats,
       "steps_per_sec": med,
@@ -226,6 +267,10 @@ def measure(idx_dir: str, steps: int, repeats: int) -> dict:
       "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
   }
   result["ratio_to_floor"] = {k: v / med["floor"] for k, v in med.items()}
+  result["small_bn_inception"] = {"images_per_sec": small_images, "batch": small.batch,
+                                  "compile_seconds": small.compile_seconds}
+  if with_figure1:
+    result["figure1_wall_seconds"] = figure1_wall_seconds(idx_dir)
   result["batched"] = {"runs": runs, "run_steps_per_sec": batched_rate,
                        "sequential_run_steps_per_sec": med["ours_bn"],
                        "speedup": batched_rate / med["ours_bn"],
@@ -237,7 +282,10 @@ def measure(idx_dir: str, steps: int, repeats: int) -> dict:
 
 def main(argv):
   del argv
-  res = measure(_IDX_DIR.value, _STEPS.value, _REPEATS.value)
+  if _FIGURE1.value and not _IDX_DIR.value:
+    print("benchmark: --figure1 needs --idx_dir (the MNIST IDX files)", file=sys.stderr)
+    sys.exit(2)
+  res = measure(_IDX_DIR.value, _STEPS.value, _REPEATS.value, _FIGURE1.value)
   if _JSON.value:
     print(json.dumps(res, indent=2))
     return
@@ -253,6 +301,12 @@ def main(argv):
   print(f"{b['runs']} seeds batched in one program: {b['run_steps_per_sec']:.0f} run-steps/s vs "
         f"{b['sequential_run_steps_per_sec']:.0f} one after another: {b['speedup']:.2f}x "
         f"(compile {b['compile_seconds']:.1f} s)")
+  si = res["small_bn_inception"]
+  print(f"small BN-Inception (bn_x5, 28x28, batch {si['batch']}): {si['images_per_sec']:.0f} "
+        f"images/s forward+backward, compile {si['compile_seconds']:.1f} s")
+  if "figure1_wall_seconds" in res:
+    print(f"Figure 1 reproduction (2 x 50,000 steps, evals every 250): "
+          f"{res['figure1_wall_seconds']:.1f} s wall")
   print(f"peak RSS of the process: {res['peak_rss_mb']:.0f} MB")
 
 
