@@ -30,16 +30,16 @@ from bn_repro import parallel
 from bn_repro import train
 from bn_repro import validation
 from bn_repro.errors import UserError
-from bn_repro.metrics import MetricWriter
+from bn_repro.metrics import MetricWriter, write_json
 
 VARYING = ("seed", "optimizer.learning_rate")
 
 
 def check_compatible(configs: Sequence[ml_collections.ConfigDict]) -> None:
   """Refuses runs that differ in anything but VARYING (they could not share one program)."""
-  base = train._flat(configs[0])  # pylint: disable=protected-access
+  base = train.flat_config(configs[0])
   for i, c in enumerate(configs[1:], 1):
-    other = train._flat(c)  # pylint: disable=protected-access
+    other = train.flat_config(c)
     differ = sorted(k for k in set(base) | set(other)
                     if k not in VARYING and base.get(k) != other.get(k))
     if differ:
@@ -131,12 +131,12 @@ def train_batched(configs: Sequence[ml_collections.ConfigDict],
   bt = BatchedTrainer(configs, train_ds, eval_ds, devs)
   states = bt.init_states()
   config = configs[0]
-  mgrs = [train._checkpoint_manager(w) for w in workdirs]  # pylint: disable=protected-access
+  mgrs = [train.checkpoint_manager(w) for w in workdirs]
   starts = {m.latest_step() for m in mgrs}
   start = starts.pop() if len(starts) == 1 and None not in starts else 0
   if start:
     restored = [m.restore(start, args=ocp.args.StandardRestore(
-        train._to_checkpoint(jax.tree.map(lambda x, i=i: x[i], states), c)))  # pylint: disable=protected-access
+        train.to_checkpoint(jax.tree.map(lambda x, i=i: x[i], states), c)))
                 for i, (m, c) in enumerate(zip(mgrs, configs))]
     states = jax.tree.map(lambda *xs: np.stack(xs), *[
         jax.tree.map(lambda x, i=i: x[i], states).replace(
@@ -145,7 +145,7 @@ def train_batched(configs: Sequence[ml_collections.ConfigDict],
     logging.info("Resumed %d batched runs from step %d", len(configs), start)
   writers = []
   for c, w in zip(configs, workdirs):
-    train._write_json(os.path.join(w, train.CONFIG_FILE), c.to_dict())  # pylint: disable=protected-access
+    write_json(os.path.join(w, train.CONFIG_FILE), c.to_dict())
     writer = MetricWriter(w, tensorboard=c.tensorboard)
     writer.truncate_after(start if start else -1)
     writers.append(writer)
@@ -157,7 +157,7 @@ def train_batched(configs: Sequence[ml_collections.ConfigDict],
       for r, w in enumerate(writers):
         w.write(0, bt.evaluate(states, r))
     while step < config.num_steps and "running" in status:
-      stop = train._next_stop(step, config)  # pylint: disable=protected-access
+      stop = train.next_stop(step, config)
       states, metrics, finite = bt.train(states, step, stop - step)
       for r in range(len(configs)):
         loss = metrics[:, r, 0]
@@ -165,7 +165,7 @@ def train_batched(configs: Sequence[ml_collections.ConfigDict],
         if status[r] == "running" and (bad.size or not finite[r]):
           at = step + (int(bad[0]) + 1 if bad.size else stop - step)
           status[r] = "diverged"
-          train._write_json(os.path.join(workdirs[r], train.STATUS_FILE),  # pylint: disable=protected-access
+          write_json(os.path.join(workdirs[r], train.STATUS_FILE),
                             {"status": "diverged", "step": at})
           writers[r].write(at, {"diverged": True})
       step = stop
@@ -173,17 +173,17 @@ def train_batched(configs: Sequence[ml_collections.ConfigDict],
         if status[r] != "running":
           continue
         scalars = {}
-        if train._is_due(step, config.log_every, config.num_steps):  # pylint: disable=protected-access
+        if train.is_due(step, config.log_every, config.num_steps):
           scalars = {"train/loss": float(metrics[:, r, 0].mean()),
                      "train/accuracy": float(metrics[:, r, 1].mean())}
-        if train._is_due(step, config.eval_every, config.num_steps):  # pylint: disable=protected-access
+        if train.is_due(step, config.eval_every, config.num_steps):
           scalars.update(bt.evaluate(states, r))
         if scalars:
           w.write(step, scalars)
-        if train._is_due(step, config.checkpoint_every, config.num_steps):  # pylint: disable=protected-access
+        if train.is_due(step, config.checkpoint_every, config.num_steps):
           run_state = jax.tree.map(lambda x, r=r: np.asarray(x[0, r]), states)
           mgr.save(step, args=ocp.args.StandardSave(
-              train._to_checkpoint(run_state, configs[r])))  # pylint: disable=protected-access
+              train.to_checkpoint(run_state, configs[r])))
   finally:
     for w, mgr in zip(writers, mgrs):
       mgr.wait_until_finished()
@@ -192,5 +192,5 @@ def train_batched(configs: Sequence[ml_collections.ConfigDict],
   for r, w in enumerate(workdirs):
     if status[r] == "running":
       status[r] = "done"
-      train._write_json(os.path.join(w, train.STATUS_FILE), {"status": "done", "step": step})  # pylint: disable=protected-access
+      write_json(os.path.join(w, train.STATUS_FILE), {"status": "done", "step": step})
   return status

@@ -63,6 +63,15 @@ class MetricWriter:
       self._tb.close()
 
 
+def write_json(path: str, obj: Any) -> None:
+  """Writes `obj` as JSON atomically (a temporary file per process, then a rename)."""
+  tmp = f"{path}.{os.getpid()}.tmp"
+  with open(tmp, "w") as f:
+    json.dump(obj, f, indent=2, sort_keys=True, default=list)
+    f.write("\n")
+  os.replace(tmp, path)
+
+
 def read_metrics(workdir: str) -> list[dict[str, Any]]:
   """All events of a run, in file order; "nan"/"inf" strings come back as floats."""
   path = os.path.join(workdir, METRICS_FILE)

@@ -59,6 +59,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from bn_repro.errors import EXIT_DIVERGED, EXIT_STOPPED
 from bn_repro.errors import UserError
+from bn_repro.metrics import write_json
 
 Point = dict[str, Any]
 CONFIG_KEY = "config"  # a point's base config variant ("bn_x5") or file ("file.py:variant")
@@ -410,14 +411,6 @@ def resolve(sweep: Sweep, sweep_dir: str, workdir: str, cli_overrides: Mapping[s
 # Files.
 
 
-def _write_json(path: str, obj: Any) -> None:
-  tmp = f"{path}.{os.getpid()}.tmp"
-  with open(tmp, "w") as f:
-    json.dump(obj, f, indent=2, sort_keys=True, default=list)
-    f.write("\n")
-  os.replace(tmp, path)
-
-
 def read_status(point_dir: str) -> dict[str, Any]:
   """The point's status.json, or {"status": "pending"} when absent or unreadable."""
   try:
@@ -467,7 +460,7 @@ def _prepare_fresh(point: ResolvedPoint) -> None:
       shutil.rmtree(path)
     elif os.path.exists(path):
       os.remove(path)
-  _write_json(os.path.join(point.workdir, CONFIG_FILE), point.resolved)
+  write_json(os.path.join(point.workdir, CONFIG_FILE), point.resolved)
 
 
 def _sweep_record(spec: str, sweep: Sweep, workdir: str, cli_overrides: Mapping[str, str],
@@ -704,7 +697,7 @@ class Runner:
     _prepare_fresh(point)
     if self.environment is None:
       self.environment = probe_environment(self.env)
-    _write_json(os.path.join(point.workdir, ENVIRONMENT_FILE), self.environment)
+    write_json(os.path.join(point.workdir, ENVIRONMENT_FILE), self.environment)
     log_path = os.path.join(point.workdir, LOG_FILE)
     log = open(log_path, "ab")  # pylint: disable=consider-using-with
     argv = point.argv()
@@ -739,7 +732,7 @@ class Runner:
         error = f"killed by signal {-rc}" + (f"; last output: {line}" if line else "")
       else:
         error = line or f"exit code {rc} without output"
-      _write_json(os.path.join(point.workdir, STATUS_FILE),
+      write_json(os.path.join(point.workdir, STATUS_FILE),
                   {"status": "failed", "error": error, "exit_code": rc})
       outcome, what = "failed", f"failed (exit {rc}): {error}"
     os.close(job.lock_fd)
@@ -827,14 +820,14 @@ def main(argv: Sequence[str]) -> int:
     return 0
 
   os.makedirs(workdir, exist_ok=True)
-  _write_json(os.path.join(workdir, SWEEP_FILE),
+  write_json(os.path.join(workdir, SWEEP_FILE),
               _sweep_record(spec, sweep, workdir, overrides, points, cwd))
   for i in selected:  # pending until started
     point = points[i]
     if not os.path.exists(os.path.join(point.workdir, STATUS_FILE)):
       os.makedirs(point.workdir, exist_ok=True)
-      _write_json(os.path.join(point.workdir, CONFIG_FILE), point.resolved)
-      _write_json(os.path.join(point.workdir, STATUS_FILE), {"status": "pending"})
+      write_json(os.path.join(point.workdir, CONFIG_FILE), point.resolved)
+      write_json(os.path.join(point.workdir, STATUS_FILE), {"status": "pending"})
   runner = Runner(points, FLAGS.parallel, cwd, out=lambda s: print(s, flush=True))
   return runner.run(selected)
 

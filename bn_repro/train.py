@@ -1,10 +1,10 @@
-"""Training: state, the per-device step, and the loop (`train_and_evaluate`).
+"""Training: state, the per-device step, the data feeds, and the loop (`train_and_evaluate`).
 
-The dataset sits in device memory (uint8) and the host sends only example
-indices; `lax.scan` runs many SGD steps per device call. The order of examples
-is a pure function of (seed, step) (`data.train_batch_indices`), so the step is
-the data position and a resumed run sees exactly the batches an uninterrupted
-one would.
+A dataset that fits sits in device memory (uint8) and the host sends only example
+indices (InMemoryFeed); a large one is streamed from the host (StreamFeed). Either
+way `lax.scan` runs many SGD steps per device call, and the order of examples is a
+pure function of (seed, step) (`data.train_batch_indices`), so the step is the
+data position and a resumed run sees exactly the batches an uninterrupted one would.
 """
 
 import contextlib
@@ -36,7 +36,7 @@ from bn_repro import parallel
 from bn_repro import validation
 from bn_repro.models import common
 from bn_repro.errors import UserError
-from bn_repro.metrics import MetricWriter, read_metrics
+from bn_repro.metrics import MetricWriter, read_metrics, write_json
 
 CONFIG_FILE = "config.json"
 STATUS_FILE = "status.json"
@@ -362,7 +362,7 @@ class Trainer:
     self.feed.close()
 
 
-def _flat(config: ml_collections.ConfigDict) -> dict[str, Any]:
+def flat_config(config: ml_collections.ConfigDict) -> dict[str, Any]:
   out = {}
 
   def walk(d, prefix):
@@ -376,22 +376,14 @@ def _flat(config: ml_collections.ConfigDict) -> dict[str, Any]:
   return out
 
 
-def _write_json(path: str, obj: Any) -> None:
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(obj, f, indent=2, sort_keys=True)
-    f.write("\n")
-  os.replace(tmp, path)
-
-
 def _check_saved_config(workdir: str, config: ml_collections.ConfigDict) -> None:
   path = os.path.join(workdir, CONFIG_FILE)
   if not os.path.exists(path):
     return
   with open(path) as f:
     saved = json.load(f)
-  flat_saved = _flat(ml_collections.ConfigDict(saved))
-  flat_new = _flat(config)
+  flat_saved = flat_config(ml_collections.ConfigDict(saved))
+  flat_new = flat_config(config)
   # Fields only one side has come from a newer or older version of the code, not the user.
   differ = sorted(k for k in set(flat_saved) & set(flat_new)
                   if k not in RESUMABLE_CHANGES and flat_saved[k] != flat_new[k])
@@ -402,25 +394,25 @@ def _check_saved_config(workdir: str, config: ml_collections.ConfigDict) -> None
                     field="--workdir")
 
 
-def _checkpoint_manager(workdir: str) -> ocp.CheckpointManager:
+def checkpoint_manager(workdir: str) -> ocp.CheckpointManager:
   return ocp.CheckpointManager(
       os.path.abspath(os.path.join(workdir, CHECKPOINT_DIR)),
       options=ocp.CheckpointManagerOptions(max_to_keep=3, create=True),
       item_handlers=ocp.StandardCheckpointHandler())
 
 
-def _to_checkpoint(state: TrainState, config) -> dict:
+def to_checkpoint(state: TrainState, config) -> dict:
   step = int(state.step)
   return {"step": step, "params": state.params, "batch_stats": state.batch_stats,
           "opt_state": state.opt_state,
           "data_position": {"seed": config.seed, "examples": step * config.batch_size}}
 
 
-def _is_due(step: int, every: int, last: int) -> bool:
+def is_due(step: int, every: int, last: int) -> bool:
   return step == last or (every > 0 and step % every == 0)
 
 
-def _next_stop(step: int, config) -> int:
+def next_stop(step: int, config) -> int:
   """The next step at which something happens: log, eval, checkpoint, the end, or the
   end of a device call of at most steps_per_call steps."""
   stops = [config.num_steps]
@@ -589,11 +581,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
 
   with _exclusive_workdir(workdir), _StopSignals() as signals:
     _check_disk(workdir, state)
-    mgr = _checkpoint_manager(workdir)
+    mgr = checkpoint_manager(workdir)
     try:
-      start, restored = _restore(mgr, _to_checkpoint(state, config), fallback_checkpoint)
-      _write_json(os.path.join(workdir, CONFIG_FILE), config.to_dict())
-      _write_json(os.path.join(workdir, STATUS_FILE), {"status": "running", "step": start})
+      start, restored = _restore(mgr, to_checkpoint(state, config), fallback_checkpoint)
+      write_json(os.path.join(workdir, CONFIG_FILE), config.to_dict())
+      write_json(os.path.join(workdir, STATUS_FILE), {"status": "running", "step": start})
       writer = MetricWriter(workdir, tensorboard=config.tensorboard)
       if restored is not None:
         state = state.replace(step=restored["step"], params=restored["params"],
@@ -629,7 +621,7 @@ def _loop(trainer: Trainer, state, start: int, mgr, writer: MetricWriter,
       "target/reached" in e for e in (read_metrics(workdir) if start else []))
 
   def save():
-    mgr.save(step, args=ocp.args.StandardSave(_to_checkpoint(parallel.unreplicate(state), config)))
+    mgr.save(step, args=ocp.args.StandardSave(to_checkpoint(parallel.unreplicate(state), config)))
 
   try:
     if start == 0 and config.eval_every > 0:
@@ -638,7 +630,7 @@ def _loop(trainer: Trainer, state, start: int, mgr, writer: MetricWriter,
     t_start = time.perf_counter()
     while step < config.num_steps:
       profiler.update(step)
-      stop = _next_stop(step, config)
+      stop = next_stop(step, config)
       t = time.perf_counter()
       compile_before = trainer.compile_seconds
       state, chunk, finite = trainer.train(state, step, stop - step)
@@ -651,13 +643,13 @@ def _loop(trainer: Trainer, state, start: int, mgr, writer: MetricWriter,
         raise Diverged(stop)
       step = stop
       scalars: dict[str, Any] = {}
-      if _is_due(step, config.log_every, config.num_steps):
+      if is_due(step, config.log_every, config.num_steps):
         scalars.update({"train/loss": float(chunk[:, 0].mean()),
                         "train/accuracy": float(chunk[:, 1].mean()),
                         "steps_per_sec": len(chunk) / max(elapsed, 1e-9)})
         if trainer.compile_seconds > compile_before:
           scalars["compile_seconds"] = trainer.compile_seconds - compile_before
-      if _is_due(step, config.eval_every, config.num_steps):
+      if is_due(step, config.eval_every, config.num_steps):
         state, evals = _eval_and_check(trainer, state, config, step)
         scalars.update(evals)
         if target_open and evals["eval/accuracy"] >= config.target_accuracy:
@@ -670,19 +662,19 @@ def _loop(trainer: Trainer, state, start: int, mgr, writer: MetricWriter,
         logging.info("step %d/%d  %s  ETA %s", step, config.num_steps,
                      "  ".join(f"{k} {v:.4g}" for k, v in scalars.items()),
                      _format_eta((config.num_steps - step) / max(rate, 1e-9)))
-      if _is_due(step, config.checkpoint_every, config.num_steps) or signals.requested:
+      if is_due(step, config.checkpoint_every, config.num_steps) or signals.requested:
         save()
       if signals.requested and step < config.num_steps:
         writer.flush()
-        _write_json(status_path, {"status": "stopped", "step": step})
+        write_json(status_path, {"status": "stopped", "step": step})
         raise Stopped(step, signals.requested)
   except Diverged as e:
-    _write_json(status_path, {"status": "diverged", "step": e.step})
+    write_json(status_path, {"status": "diverged", "step": e.step})
     writer.write(e.step, {"diverged": True})
     raise
   finally:
     profiler.stop()
-  _write_json(status_path, {"status": "done", "step": step})
+  write_json(status_path, {"status": "done", "step": step})
   return last
 
 
