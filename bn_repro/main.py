@@ -24,12 +24,36 @@ _FALLBACK = flags.DEFINE_bool(
     "If the newest checkpoint cannot be restored, resume from the newest one that can.")
 _ALLOW_CHANGE = flags.DEFINE_bool(
     "allow_config_change", False, "Resume even if the workdir's saved config differs.")
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", "",
+    "host:port of process 0 for a multi-process run (with --num_processes, --process_id).")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", 1, "Processes in a multi-process run.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", 0, "This process's index, 0..num_processes-1.")
+_DISTRIBUTED = flags.DEFINE_bool(
+    "distributed", False,
+    "Call jax.distributed.initialize() with what the cluster provides (SLURM, a TPU pod slice).")
 flags.mark_flags_as_required(["config", "workdir"])
+
+
+def _init_distributed() -> None:
+  """Joins a multi-process run before JAX touches a device (all processes run the same command)."""
+  if not (_COORDINATOR.value or _DISTRIBUTED.value):
+    return
+  import jax  # pylint: disable=g-import-not-at-top
+  if _DISTRIBUTED.value:
+    jax.distributed.initialize()
+    return
+  if not 0 <= _PROCESS_ID.value < _NUM_PROCESSES.value:
+    _fail(f"--process_id={_PROCESS_ID.value} must be in 0..{_NUM_PROCESSES.value - 1}")
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU-only runs
+  jax.distributed.initialize(coordinator_address=_COORDINATOR.value,
+                             num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value)
 
 
 def _main(argv):
   if len(argv) > 1:
     _fail(f"unexpected arguments {' '.join(argv[1:])!r}; fields are set as --config.<field>=<value>")
+  _init_distributed()
   from bn_repro import train  # pylint: disable=g-import-not-at-top
   from bn_repro.errors import UserError  # pylint: disable=g-import-not-at-top
   try:

@@ -63,6 +63,22 @@ class MetricWriter:
       self._tb.close()
 
 
+class NullWriter:
+  """A MetricWriter that writes nothing (processes other than 0 in a multi-host run)."""
+
+  def truncate_after(self, step: int) -> None:
+    del step
+
+  def write(self, step: int, scalars: Mapping[str, Any]) -> None:
+    del step, scalars
+
+  def flush(self) -> None:
+    pass
+
+  def close(self) -> None:
+    pass
+
+
 def write_json(path: str, obj: Any) -> None:
   """Writes `obj` as JSON atomically (a temporary file per process, then a rename)."""
   tmp = f"{path}.{os.getpid()}.tmp"

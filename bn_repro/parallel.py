@@ -67,7 +67,12 @@ def data_parallel(fn: Callable, devs: Sequence[jax.Device], *,
   has one entry per device.
   """
   if backend == "pmap":
-    return jax.pmap(fn, axis_name=AXIS, devices=list(devs), donate_argnums=tuple(donate_argnums))
+    # With several processes, pmap maps over every process's devices (each process passes
+    # its local shard), so that collectives over AXIS span the whole run.
+    mapped = None if jax.process_count() > 1 else list(devs)
+    return jax.pmap(fn, axis_name=AXIS, devices=mapped, donate_argnums=tuple(donate_argnums))
+  if jax.process_count() > 1:
+    raise ValueError("multi-process runs use the pmap backend")
   if backend == "shard_map":
     mesh = jax.sharding.Mesh(np.array(devs), (AXIS,))
     spec = jax.sharding.PartitionSpec(AXIS)

@@ -24,6 +24,7 @@ from flax.training import train_state
 import jax
 import jax.numpy as jnp
 from jax import lax
+from jax.experimental import multihost_utils
 import ml_collections
 import numpy as np
 import optax
@@ -36,7 +37,7 @@ from bn_repro import parallel
 from bn_repro import validation
 from bn_repro.models import common
 from bn_repro.errors import UserError
-from bn_repro.metrics import MetricWriter, read_metrics, write_json
+from bn_repro.metrics import MetricWriter, NullWriter, read_metrics, write_json
 
 CONFIG_FILE = "config.json"
 STATUS_FILE = "status.json"
@@ -219,18 +220,24 @@ class InMemoryFeed:
   def __init__(self, config, train_ds: data.ArrayDataset, eval_ds: data.ArrayDataset, devs):
     self.config, self.devs = config, devs
     n = len(devs)
+    # Several processes (hosts): each holds the dataset and takes its slice of every global
+    # batch and of the eval set; collectives over AXIS span all processes' devices.
+    self.process, self.processes = jax.process_index(), jax.process_count()
     self.num_train = len(train_ds)
     self.sample_images = train_ds.images[:2]
     self.dataset = parallel.replicate((train_ds.images, train_ds.labels), devs)
     # Eval: every example once; padding carries mask 0. Layout [device, batch index, example].
-    per_device = max(1, min(config.eval_batch_size // n, math.ceil(len(eval_ds) / n)))
-    images, labels, mask = data.pad_for_eval(eval_ds, n * per_device)
-    shape = lambda a: a.reshape((n, -1, per_device) + a.shape[1:])
+    world = n * self.processes
+    per_device = max(1, min(config.eval_batch_size // world, math.ceil(len(eval_ds) / world)))
+    images, labels, mask = data.pad_for_eval(eval_ds, world * per_device)
+    part = lambda a: np.split(a, self.processes)[self.process]
+    shape = lambda a: part(a).reshape((n, -1, per_device) + a.shape[1:])
     self.eval_data = parallel.shard((shape(images), shape(labels), shape(mask)), devs)
 
   def indices(self, seed: int, start: int, steps: int) -> jax.Array:
-    """[device, step, local example] training indices."""
+    """[device, step, local example] training indices: this process's slice of each batch."""
     idx = data.train_batch_indices(self.num_train, self.config.batch_size, seed, start, steps)
+    idx = np.split(idx, self.processes, axis=1)[self.process]
     return parallel.shard(idx.reshape(steps, len(self.devs), -1).transpose(1, 0, 2), self.devs)
 
   def train_inputs(self, start: int, steps: int):
@@ -333,7 +340,10 @@ class Trainer:
     args = (state,) + tuple(self.feed.train_inputs(start, steps))
     if steps not in self._compiled:
       t = time.perf_counter()
-      self._compiled[steps] = self._train.lower(*args).compile()
+      # Compiled ahead of time to time compilation apart; a multi-process pmap compiles
+      # on its first call instead (its AOT path expects global arrays).
+      self._compiled[steps] = (self._train.lower(*args).compile() if jax.process_count() == 1
+                               else self._train)
       self.compile_seconds += time.perf_counter() - t
     state, metrics, finite = self._compiled[steps](*args)
     return state, np.asarray(metrics[0]), bool(finite[0])
@@ -350,7 +360,10 @@ class Trainer:
       sums, probes = self._eval(state, images, labels, mask)
       totals += np.asarray(sums[0], np.float64)
       if self.has_probe:
-        values.append(np.asarray(probes).reshape(-1)[np.asarray(mask).reshape(-1) > 0])
+        probes, mask = np.asarray(probes), np.asarray(mask)
+        if jax.process_count() > 1:  # every process's share of the eval set
+          probes, mask = (np.asarray(x) for x in multihost_utils.process_allgather((probes, mask)))
+        values.append(probes.reshape(-1)[mask.reshape(-1) > 0])
     correct, top5, loss, count = totals
     out = {"eval/accuracy": correct / count, "eval/top5": top5 / count, "eval/loss": loss / count}
     if self.has_probe:
@@ -395,10 +408,22 @@ def _check_saved_config(workdir: str, config: ml_collections.ConfigDict) -> None
 
 
 def checkpoint_manager(workdir: str) -> ocp.CheckpointManager:
-  return ocp.CheckpointManager(
-      os.path.abspath(os.path.join(workdir, CHECKPOINT_DIR)),
-      options=ocp.CheckpointManagerOptions(max_to_keep=3, create=True),
-      item_handlers=ocp.StandardCheckpointHandler())
+  """Orbax manager of <workdir>/checkpoints.
+
+  The state is replicated, so with several processes each one reads the checkpoint
+  on its own and process 0 alone writes it (the workdir must be shared storage).
+  """
+  directory = os.path.abspath(os.path.join(workdir, CHECKPOINT_DIR))
+  options = ocp.CheckpointManagerOptions(max_to_keep=3, create=True)
+  if jax.process_count() > 1:
+    os.makedirs(directory, exist_ok=True)
+    me = jax.process_index()
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=3, create=False,
+        multiprocessing_options=ocp.options.MultiprocessingOptions(
+            primary_host=me, active_processes={me}))
+  return ocp.CheckpointManager(directory, options=options,
+                               item_handlers=ocp.StandardCheckpointHandler())
 
 
 def to_checkpoint(state: TrainState, config) -> dict:
@@ -568,7 +593,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   """
   validation.validate(config)
   devs = parallel.devices(config.num_devices)
-  validation.validate_devices(config, len(devs))
+  validation.validate_devices(config, len(devs), jax.process_count())
   if config.data.name in data.STREAMED:
     train_ds = eval_ds = None
   else:
@@ -579,14 +604,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   trainer = Trainer(config, train_ds, eval_ds, devs)
   state = trainer.init_state()
 
-  with _exclusive_workdir(workdir), _StopSignals() as signals:
-    _check_disk(workdir, state)
+  primary = jax.process_index() == 0  # the one process that writes the workdir
+  with (_exclusive_workdir(workdir) if primary else contextlib.nullcontext()), \
+       _StopSignals() as signals:
+    if primary:
+      _check_disk(workdir, state)
     mgr = checkpoint_manager(workdir)
     try:
       start, restored = _restore(mgr, to_checkpoint(state, config), fallback_checkpoint)
-      write_json(os.path.join(workdir, CONFIG_FILE), config.to_dict())
-      write_json(os.path.join(workdir, STATUS_FILE), {"status": "running", "step": start})
-      writer = MetricWriter(workdir, tensorboard=config.tensorboard)
+      if primary:
+        write_json(os.path.join(workdir, CONFIG_FILE), config.to_dict())
+        write_json(os.path.join(workdir, STATUS_FILE), {"status": "running", "step": start})
+      writer = MetricWriter(workdir, tensorboard=config.tensorboard) if primary else NullWriter()
       if restored is not None:
         state = state.replace(step=restored["step"], params=restored["params"],
                               batch_stats=restored["batch_stats"],
@@ -612,16 +641,22 @@ def _loop(trainer: Trainer, state, start: int, mgr, writer: MetricWriter,
           signals: _StopSignals, workdir: str) -> dict[str, Any]:
   """Chunks of steps between log / eval / checkpoint points, from `start` to the end."""
   config = trainer.config
-  status_path = os.path.join(workdir, STATUS_FILE)
+  primary = jax.process_index() == 0
   profiler = _Profiler(config, workdir)
   last: dict[str, Any] = {}
   step = start
   # Figure 3's "steps to reach accuracy X": written once, at the first eval that gets there.
-  target_open = config.target_accuracy > 0 and not any(
+  target_open = primary and config.target_accuracy > 0 and not any(
       "target/reached" in e for e in (read_metrics(workdir) if start else []))
 
   def save():
-    mgr.save(step, args=ocp.args.StandardSave(to_checkpoint(parallel.unreplicate(state), config)))
+    if primary:
+      mgr.save(step, args=ocp.args.StandardSave(
+          to_checkpoint(parallel.unreplicate(state), config)))
+
+  def set_status(**status):
+    if primary:
+      write_json(os.path.join(workdir, STATUS_FILE), status)
 
   try:
     if start == 0 and config.eval_every > 0:
@@ -666,15 +701,15 @@ def _loop(trainer: Trainer, state, start: int, mgr, writer: MetricWriter,
         save()
       if signals.requested and step < config.num_steps:
         writer.flush()
-        write_json(status_path, {"status": "stopped", "step": step})
+        set_status(status="stopped", step=step)
         raise Stopped(step, signals.requested)
   except Diverged as e:
-    write_json(status_path, {"status": "diverged", "step": e.step})
+    set_status(status="diverged", step=e.step)
     writer.write(e.step, {"diverged": True})
     raise
   finally:
     profiler.stop()
-  write_json(status_path, {"status": "done", "step": step})
+  set_status(status="done", step=step)
   return last
 
 

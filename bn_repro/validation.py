@@ -114,8 +114,13 @@ def _validate_inception(config: ml_collections.ConfigDict) -> None:
                     field="config.model.modules")
 
 
-def validate_devices(config: ml_collections.ConfigDict, num_devices: int) -> None:
-  """Checks that the global batch splits over the devices and BN has m > 1."""
+def validate_devices(config: ml_collections.ConfigDict, num_devices: int,
+                     num_processes: int = 1) -> None:
+  """Checks that the global batch splits over the devices (of all processes) and BN has m > 1."""
+  if num_processes > 1 and (config.num_devices or config.parallel != "pmap"):
+    raise UserError("a multi-process run uses every local device with pmap; set "
+                    "--config.num_devices=0 --config.parallel=pmap", field="config.num_devices")
+  num_devices *= num_processes
   if config.batch_size % num_devices:
     raise UserError(
         f"global batch {config.batch_size} does not split over {num_devices} devices; "
