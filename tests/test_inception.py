@@ -325,6 +325,7 @@ def test_registry_builds_from_config(name, use_bn):
   c.model.width_multiplier = 0.125
   c.model.modules = ("3a", "3b", "3c", "4a")  # (only traced here)
   c.model.stem = "small"
+  c.model.stem_stride = 1
   c.model.separable_stem = True
   c.model.pool_proj_4cd = 96
   c.model.init_std = 2.0**0.5
