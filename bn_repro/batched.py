@@ -20,7 +20,6 @@ from typing import Any, Sequence
 from absl import logging
 import jax
 from jax import lax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
@@ -29,6 +28,7 @@ from bn_repro import data
 from bn_repro import parallel
 from bn_repro import train
 from bn_repro import validation
+from bn_repro.models import common
 from bn_repro.errors import UserError
 from bn_repro.metrics import MetricWriter, write_json
 
@@ -58,9 +58,7 @@ def train_chunk_batched(states, dataset, batches, scales, seeds, *, dtype, sync_
     return jax.vmap(one)(states, idx, scales, seeds)
 
   states, metrics = lax.scan(body, states, batches)
-  finite = jax.vmap(lambda s: jnp.all(jnp.stack(
-      [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves((s.params, s.batch_stats))])))(states)
-  return states, metrics, finite
+  return states, metrics, jax.vmap(train.all_finite)(states)
 
 
 class BatchedTrainer:
@@ -77,7 +75,7 @@ class BatchedTrainer:
     self.scales = parallel.replicate(
         np.array([c.optimizer.learning_rate for c in configs], np.float32), devs)
     self.seeds = parallel.replicate(np.array([c.seed for c in configs], np.int32), devs)
-    dtype = train.common.DTYPES[unit.dtype]
+    dtype = common.DTYPES[unit.dtype]
     sync = unit.model.use_bn and not unit.bn.cross_device
     self._train = parallel.data_parallel(
         lambda *a: train_chunk_batched(*a, dtype=dtype, sync_batch_stats=sync), devs,

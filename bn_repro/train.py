@@ -167,9 +167,13 @@ def train_chunk(state, dataset, batches, *, dtype, sync_batch_stats, seed):
                       seed=seed)
 
   state, metrics = lax.scan(body, state, batches)
+  return state, metrics, all_finite(state)
+
+
+def all_finite(state: TrainState) -> jax.Array:
+  """Whether every parameter and BN statistic of `state` is finite (one scalar)."""
   leaves = jax.tree.leaves((state.params, state.batch_stats))
-  finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
-  return state, metrics, finite
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
 
 
 def recompute_population(state, images, labels, indices, *, dtype):

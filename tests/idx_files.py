@@ -35,3 +35,10 @@ def write_pair(directory: pathlib.Path, prefix: str, n: int, seed: int,
   write_idx(directory / f"{prefix}-images-idx3-ubyte{suffix}", images, IMAGES_MAGIC, gz)
   write_idx(directory / f"{prefix}-labels-idx1-ubyte{suffix}", labels, LABELS_MAGIC, gz)
   return images, labels
+
+
+def write_mnist_dir(directory: pathlib.Path, train: int, test: int) -> pathlib.Path:
+  """A directory the CLI reads with data.source=idx: `train` and `t10k` pairs of random digits."""
+  write_pair(directory, "train", train, seed=1)
+  write_pair(directory, "t10k", test, seed=2)
+  return directory

@@ -10,17 +10,14 @@ import numpy as np
 import pytest
 
 from bn_repro.metrics import read_metrics
-from idx_files import write_pair
+from idx_files import write_mnist_dir, write_pair
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def tiny_idx(tmp_path_factory) -> pathlib.Path:
-  d = tmp_path_factory.mktemp("idx")
-  write_pair(d, "train", 96, seed=1)
-  write_pair(d, "t10k", 30, seed=2)
-  return d
+  return write_mnist_dir(tmp_path_factory.mktemp("idx"), train=96, test=30)
 
 
 def cli(workdir, *overrides, config="configs/mnist_mlp.py:bn_sigmoid"):

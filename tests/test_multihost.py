@@ -11,7 +11,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from bn_repro.metrics import read_metrics
-from idx_files import write_pair
+from idx_files import write_mnist_dir
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -40,8 +40,7 @@ def final_params(workdir):
 def test_two_processes_equal_one_process(tmp_path):
   idx = tmp_path / "idx"
   idx.mkdir()
-  write_pair(idx, "train", 96, seed=1)
-  write_pair(idx, "t10k", 30, seed=2)
+  write_mnist_dir(idx, train=96, test=30)
   single = tmp_path / "single"
   r = subprocess.run(command(single, idx), cwd=REPO, env=env(4), capture_output=True, text=True,
                      timeout=600)

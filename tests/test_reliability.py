@@ -13,7 +13,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from bn_repro.metrics import read_metrics
-from idx_files import write_pair
+from idx_files import write_mnist_dir
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 STEPS = 1200
@@ -21,10 +21,7 @@ STEPS = 1200
 
 @pytest.fixture(scope="module")
 def idx(tmp_path_factory) -> pathlib.Path:
-  d = tmp_path_factory.mktemp("idx")
-  write_pair(d, "train", 200, seed=1)
-  write_pair(d, "t10k", 40, seed=2)
-  return d
+  return write_mnist_dir(tmp_path_factory.mktemp("idx"), train=200, test=40)
 
 
 def command(workdir, idx_dir, *extra, hidden="(16, 16)"):

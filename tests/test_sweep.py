@@ -18,7 +18,7 @@ import pytest
 from bn_repro import sweep as sw
 from bn_repro.errors import UserError
 from bn_repro.metrics import read_metrics
-from idx_files import write_pair
+from idx_files import write_mnist_dir
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 BASE = f"{REPO}/configs/mnist_mlp.py:bn_sigmoid"
@@ -167,8 +167,7 @@ def swept(tmp_path_factory):
   tmp = tmp_path_factory.mktemp("sweep")
   idx = tmp / "idx"
   idx.mkdir()
-  write_pair(idx, "train", 96, seed=1)
-  write_pair(idx, "t10k", 30, seed=2)
+  write_mnist_dir(idx, train=96, test=30)
   spec = _sweep_file(tmp / "tiny_sweeps.py",
                      'sw.product(sw.axis("model.use_bn", (True, False)), '
                      'sw.axis("optimizer.learning_rate", (0.1, 1e9)))')
