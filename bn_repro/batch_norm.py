@@ -14,9 +14,19 @@ The pure functions, in the order a BN layer uses them:
   average_update     exact running mean over batches (Algorithm 2, lines 9-10):
                      running <- running + (batch - running) / (count + 1).
 
-Variants (ghost batches, renormalization, noise, frozen statistics) are built from
-the same functions: they change which axes `moments` reduces over, which
-statistics `normalize` gets, or what is added after it.
+Variants, each an option of `BatchNorm` built from the same functions and each
+equal to plain BN with its knob at the neutral value (tests/test_bn_variants.py):
+  ghost batches      `virtual_batch_size`: `batch_normalize` vmapped over sub-batches
+                     of a chosen size (Hoffer et al. 2017), on every device alike.
+  renormalization    `renorm`: Batch Renormalization (Ioffe 2017); `renorm_correction`
+                     gives r and d, which enter `batch_normalize` as a changed
+                     scale and bias (r, d carry no gradient, as in the paper).
+  noise              `noise_mean`/`noise_scale`/`noise_std`: `add_noise` after BN,
+                     random non-zero-mean, non-unit-variance, redrawn every step
+                     (after Santurkar et al. 2018).
+  frozen statistics  `freeze_step`: from that update on, training uses the population
+                     statistics (`normalize`) and stops updating them.
+Schedules (renorm warm-up, freezing) read the layer's update counter `count`.
 """
 
 import functools
@@ -135,6 +145,7 @@ def batch_normalize(
     axis_name: str | None = None,
     mask: Array | None = None,
     dtype: Any = None,
+    batch: Moments | None = None,
 ) -> tuple[Array, Moments]:
   """Algorithm 1 in training: normalized `x` and its batch moments (which carry no gradient).
 
@@ -142,6 +153,7 @@ def batch_normalize(
   one expression, dx = scale / sqrt(var + eps) * (dy - mean(dy) - xhat * mean(dy * xhat)),
   with the two means all-reduced across `axis_name`: far fewer operations than
   differentiating `moments` and `normalize`, which is what the masked case does.
+  `batch`: the moments of `x` when the caller has them already (unmasked only).
   """
   axes = _canonical_axes(x.ndim, axes)
   dtype = dtype or x.dtype
@@ -149,7 +161,7 @@ def batch_normalize(
     mom = moments(x, axes, axis_name=axis_name, mask=mask)
     y = normalize(x, mom.mean, mom.var, scale, bias, axes=axes, epsilon=epsilon, dtype=dtype)
     return y, jax.tree.map(lax.stop_gradient, mom)
-  mom = moments(lax.stop_gradient(x), axes, axis_name=axis_name)
+  mom = moments(lax.stop_gradient(x), axes, axis_name=axis_name) if batch is None else batch
   features = mom.mean.shape
   scale = jnp.ones(features, jnp.float32) if scale is None else scale
   bias = jnp.zeros(features, jnp.float32) if bias is None else bias
@@ -190,6 +202,78 @@ def _normalize_batch_bwd(axes, epsilon, axis_name, residuals, dy):
 
 
 _normalize_batch.defvjp(_normalize_batch_fwd, _normalize_batch_bwd)
+
+
+def ghost_batch_normalize(
+    x: Array,
+    scale: Array | None,
+    bias: Array | None,
+    *,
+    virtual_batch_size: int,
+    axes: Axes,
+    epsilon: float,
+    dtype: Any = None,
+) -> tuple[Array, Moments]:
+  """`batch_normalize` on each run of `virtual_batch_size` examples along axis 0 by itself.
+
+  Statistics never cross devices: each device splits its own share of the batch,
+  so the sub-batches (and the numbers) are the same for any device count that
+  keeps the global batch's order. `axes` must include 0. Returns the moments of
+  every sub-batch, stacked on a leading axis.
+  """
+  axes = _canonical_axes(x.ndim, axes)
+  if 0 not in axes:
+    raise ValueError(f"ghost batches split axis 0, which must be reduced over; axes={axes}")
+  if x.shape[0] % virtual_batch_size:
+    raise ValueError(f"a batch of {x.shape[0]} examples does not split into virtual batches "
+                     f"of {virtual_batch_size}")
+  ghosts = x.reshape((x.shape[0] // virtual_batch_size, virtual_batch_size) + x.shape[1:])
+  y, mom = jax.vmap(lambda g: batch_normalize(g, scale, bias, axes=axes, epsilon=epsilon,
+                                              dtype=dtype))(ghosts)
+  return y.reshape(x.shape), mom
+
+
+def renorm_limits(step: Array, rmax: float, dmax: float, start: int, rmax_ramp: int,
+                  dmax_ramp: int) -> tuple[Array, Array]:
+  """Batch Renormalization's warm-up: until `start` r_max = 1 and d_max = 0 (plain BN);
+  then r_max rises linearly to `rmax` over `rmax_ramp` steps and d_max to `dmax`
+  over `dmax_ramp` steps (a ramp <= 0 switches at `start`)."""
+  t = jnp.asarray(step, jnp.float32) - start
+
+  def frac(ramp):
+    return jnp.clip(t / ramp, 0.0, 1.0) if ramp > 0 else (t >= 0).astype(jnp.float32)
+
+  return 1.0 + (rmax - 1.0) * frac(rmax_ramp), dmax * frac(dmax_ramp)
+
+
+def renorm_correction(batch: Moments, mean: Array, var: Array, rmax: Array, dmax: Array,
+                      epsilon: float) -> tuple[Array, Array]:
+  """Batch Renormalization's r = sigma_B / sigma and d = (mu_B - mu) / sigma, clipped to
+  [1/rmax, rmax] and [-dmax, dmax] (no gradient flows through them).
+
+  Training then outputs scale * (xhat * r + d) + bias, which is `batch_normalize`
+  with scale * r and bias + scale * d; r = 1, d = 0 is plain BN.
+  """
+  sigma = jnp.sqrt(var + epsilon)
+  r = jnp.clip(jnp.sqrt(batch.var + epsilon) / sigma, 1.0 / rmax, rmax)
+  d = jnp.clip((batch.mean - mean) / sigma, -dmax, dmax)
+  return lax.stop_gradient(r), lax.stop_gradient(d)
+
+
+def add_noise(y: Array, key: Array, feature_axes: tuple[int, ...], *, mean: float,
+              scale: float, std: float) -> Array:
+  """y * s + n: non-zero-mean, non-unit-variance noise on every value, redrawn per call.
+
+  Per feature, a centre mu ~ U(-mean, mean) and a gain v ~ U(1, scale) are drawn; per
+  value, s ~ N(v, std^2) and n ~ N(mu, std^2). mean=0, scale=1, std=0 returns y.
+  """
+  fshape = tuple(y.shape[a] if a in feature_axes else 1 for a in range(y.ndim))
+  k_mu, k_v, k_s, k_n = jax.random.split(key, 4)
+  mu = jax.random.uniform(k_mu, fshape, jnp.float32, -mean, mean)
+  v = jax.random.uniform(k_v, fshape, jnp.float32, 1.0, scale)
+  s = v + std * jax.random.normal(k_s, y.shape, jnp.float32)
+  n = mu + std * jax.random.normal(k_n, y.shape, jnp.float32)
+  return (y.astype(jnp.float32) * s + n).astype(y.dtype)
 
 
 def unbiased_variance(var: Array, count: Array) -> Array:
@@ -253,6 +337,15 @@ class BatchNorm(nn.Module):
     use_scale / use_bias: learn gamma / beta.
     dtype: output dtype (default: input dtype); statistics are always float32.
     param_dtype: dtype of scale and bias.
+    virtual_batch_size: > 0: ghost batches, statistics over runs of this many
+      examples of each device's share (0: the whole batch).
+    renorm: Batch Renormalization with limits rising from (1, 0) to
+      (renorm_rmax, renorm_dmax), starting at update renorm_start and reaching
+      them at updates renorm_rmax_end and renorm_dmax_end (Ioffe 2017: 5k, 40k, 25k).
+    noise_mean / noise_scale / noise_std: noise after BN in training (`add_noise`;
+      needs a 'noise' rng); 0 / 1 / 0 = none.
+    freeze_step: >= 0: from this many updates on, training normalizes with the
+      population statistics and leaves them as they are (-1: never).
   """
 
   use_running_average: bool | None = None
@@ -268,6 +361,17 @@ class BatchNorm(nn.Module):
   param_dtype: Any = jnp.float32
   scale_init: Callable[..., Array] = nn.initializers.ones
   bias_init: Callable[..., Array] = nn.initializers.zeros
+  virtual_batch_size: int = 0
+  renorm: bool = False
+  renorm_rmax: float = 3.0
+  renorm_dmax: float = 5.0
+  renorm_start: int = 5_000
+  renorm_rmax_end: int = 40_000
+  renorm_dmax_end: int = 25_000
+  noise_mean: float = 0.0
+  noise_scale: float = 1.0
+  noise_std: float = 0.0
+  freeze_step: int = -1
 
   @nn.compact
   def __call__(
@@ -296,15 +400,56 @@ class BatchNorm(nn.Module):
     if eval_mode:
       return normalize(x, ra_mean.value, ra_var.value, scale, bias, axes=reduce_axes,
                        epsilon=self.epsilon, dtype=dtype)
-    y, batch = batch_normalize(x, scale, bias, axes=reduce_axes, epsilon=self.epsilon,
-                               axis_name=self.axis_name, mask=mask, dtype=dtype)
+    if mask is not None and (self.virtual_batch_size or self.renorm):
+      raise ValueError("masks are not supported with ghost batches or renormalization")
+    count = ra_count.value
+
+    def train_batch():
+      y, batch = self._normalize_batch(x, scale, bias, reduce_axes, dtype, mask, count,
+                                       ra_mean.value, ra_var.value)
+      return (y,) + update_population(
+          ra_mean.value, ra_var.value, count.astype(jnp.float32), batch,
+          mode=self.population, decay=self.decay, unbiased=self.unbiased)
+
+    def frozen():
+      y = normalize(x, ra_mean.value, ra_var.value, scale, bias, axes=reduce_axes,
+                    epsilon=self.epsilon, dtype=dtype)
+      return y, ra_mean.value, ra_var.value
+
+    if self.freeze_step >= 0:
+      y, new_mean, new_var = lax.cond(count >= self.freeze_step, frozen, train_batch)
+    else:
+      y, new_mean, new_var = train_batch()
+    if self.noise_mean or self.noise_scale != 1.0 or self.noise_std:
+      y = add_noise(y, self.make_rng("noise"), feature_axes, mean=self.noise_mean,
+                    scale=self.noise_scale, std=self.noise_std)
     # Skipped while Flax initializes, so that init leaves the defaults in place.
     if not self.is_initializing() and self.is_mutable_collection("batch_stats"):
-      ra_mean.value, ra_var.value = update_population(
-          ra_mean.value, ra_var.value, ra_count.value.astype(jnp.float32), batch,
-          mode=self.population, decay=self.decay, unbiased=self.unbiased)
-      ra_count.value = ra_count.value + 1
+      ra_mean.value, ra_var.value = new_mean, new_var
+      ra_count.value = count + 1
     return y
+
+  def _normalize_batch(self, x, scale, bias, axes, dtype, mask, count, pop_mean, pop_var):
+    """Training-mode output and the batch moments that enter the population."""
+    if self.virtual_batch_size:
+      y, ghosts = ghost_batch_normalize(x, scale, bias, virtual_batch_size=self.virtual_batch_size,
+                                        axes=axes, epsilon=self.epsilon, dtype=dtype)
+      # The population sees the average ghost statistics, averaged over devices too.
+      devices = 1 if self.axis_name is None else lax.axis_size(self.axis_name)
+      pooled = lambda v: _all_reduce(jnp.mean(v, 0), self.axis_name) / devices
+      return y, Moments(pooled(ghosts.mean), pooled(ghosts.var), ghosts.count[0])
+    if self.renorm:
+      batch = moments(lax.stop_gradient(x), axes, axis_name=self.axis_name)
+      rmax, dmax = renorm_limits(count, self.renorm_rmax, self.renorm_dmax, self.renorm_start,
+                                 self.renorm_rmax_end - self.renorm_start,
+                                 self.renorm_dmax_end - self.renorm_start)
+      r, d = renorm_correction(batch, pop_mean, pop_var, rmax, dmax, self.epsilon)
+      gamma = jnp.ones_like(r) if scale is None else scale.astype(r.dtype)
+      beta = jnp.zeros_like(d) if bias is None else bias.astype(d.dtype)
+      return batch_normalize(x, gamma * r, beta + gamma * d, axes=axes, epsilon=self.epsilon,
+                             axis_name=self.axis_name, dtype=dtype, batch=batch)
+    return batch_normalize(x, scale, bias, axes=axes, epsilon=self.epsilon,
+                           axis_name=self.axis_name, mask=mask, dtype=dtype)
 
 
 def reset_population(batch_stats: Any) -> Any:

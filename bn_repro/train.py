@@ -108,6 +108,11 @@ def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
   return optax.softmax_cross_entropy(logits, jax.nn.one_hot(labels, logits.shape[-1]))
 
 
+def train_rngs(key: jax.Array) -> dict[str, jax.Array]:
+  """The rngs a model may draw from in training: dropout masks and noisy-BN noise."""
+  return {"dropout": key, "noise": jax.random.fold_in(key, 1)}
+
+
 # ---------------------------------------------------------------------------
 # Per-device functions (SPMD, collectives over parallel.AXIS).
 
@@ -128,7 +133,7 @@ def train_step(state: TrainState, images, labels, *, dtype, sync_batch_stats: bo
   def loss_fn(params):
     logits, updates = state.apply_fn(
         {"params": params, "batch_stats": state.batch_stats}, x, train=True,
-        mutable=["batch_stats"], rngs={"dropout": rng})
+        mutable=["batch_stats"], rngs=train_rngs(rng))
     loss = cross_entropy(logits, labels).mean()
     return loss, (logits, updates.get("batch_stats", state.batch_stats))
 
@@ -180,13 +185,17 @@ def recompute_population(state, images, labels, indices, *, dtype):
   """Algorithm 2: population statistics as the exact mean over len(indices) batches."""
   del labels
 
-  def body(batch_stats, idx):
+  def body(batch_stats, batch):
+    idx, i = batch
+    # Dropout and noise stay on, as in the training steps whose statistics this replaces.
     _, updates = state.apply_fn(
         {"params": state.params, "batch_stats": batch_stats},
-        preprocess(images[idx], dtype), train=True, mutable=["batch_stats"])
+        preprocess(images[idx], dtype), train=True, mutable=["batch_stats"],
+        rngs=train_rngs(jax.random.fold_in(jax.random.PRNGKey(0), i)))
     return updates["batch_stats"], None
 
-  batch_stats, _ = lax.scan(body, batch_norm.reset_population(state.batch_stats), indices)
+  batch_stats, _ = lax.scan(body, batch_norm.reset_population(state.batch_stats),
+                            (indices, jnp.arange(len(indices))))
   return state.replace(batch_stats=batch_stats)
 
 

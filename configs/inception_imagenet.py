@@ -25,6 +25,8 @@ with 32 examples per replica; `batch_size` here is the global batch (32 per devi
 
 import ml_collections
 
+from bn_repro import models
+
 VARIANTS = ("inception", "bn_baseline", "bn_x5", "bn_x30", "bn_x5_sigmoid")
 BASE_LR = 0.0015
 LR_SCALE = {"inception": 1, "bn_baseline": 1, "bn_x5": 5, "bn_x30": 30, "bn_x5_sigmoid": 5}
@@ -59,7 +61,7 @@ def get_config(variant: str = "bn_x30") -> ml_collections.ConfigDict:
       init_fan_in=True, probe_unit=0))
   c.bn = ml_collections.ConfigDict(dict(
       epsilon=1e-3, decay=0.9997, population="ema", population_batches=100, unbiased=False,
-      cross_device=True))
+      cross_device=True, **models.bn_variant_defaults()))
   c.data = ml_collections.ConfigDict(dict(
       name="imagenet2012", source="tfds", tfds_data_dir="", idx_dir="", train_split="train",
       eval_split="validation", image_size=224, distortion=1.0))

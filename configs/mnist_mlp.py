@@ -20,6 +20,8 @@ and 0.2-0.4 without; both about 0.96 at step 5,000.
 
 import ml_collections
 
+from bn_repro import models
+
 VARIANTS = ("bn_sigmoid", "nobn_sigmoid", "bn_relu", "nobn_relu", "bn_tanh", "nobn_tanh")
 
 
@@ -40,6 +42,8 @@ def get_config(variant: str = "bn_sigmoid") -> ml_collections.ConfigDict:
   c.model.use_bn = bn == "bn"
   c.model.init_std = 1.0  # weights ~ N(0, init_std^2 / fan_in) when init_fan_in
   c.model.init_fan_in = True
+  c.model.bn_position = "wu"  # "wu": g(BN(Wu)) (paper) | "after_act": BN(g(Wu+b)) | "u": g(W BN(u)+b)
+  c.model.dropout_rate = 0.0  # dropout after each hidden layer
   c.model.probe_unit = 0  # which unit of the last hidden layer Figure 1(b, c) tracks
 
   c.bn = ml_collections.ConfigDict()
@@ -49,6 +53,9 @@ def get_config(variant: str = "bn_sigmoid") -> ml_collections.ConfigDict:
   c.bn.population_batches = 100  # training batches Algorithm 2 averages over
   c.bn.unbiased = False  # m/(m-1) on batch variances entering the population
   c.bn.cross_device = True  # batch statistics over the global batch (all devices)
+  # Variants (bn_repro.BatchNorm): virtual_batch_size (ghost batches), renorm + renorm_*
+  # (Batch Renormalization), noise_mean/noise_scale/noise_std (noisy BN), freeze_step.
+  c.bn.update(models.bn_variant_defaults())
 
   c.data = ml_collections.ConfigDict()
   c.data.name = "mnist"

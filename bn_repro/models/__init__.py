@@ -1,5 +1,6 @@
 """Model registry: `build(config, ...)` maps `config.model.name` to a linen module."""
 
+import dataclasses
 import functools
 from typing import Any
 
@@ -14,11 +15,25 @@ from bn_repro.models.mlp import MLP, PROBE
 NAMES = ("mlp", "inception", "bn_inception")
 
 
+# BatchNorm options that configs carry under config.bn with the module's defaults
+# (ghost batches, Batch Renormalization, noise, frozen statistics).
+BN_VARIANT_FIELDS = ("virtual_batch_size", "renorm", "renorm_rmax", "renorm_dmax",
+                     "renorm_start", "renorm_rmax_end", "renorm_dmax_end", "noise_mean",
+                     "noise_scale", "noise_std", "freeze_step")
+
+
+def bn_variant_defaults() -> dict[str, Any]:
+  """{field: default} of BN_VARIANT_FIELDS, read from `batch_norm.BatchNorm` itself."""
+  return {f.name: f.default for f in dataclasses.fields(batch_norm.BatchNorm)
+          if f.name in BN_VARIANT_FIELDS}
+
+
 def make_norm(config: ml_collections.ConfigDict, axis_name: str | None, dtype: Any):
   """The BN constructor the config asks for, or None when `model.use_bn` is off."""
   if not config.model.use_bn:
     return None
   bn = config.bn
+  variants = {k: bn[k] for k in BN_VARIANT_FIELDS if k in bn}
   return functools.partial(
       batch_norm.BatchNorm,
       epsilon=bn.epsilon,
@@ -27,6 +42,7 @@ def make_norm(config: ml_collections.ConfigDict, axis_name: str | None, dtype: A
       unbiased=bn.unbiased,
       axis_name=axis_name if bn.cross_device else None,
       dtype=dtype,
+      **variants,
   )
 
 
@@ -59,6 +75,8 @@ def build(config: ml_collections.ConfigDict, *, axis_name: str | None, dtype: An
         num_classes=m.num_classes,
         nonlinearity=m.nonlinearity,
         norm=make_norm(config, axis_name, dtype),
+        bn_position=m.bn_position,
+        dropout_rate=m.dropout_rate,
         kernel_init=common.gaussian_init(m.init_std, m.init_fan_in),
         dtype=dtype,
     )
@@ -82,4 +100,5 @@ def build(config: ml_collections.ConfigDict, *, axis_name: str | None, dtype: An
   raise ValueError(f"unknown model {m.name!r}")
 
 
-__all__ = ["Inception", "MLP", "PROBE", "NAMES", "build", "make_norm"]
+__all__ = ["Inception", "MLP", "PROBE", "NAMES", "BN_VARIANT_FIELDS", "bn_variant_defaults",
+           "build", "make_norm"]

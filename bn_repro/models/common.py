@@ -7,6 +7,7 @@ NONLINEARITIES = {
     "sigmoid": nn.sigmoid,
     "relu": nn.relu,
     "tanh": jnp.tanh,
+    "identity": lambda x: x,
 }
 
 
