@@ -30,6 +30,7 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 
+from bn_repro import analysis
 from bn_repro import batch_norm
 from bn_repro import data
 from bn_repro import models
@@ -239,13 +240,23 @@ class InMemoryFeed:
     self.num_train = len(train_ds)
     self.sample_images = train_ds.images[:2]
     self.dataset = parallel.replicate((train_ds.images, train_ds.labels), devs)
-    # Eval: every example once; padding carries mask 0. Layout [device, batch index, example].
+    self.eval_data = self._eval_layout(eval_ds)
+    # The first eval_train_examples training examples, evaluated like the eval set
+    # (population statistics, no dropout): the train side of the train-test gap.
+    n_train_eval = min(config.eval_train_examples, len(train_ds))
+    self.train_eval_data = (self._eval_layout(data.ArrayDataset(
+        train_ds.images[:n_train_eval], train_ds.labels[:n_train_eval]))
+                            if n_train_eval else None)
+
+  def _eval_layout(self, ds: data.ArrayDataset):
+    """Every example once, padding with mask 0; layout [device, batch index, example]."""
+    n = len(self.devs)
     world = n * self.processes
-    per_device = max(1, min(config.eval_batch_size // world, math.ceil(len(eval_ds) / world)))
-    images, labels, mask = data.pad_for_eval(eval_ds, world * per_device)
+    per_device = max(1, min(self.config.eval_batch_size // world, math.ceil(len(ds) / world)))
+    images, labels, mask = data.pad_for_eval(ds, world * per_device)
     part = lambda a: np.split(a, self.processes)[self.process]
     shape = lambda a: part(a).reshape((n, -1, per_device) + a.shape[1:])
-    self.eval_data = parallel.shard((shape(images), shape(labels), shape(mask)), devs)
+    return parallel.shard((shape(images), shape(labels), shape(mask)), self.devs)
 
   def indices(self, seed: int, start: int, steps: int) -> jax.Array:
     """[device, step, local example] training indices: this process's slice of each batch."""
@@ -256,8 +267,12 @@ class InMemoryFeed:
   def train_inputs(self, start: int, steps: int):
     return self.dataset, self.indices(self.config.seed, start, steps)
 
-  def eval_inputs(self):
-    yield self.eval_data
+  def eval_inputs(self, train: bool = False):
+    if train:
+      if self.train_eval_data is not None:
+        yield self.train_eval_data
+    else:
+      yield self.eval_data
 
   def close(self):
     pass
@@ -296,7 +311,9 @@ class StreamFeed:
     return (), self._to_devices(np.stack([b[0] for b in batches]),
                                 np.stack([b[1] for b in batches]))
 
-  def eval_inputs(self):
+  def eval_inputs(self, train: bool = False):
+    if train:  # validation refuses eval_train_examples for streamed datasets
+      return
     with self.eval_stream.eval_batches(self.config.eval_batch_size) as it:
       for images, labels, mask in it:
         yield self._to_devices(images[None], labels[None], mask[None])
@@ -336,6 +353,10 @@ class Trainer:
     self.feed = (InMemoryFeed(config, train_ds, eval_ds, devs) if train_ds is not None
                  else StreamFeed(config, devs))
     self.num_train = self.feed.num_train
+    self._ics = (analysis.ics_probe(config, models.build(config, axis_name=None, dtype=dtype),
+                                    train_ds, preprocess=preprocess, loss=cross_entropy,
+                                    rngs=train_rngs(jax.random.PRNGKey(config.seed + 17)))
+                 if config.ics_probe and train_ds is not None else None)
 
   def init_state(self, sample_images: np.ndarray | None = None) -> TrainState:
     sample_images = self.feed.sample_images if sample_images is None else sample_images
@@ -367,19 +388,30 @@ class Trainer:
     return self._population(state, *self.feed.dataset, idx)
 
   def evaluate(self, state) -> dict[str, float]:
+    """eval/* (and probe/*) on the eval set; train_eval/* on the first
+    eval_train_examples training examples; ics/* when config.ics_probe."""
+    out = self._evaluate(state, "eval", self.feed.eval_inputs(), self.has_probe)
+    if self.config.eval_train_examples:
+      out.update(self._evaluate(state, "train_eval", self.feed.eval_inputs(train=True), False))
+    if self._ics is not None:
+      out.update(self._ics(parallel.unreplicate(state)))
+    return out
+
+  def _evaluate(self, state, prefix: str, inputs, probe: bool) -> dict[str, float]:
     totals = np.zeros(len(EVAL_SUMS))
     values = []
-    for images, labels, mask in self.feed.eval_inputs():
+    for images, labels, mask in inputs:
       sums, probes = self._eval(state, images, labels, mask)
       totals += np.asarray(sums[0], np.float64)
-      if self.has_probe:
+      if probe:
         probes, mask = np.asarray(probes), np.asarray(mask)
         if jax.process_count() > 1:  # every process's share of the eval set
           probes, mask = (np.asarray(x) for x in multihost_utils.process_allgather((probes, mask)))
         values.append(probes.reshape(-1)[mask.reshape(-1) > 0])
     correct, top5, loss, count = totals
-    out = {"eval/accuracy": correct / count, "eval/top5": top5 / count, "eval/loss": loss / count}
-    if self.has_probe:
+    out = {f"{prefix}/accuracy": correct / count, f"{prefix}/top5": top5 / count,
+           f"{prefix}/loss": loss / count}
+    if probe:
       for p, v in zip(PERCENTILES, np.percentile(np.concatenate(values), PERCENTILES)):
         out[f"probe/p{p}"] = float(v)
     return out

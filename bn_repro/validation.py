@@ -79,6 +79,15 @@ def validate(config: ml_collections.ConfigDict) -> None:
                     config.bn.decay, config.bn.decay, 1 - config.bn.decay)
   if config.model.use_bn and config.bn.population == "average":
     _positive(config, "bn.population_batches")
+  if config.model.use_bn:
+    _validate_bn_variants(config)
+  for field in ("eval_train_examples",):
+    _non_negative(config, field)
+  if config.data.name in data.STREAMED and (config.eval_train_examples or config.ics_probe):
+    raise UserError("train-set evaluation and the ICS probe need a dataset held in memory; "
+                    "turn them off for a streamed dataset",
+                    field="config.eval_train_examples" if config.eval_train_examples
+                    else "config.ics_probe")
   if not 0 <= config.target_accuracy <= 1:
     raise UserError(f"must be in [0, 1] (0 = off), got {config.target_accuracy!r}",
                     field="config.target_accuracy")
@@ -91,7 +100,35 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _validate_inception(config)
 
 
+def _validate_bn_variants(config: ml_collections.ConfigDict) -> None:
+  """The BN variants' knobs (models.BN_VARIANT_FIELDS) and which of them combine."""
+  bn = config.bn
+  for field in ("virtual_batch_size", "renorm_dmax", "renorm_start", "noise_mean", "noise_std"):
+    _non_negative(config, f"bn.{field}")
+  for field, low in (("renorm_rmax", 1.0), ("noise_scale", 1.0), ("freeze_step", -1)):
+    if bn[field] < low:
+      raise UserError(f"must be >= {low} ({low} is plain BN), got {bn[field]!r}",
+                      field=f"config.bn.{field}")
+  if bn.renorm and min(bn.renorm_rmax_end, bn.renorm_dmax_end) < bn.renorm_start:
+    raise UserError(f"renorm_rmax_end and renorm_dmax_end must be >= renorm_start "
+                    f"({bn.renorm_start}); got {bn.renorm_rmax_end}, {bn.renorm_dmax_end}",
+                    field="config.bn.renorm_start")
+  if bn.virtual_batch_size and bn.renorm:
+    raise UserError("ghost batches and Batch Renormalization do not combine here; set "
+                    "bn.virtual_batch_size=0 or bn.renorm=False", field="config.bn.renorm")
+  scheduled = [f for f, on in (("renorm", bn.renorm), ("freeze_step", bn.freeze_step >= 0)) if on]
+  if scheduled and bn.population == "average":
+    raise UserError(f"bn.{scheduled[0]} follows each layer's update count, which Algorithm 2's "
+                    "recomputation resets; use bn.population=ema with it",
+                    field="config.bn.population")
+
+
 def _validate_mlp(config: ml_collections.ConfigDict) -> None:
+  from bn_repro.models import mlp  # pylint: disable=g-import-not-at-top
+  _one_of(config, "model.bn_position", mlp.POSITIONS)
+  if not 0 <= config.model.dropout_rate < 1:
+    raise UserError(f"must be in [0, 1), got {config.model.dropout_rate!r}",
+                    field="config.model.dropout_rate")
   hidden = tuple(config.model.hidden)
   if not hidden or min(hidden) <= 0:
     raise UserError(f"needs at least one layer and positive widths, got {hidden!r}",
@@ -126,8 +163,14 @@ def validate_devices(config: ml_collections.ConfigDict, num_devices: int,
         f"global batch {config.batch_size} does not split over {num_devices} devices; "
         f"use a multiple of {num_devices} or set --config.num_devices",
         field="config.batch_size")
-  if config.model.use_bn:
-    m = config.batch_size if config.bn.cross_device else config.batch_size // num_devices
+  per_device = config.batch_size // num_devices
+  vbs = config.bn.virtual_batch_size if config.model.use_bn else 0
+  if vbs and (per_device % vbs or vbs < 2):
+    raise UserError(f"ghost batches of {vbs} must be >= 2 and divide each device's "
+                    f"{per_device} examples (global batch {config.batch_size} over "
+                    f"{num_devices} devices)", field="config.bn.virtual_batch_size")
+  if config.model.use_bn and not vbs:
+    m = config.batch_size if config.bn.cross_device else per_device
     if m < 2:
       raise UserError(
           f"BN in training would compute each statistic from {m} value (variance 0, every "

@@ -81,7 +81,9 @@ def get_config(variant: str = "bn_sigmoid") -> ml_collections.ConfigDict:
   c.eval_every = 250
   c.checkpoint_every = 5_000
   c.target_accuracy = 0.0  # > 0: record the first step whose eval accuracy reaches it
-  c.max_loss = 0.0  # > 0: a train loss above it counts as divergence, like NaN/Inf
+  c.max_loss = 0.0
+  c.eval_train_examples = 0  # > 0: also evaluate on this many training examples (train_eval/*)
+  c.ics_probe = False  # at each eval: internal covariate shift per layer (bn_repro/analysis.py)  # > 0: a train loss above it counts as divergence, like NaN/Inf
   c.dtype = "float32"  # compute dtype: float32 or bfloat16 (params, BN statistics float32)
   c.num_devices = 0  # 0 = all local devices
   c.parallel = "pmap"  # or "shard_map": jax.jit + jax.shard_map over a device mesh
