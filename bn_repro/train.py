@@ -527,6 +527,15 @@ class _StopSignals:
     logging.warning("Signal %d: saving a checkpoint at the end of this chunk, then stopping "
                     "(send it again to stop at once)", signum)
 
+  def agreed(self) -> int | None:
+    """The pending signal as all processes see it: with several processes, a signal that
+    reached any of them stops all of them at the same step (else the others would wait
+    forever in the next collective)."""
+    if jax.process_count() == 1:
+      return self.requested
+    seen = multihost_utils.process_allgather(np.asarray(self.requested or 0, np.int32))
+    return int(np.max(seen)) or None
+
   def __enter__(self):
     if threading.current_thread() is threading.main_thread():
       for sig in self.SIGNALS:
@@ -742,12 +751,13 @@ def _loop(trainer: Trainer, state, start: int, mgr, writer: MetricWriter,
         logging.info("step %d/%d  %s  ETA %s", step, config.num_steps,
                      "  ".join(f"{k} {v:.4g}" for k, v in scalars.items()),
                      _format_eta((config.num_steps - step) / max(rate, 1e-9)))
-      if is_due(step, config.checkpoint_every, config.num_steps) or signals.requested:
+      stop_signal = signals.agreed()
+      if is_due(step, config.checkpoint_every, config.num_steps) or stop_signal:
         save()
-      if signals.requested and step < config.num_steps:
+      if stop_signal and step < config.num_steps:
         writer.flush()
         set_status(status="stopped", step=step)
-        raise Stopped(step, signals.requested)
+        raise Stopped(step, stop_signal)
   except Diverged as e:
     set_status(status="diverged", step=e.step)
     writer.write(e.step, {"diverged": True})

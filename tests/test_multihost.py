@@ -1,10 +1,14 @@
-"""Two processes on loopback (CPU collectives) train exactly like one process on the same global batch."""
+"""Two processes on loopback (CPU collectives): they train exactly like one process on the same
+global batch, and a signal to one of them stops both at the same step."""
 
+import json
 import os
 import pathlib
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 import jax
 import numpy as np
@@ -66,3 +70,38 @@ def test_two_processes_equal_one_process(tmp_path):
     for k in ("train/loss", "eval/accuracy", "eval/loss", "probe/p50"):
       if k in ea:
         np.testing.assert_allclose(eb[k], ea[k], rtol=1e-5, atol=1e-6, err_msg=k)
+
+
+def test_a_signal_to_one_process_stops_both_at_the_same_step(tmp_path):
+  """SIGTERM reaches process 1 only: both save the same checkpoint and exit 4 (stopped),
+  where without agreement process 0 would wait forever in the next collective."""
+  idx = tmp_path / "idx"
+  idx.mkdir()
+  write_mnist_dir(idx, train=96, test=30)
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+  work = tmp_path / "multi"
+  procs = [subprocess.Popen(
+      command(work, idx, f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
+              f"--process_id={i}", "--config.num_steps=1000000", "--config.steps_per_call=20",
+              "--config.checkpoint_every=0", "--config.eval_every=0",
+              "--config.log_every=20"),
+      cwd=REPO, env=env(2), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+      for i in range(2)]
+  try:
+    metrics = work / "metrics.jsonl"
+    while not (metrics.exists() and metrics.read_text().count("\n") >= 2):
+      assert all(p.poll() is None for p in procs), [p.communicate()[1] for p in procs]
+      time.sleep(0.2)
+    procs[1].send_signal(signal.SIGTERM)
+    outs = [p.communicate(timeout=300) for p in procs]
+  finally:
+    for p in procs:
+      p.kill()
+  assert [p.returncode for p in procs] == [4, 4], [err for _, err in outs]
+  status = json.loads((work / "status.json").read_text())
+  assert status["status"] == "stopped" and status["step"] % 20 == 0
+  mgr = ocp.CheckpointManager(os.path.abspath(work / "checkpoints"),
+                              item_handlers=ocp.StandardCheckpointHandler())
+  assert mgr.latest_step() == status["step"]
