@@ -1,0 +1,229 @@
+"""Precise BN and AdaBN on a tiny trained run: Algorithm 2 against NumPy, the scripts' outputs,
+domain shifts, and that the source run is never written."""
+
+import hashlib
+import importlib.util
+import json
+import pathlib
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from bn_repro import data
+from bn_repro import parallel
+from bn_repro import runs
+from bn_repro import train
+from bn_repro.errors import UserError
+from configs import mnist_mlp
+from idx_files import write_mnist_dir
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+BATCH = 16
+HIDDEN = (16, 16)
+
+
+def load_script(name: str):
+  spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def tree_hashes(root: pathlib.Path) -> dict[str, str]:
+  """Every path under `root`: a file's SHA-256, or "dir"."""
+  return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+          if p.is_file() else "dir" for p in sorted(root.rglob("*"))}
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> pathlib.Path:
+  """A BN sigmoid MLP trained 8 steps on 8 devices, checkpoints at steps 4 and 8."""
+  root = tmp_path_factory.mktemp("population")
+  c = mnist_mlp.get_config("bn_sigmoid")
+  c.model.hidden = HIDDEN
+  c.batch_size, c.eval_batch_size, c.num_steps = BATCH, 40, 8
+  c.log_every, c.eval_every, c.checkpoint_every, c.tensorboard = 4, 8, 4, False
+  c.data.source, c.data.idx_dir = "idx", str(write_mnist_dir(root, train=96, test=40))
+  train.train_and_evaluate(c, str(root / "run"))
+  return root / "run"
+
+
+@pytest.fixture(scope="module")
+def opened(run_dir) -> runs.Run:
+  return runs.open_run(str(run_dir))
+
+
+def numpy_population(run: runs.Run, num_batches: int, unbiased: bool) -> dict:
+  """Algorithm 2 by hand: each BN layer's batch mean and variance over the first
+  `num_batches` batches of the population stream, averaged; the forward in float64."""
+  host = parallel.unreplicate(run.state)
+  p, eps = host.params, run.config.bn.epsilon
+  idx = data.train_batch_indices(len(run.train_ds), BATCH,
+                                 run.config.seed + runs.POPULATION_SEED_OFFSET, 0, num_batches)
+  means, variances = [[] for _ in HIDDEN], [[] for _ in HIDDEN]
+  for batch in idx:
+    h = run.train_ds.images[batch].reshape(BATCH, -1).astype(np.float64) / 255
+    for i in range(len(HIDDEN)):
+      z = h @ np.asarray(p[f"dense{i}"]["kernel"], np.float64)
+      mean, var = z.mean(0), z.var(0)
+      means[i].append(mean)
+      variances[i].append(var * BATCH / (BATCH - 1) if unbiased else var)
+      y = (z - mean) / np.sqrt(var + eps) * p[f"bn{i}"]["scale"] + p[f"bn{i}"]["bias"]
+      h = 1 / (1 + np.exp(-y))
+  return {f"bn{i}": {"mean": np.mean(means[i], 0), "var": np.mean(variances[i], 0)}
+          for i in range(len(HIDDEN))}
+
+
+def assert_statistics(batch_stats, want, num_batches):
+  for layer, stats in want.items():
+    np.testing.assert_allclose(batch_stats[layer]["mean"], stats["mean"], rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(batch_stats[layer]["var"], stats["var"], rtol=1e-4, atol=1e-7)
+    assert int(batch_stats[layer]["count"]) == num_batches
+
+
+def test_precise_statistics_are_the_mean_of_the_batch_moments(opened):
+  state = opened.estimator.precise_population(opened.state, 3)
+  host = parallel.unreplicate(state)
+  assert_statistics(host.batch_stats, numpy_population(opened, 3, unbiased=False), 3)
+  # The weights are frozen; the stored (EMA) statistics were something else.
+  before = parallel.unreplicate(opened.state)
+  np.testing.assert_array_equal(host.params["dense1"]["kernel"], before.params["dense1"]["kernel"])
+  assert not np.allclose(host.batch_stats["bn0"]["var"], before.batch_stats["bn0"]["var"])
+
+
+def test_unbiased_scales_the_variances_by_m_over_m_minus_1(run_dir, opened):
+  unbiased = runs.open_run(str(run_dir), unbiased=True)
+  got = parallel.unreplicate(unbiased.estimator.precise_population(unbiased.state, 3)).batch_stats
+  biased = parallel.unreplicate(opened.estimator.precise_population(opened.state, 3)).batch_stats
+  for layer in biased:
+    np.testing.assert_allclose(got[layer]["mean"], biased[layer]["mean"], rtol=1e-6)
+    np.testing.assert_allclose(got[layer]["var"], biased[layer]["var"] * BATCH / (BATCH - 1),
+                               rtol=1e-6)
+  assert_statistics(got, numpy_population(opened, 3, unbiased=True), 3)
+
+
+def test_open_run_restores_a_chosen_checkpoint(run_dir, opened):
+  at4 = runs.open_run(str(run_dir), step=4)
+  assert (opened.step, at4.step) == (8, 4)
+  assert int(parallel.unreplicate(at4.state).step) == 4
+
+
+@pytest.fixture(scope="module")
+def scripts_ran(run_dir, tmp_path_factory):
+  """Both scripts on the run: their outputs, and the run's file hashes before and after."""
+  out = tmp_path_factory.mktemp("out")
+  before = tree_hashes(run_dir)
+  assert load_script("precise_bn").main(
+      [f"--workdir={run_dir}", "--batches=2,3", f"--out={out / 'precise'}"]) == 0
+  assert load_script("adabn").main(
+      [f"--workdir={run_dir}", "--shifts=none,invert", "--batches=3",
+       f"--out={out / 'adabn'}"]) == 0
+  return out, before, tree_hashes(run_dir)
+
+
+def test_scripts_leave_the_source_run_byte_for_byte_unchanged(scripts_ran):
+  _, before, after = scripts_ran
+  assert before and after == before
+
+
+def test_saved_run_holds_the_largest_n_statistics_and_the_source_weights(scripts_ran, opened):
+  out = scripts_ran[0] / "precise"
+  saved = runs.open_run(str(out / "run"))
+  assert saved.step == opened.step
+  assert saved.stored_statistics == "Algorithm 2 over 3 batches"
+  host = parallel.unreplicate(saved.state)
+  assert_statistics(host.batch_stats, numpy_population(opened, 3, unbiased=False), 3)
+  source = parallel.unreplicate(opened.state)
+  np.testing.assert_array_equal(host.params["dense0"]["kernel"], source.params["dense0"]["kernel"])
+  rows = json.loads((out / "precise_bn.json").read_text())["rows"]
+  assert [r["batches"] for r in rows] == [None, 2, 3]
+  # Evaluating the saved run's statistics gives the table's N = 3 row.
+  np.testing.assert_allclose(saved.estimator.evaluate(saved.state)["eval/loss"],
+                             rows[2]["eval/loss"], rtol=1e-6)
+
+
+def test_adabn_with_no_shift_is_precise_bn(scripts_ran):
+  out = scripts_ran[0]
+  precise = json.loads((out / "precise" / "precise_bn.json").read_text())["rows"]
+  adabn = {r["shift"]: r for r in json.loads((out / "adabn" / "adabn.json").read_text())["rows"]}
+  none = adabn["none"]
+  for key in ("eval/accuracy", "eval/loss"):
+    assert none["before"][key] == none["clean"][key] == precise[0][key]  # stored statistics
+    np.testing.assert_allclose(none["after"][key], precise[2][key], rtol=1e-6)
+  # A real shift changes the before-accuracy's inputs; AdaBN then changes the statistics.
+  assert adabn["invert"]["before"]["eval/loss"] != none["before"]["eval/loss"]
+  assert adabn["invert"]["after"]["eval/loss"] != adabn["invert"]["before"]["eval/loss"]
+  assert (out / "adabn" / "adabn.png").stat().st_size > 0
+
+
+def test_shifts():
+  x = np.random.default_rng(0).integers(0, 256, (3, 28, 28, 1), dtype=np.uint8)
+  np.testing.assert_array_equal(data.parse_shift("invert")(x), 255 - x.astype(np.int32))
+  np.testing.assert_array_equal(data.parse_shift("none")(x), x)
+  np.testing.assert_array_equal(data.parse_shift("rotate:90")(x), np.rot90(x, axes=(1, 2)))
+  noise = data.parse_shift("noise:0.1")
+  np.testing.assert_array_equal(noise(x, 0), noise(x, 0))
+  assert abs(np.std(noise(x, 0) / 255 - x / 255) - 0.1) < 0.02
+  for bad in ("blur", "rotate", "rotate:x", "noise:2", "invert:1"):
+    with pytest.raises(UserError, match="--shifts"):
+      data.parse_shift(bad)
+
+
+BAD_INPUT = [
+    ("no config", lambda run, tmp: copy_without(run, tmp, "config.json"), "config.json"),
+    ("no checkpoints", lambda run, tmp: copy_without(run, tmp, "checkpoints"), "checkpoints/"),
+    ("corrupt checkpoint", lambda run, tmp: corrupt(run, tmp), "cannot be restored"),
+]
+
+
+def copy_without(run, tmp, name):
+  shutil.copytree(run, tmp / "copy", ignore=shutil.ignore_patterns(name))
+  return tmp / "copy"
+
+
+def corrupt(run, tmp):
+  copy = copy_without(run, tmp, "nothing")
+  for f in (copy / "checkpoints" / "8").rglob("*"):
+    if f.is_file() and f.stat().st_size > 100:
+      f.write_bytes(f.read_bytes()[:20])
+  return copy
+
+
+@pytest.mark.parametrize("make,expect", [b[1:] for b in BAD_INPUT], ids=[b[0] for b in BAD_INPUT])
+def test_bad_run_is_one_line_exit_2_nothing_written(run_dir, tmp_path, capsys, make, expect):
+  workdir = make(run_dir, tmp_path)
+  out = tmp_path / "out"
+  code = load_script("precise_bn").main([f"--workdir={workdir}", "--batches=2", f"--out={out}"])
+  lines = capsys.readouterr().err.strip().splitlines()
+  assert code == 2 and len(lines) == 1 and expect in lines[0], lines
+  assert not out.exists()
+
+
+@pytest.mark.parametrize("argv,expect", [
+    (["--shifts=blur"], "unknown shift 'blur'"),
+    (["--step=5"], "no checkpoint at step 5"),
+    (["--override=data.idx_dir=/nonexistent"], "config.data.idx_dir"),
+    (["--override=model.widths=3"], "'model.widths' is not a field"),
+    (["--out={run}/inside"], "never modified"),
+])
+def test_bad_flags_are_one_line_exit_2(run_dir, tmp_path, capsys, argv, expect):
+  argv = [a.format(run=run_dir) for a in argv]
+  out = [] if any(a.startswith("--out") for a in argv) else [f"--out={tmp_path / 'out'}"]
+  before = tree_hashes(run_dir)
+  code = load_script("adabn").main([f"--workdir={run_dir}", *argv, *out])
+  lines = capsys.readouterr().err.strip().splitlines()
+  assert code == 2 and len(lines) == 1 and expect in lines[0], lines
+  assert not (tmp_path / "out").exists() and tree_hashes(run_dir) == before
+
+
+def test_missing_workdir_from_the_command_line(tmp_path):
+  r = subprocess.run([sys.executable, "scripts/precise_bn.py", f"--workdir={tmp_path / 'none'}",
+                      f"--out={tmp_path / 'out'}"], cwd=REPO, capture_output=True, text=True,
+                     timeout=300)
+  lines = r.stderr.strip().splitlines()
+  assert r.returncode == 2 and len(lines) == 1, r.stderr
+  assert "does not exist" in lines[0] and "--workdir" in lines[0]
+  assert "Traceback" not in r.stderr and not (tmp_path / "out").exists()
