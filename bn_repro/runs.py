@@ -29,9 +29,6 @@ from bn_repro.metrics import write_json
 from bn_repro.models import common
 from bn_repro.sweep import parse_overrides
 
-# Trainer.recompute_population draws its batches from the training stream of seed
-# config.seed + this, so N = bn.population_batches here repeats a run's own Algorithm 2.
-POPULATION_SEED_OFFSET = 1_000_003
 SOURCE_FILE = "source.json"  # in a run written by save_run: where its statistics came from
 
 
@@ -59,9 +56,10 @@ class Estimator(train.Trainer):
     """`state` (replicated) with Algorithm 2's statistics over `num_batches` training batches.
 
     The batches are the first `num_batches` of the stream Trainer.recompute_population
-    draws from; the weights are not touched.
+    draws from (so N = bn.population_batches repeats a run's own Algorithm 2); the
+    weights are not touched.
     """
-    idx = self.feed.indices(self.config.seed + POPULATION_SEED_OFFSET, 0, num_batches)
+    idx = self.feed.indices(self.config.seed + train.POPULATION_SEED_OFFSET, 0, num_batches)
     return self._precise(state, *self.feed.dataset, idx)
 
 

@@ -45,6 +45,8 @@ STATUS_FILE = "status.json"
 LOCK_FILE = "lock"
 CHECKPOINT_DIR = "checkpoints"
 PERCENTILES = (15, 50, 85)
+# Algorithm 2 draws its batches from the training stream of seed config.seed + this.
+POPULATION_SEED_OFFSET = 1_000_003
 
 # Settings that may change between a run and its resumption.
 RESUMABLE_CHANGES = ("num_steps", "log_every", "eval_every", "checkpoint_every",
@@ -384,7 +386,8 @@ class Trainer:
 
   def recompute_population(self, state):
     """Algorithm 2 over bn.population_batches training batches (in-memory datasets)."""
-    idx = self.feed.indices(self.config.seed + 1_000_003, 0, self.config.bn.population_batches)
+    idx = self.feed.indices(self.config.seed + POPULATION_SEED_OFFSET, 0,
+                            self.config.bn.population_batches)
     return self._population(state, *self.feed.dataset, idx)
 
   def evaluate(self, state) -> dict[str, float]:

@@ -62,7 +62,7 @@ def numpy_population(run: runs.Run, num_batches: int, unbiased: bool) -> dict:
   host = parallel.unreplicate(run.state)
   p, eps = host.params, run.config.bn.epsilon
   idx = data.train_batch_indices(len(run.train_ds), BATCH,
-                                 run.config.seed + runs.POPULATION_SEED_OFFSET, 0, num_batches)
+                                 run.config.seed + train.POPULATION_SEED_OFFSET, 0, num_batches)
   means, variances = [[] for _ in HIDDEN], [[] for _ in HIDDEN]
   for batch in idx:
     h = run.train_ds.images[batch].reshape(BATCH, -1).astype(np.float64) / 255
