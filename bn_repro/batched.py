@@ -3,18 +3,26 @@
 Runs may differ in `seed` (initialization, data order, dropout) and
 `optimizer.learning_rate` only, so that every run has the same shapes. Each run
 keeps its own workdir exactly as a single run writes it (config.json,
-status.json, metrics.jsonl, checkpoints/), and a run that diverges is recorded
-and stops being logged while the others go on. The learning rate enters as a
-per-run factor on the update of an optimizer built for learning rate 1, which is
-the same SGD (with momentum, weight decay and a decay schedule) as long as the
-factor is constant.
+status.json, metrics.jsonl, checkpoints/), locked, checked and resumed with
+train.py's own guards, and a run that diverges is recorded and stops being
+logged while the others go on; `steps_per_sec` is the group's (every run
+advances at that rate). The learning rate enters as a per-run factor on the
+update of an optimizer built for learning rate 1, which is the same SGD (with
+momentum, weight decay and a decay schedule) as long as the factor is constant.
+What a single run does and this loop does not (streamed data, Algorithm 2's
+population pass, profiling) is refused by `check_batchable`.
 
   from bn_repro import batched
   batched.train_batched([config_seed0, config_seed1, ...], ["runs/s0", "runs/s1", ...])
+
+The sweep runner trains groups of points this way with `--batched` (bn_repro/sweep.py).
 """
 
+import contextlib
 import copy
+import math
 import os
+import time
 from typing import Any, Sequence
 
 from absl import logging
@@ -30,7 +38,7 @@ from bn_repro import train
 from bn_repro import validation
 from bn_repro.models import common
 from bn_repro.errors import UserError
-from bn_repro.metrics import MetricWriter, write_json
+from bn_repro.metrics import MetricWriter, read_metrics, write_json
 
 VARYING = ("seed", "optimizer.learning_rate")
 
@@ -47,6 +55,20 @@ def check_compatible(configs: Sequence[ml_collections.ConfigDict]) -> None:
                       f"differ only in {', '.join(VARYING)}", field="batched runs")
 
 
+def check_batchable(config: ml_collections.ConfigDict) -> None:
+  """Refuses a config whose single run does what the batched loop does not (its files
+  would differ): data streamed from the host, Algorithm 2's population pass, a profile."""
+  if config.data.name in data.STREAMED:
+    raise UserError(f"{config.data.name} is streamed from the host; batched runs need a "
+                    "dataset held in device memory: train it alone", field="config.data.name")
+  if config.model.use_bn and config.bn.population == "average":
+    raise UserError("batched runs keep EMA population statistics only; train an 'average' "
+                    "(Algorithm 2) run alone", field="config.bn.population")
+  if config.profile_start_step >= 0 and config.profile_num_steps > 0:
+    raise UserError("batched runs are not profiled; train a profiled run alone",
+                    field="config.profile_num_steps")
+
+
 def train_chunk_batched(states, dataset, batches, scales, seeds, *, dtype, sync_batch_stats):
   """len(batches) steps of R runs: batches [step, run, example] indices into `dataset`."""
 
@@ -59,6 +81,17 @@ def train_chunk_batched(states, dataset, batches, scales, seeds, *, dtype, sync_
 
   states, metrics = lax.scan(body, states, batches)
   return states, metrics, jax.vmap(train.all_finite)(states)
+
+
+def _run(states: Any, r: int) -> Any:
+  """Run r's part of a tree stacked on a leading run axis (arrays, also where 0-d:
+  Orbax takes no NumPy scalars)."""
+  return jax.tree.map(lambda x: np.asarray(x[r]), states)
+
+
+def _stack(trees: Sequence[Any]) -> Any:
+  """Trees of one structure stacked on a new leading run axis."""
+  return jax.tree.map(lambda *xs: np.stack(xs), *trees)
 
 
 class BatchedTrainer:
@@ -81,6 +114,7 @@ class BatchedTrainer:
         lambda *a: train_chunk_batched(*a, dtype=dtype, sync_batch_stats=sync), devs,
         donate_argnums=(0,), backend=unit.parallel)
     self._compiled: dict[int, Any] = {}
+    self.compile_seconds = 0.0
 
   def init_states(self) -> Any:
     """Each run's initial state (its own seed), stacked on a leading run axis."""
@@ -92,7 +126,7 @@ class BatchedTrainer:
       unit.optimizer.learning_rate = 1.0
       s = train.create_train_state(unit, t.model, t.feed.sample_images, t.num_train / c.batch_size)
       states.append(s.replace(tx=first.tx, apply_fn=first.apply_fn))  # one static part for all
-    return jax.tree.map(lambda *xs: np.stack(xs), *states)
+    return _stack(states)
 
   def train(self, states, start: int, steps: int):
     """`steps` steps of every run: states, host metrics [step, run, 2], finite [run]."""
@@ -103,7 +137,9 @@ class BatchedTrainer:
     idx = idx.reshape(idx.shape[:2] + (n, -1)).transpose(2, 0, 1, 3)
     args = (states, feed.dataset, parallel.shard(idx, self.devs), self.scales, self.seeds)
     if steps not in self._compiled:
+      t = time.perf_counter()
       self._compiled[steps] = self._train.lower(*args).compile()
+      self.compile_seconds += time.perf_counter() - t
     states, metrics, finite = self._compiled[steps](*args)
     return states, np.asarray(metrics[0]), np.asarray(finite[0])
 
@@ -115,80 +151,132 @@ def train_batched(configs: Sequence[ml_collections.ConfigDict],
                   workdirs: Sequence[str]) -> list[str]:
   """Trains the runs together; returns each run's final status ("done" / "diverged").
 
-  Each workdir gets what a single run writes; runs resume together when every
-  workdir holds a checkpoint at the same step.
+  Each workdir is checked, locked and written as train.train_and_evaluate does for
+  one run. The runs resume together from their latest checkpoints, which must be at
+  one step (the sweep runner groups points that way). Raises UserError for bad input
+  and train.Stopped after SIGTERM/SIGINT, when every run still training has saved a
+  checkpoint and says "stopped".
   """
   if len(configs) != len(workdirs) or not configs:
     raise UserError("give one workdir per config", field="workdirs")
   for c in configs:
     validation.validate(c)
+    check_batchable(c)
   devs = parallel.devices(configs[0].num_devices)
   validation.validate_devices(configs[0], len(devs))
   train_ds, eval_ds = data.load_splits(configs[0].data)
   validation.validate_data(configs[0], train_ds, eval_ds)
+  # train.py's guards, so that a batched run refuses, locks and resumes as a single one.
+  # pylint: disable=protected-access
+  for c, w in zip(configs, workdirs):
+    train._check_saved_config(w, c)
   bt = BatchedTrainer(configs, train_ds, eval_ds, devs)
   states = bt.init_states()
-  config = configs[0]
-  mgrs = [train.checkpoint_manager(w) for w in workdirs]
-  starts = {m.latest_step() for m in mgrs}
-  start = starts.pop() if len(starts) == 1 and None not in starts else 0
-  if start:
-    restored = [m.restore(start, args=ocp.args.StandardRestore(
-        train.to_checkpoint(jax.tree.map(lambda x, i=i: x[i], states), c)))
-                for i, (m, c) in enumerate(zip(mgrs, configs))]
-    states = jax.tree.map(lambda *xs: np.stack(xs), *[
-        jax.tree.map(lambda x, i=i: x[i], states).replace(
-            step=r["step"], params=r["params"], batch_stats=r["batch_stats"],
-            opt_state=r["opt_state"]) for i, r in enumerate(restored)])
-    logging.info("Resumed %d batched runs from step %d", len(configs), start)
-  writers = []
-  for c, w in zip(configs, workdirs):
-    write_json(os.path.join(w, train.CONFIG_FILE), c.to_dict())
-    writer = MetricWriter(w, tensorboard=c.tensorboard)
-    writer.truncate_after(start if start else -1)
-    writers.append(writer)
-  status = ["running"] * len(configs)
-  states = parallel.replicate(states, devs)
-  step = start
-  try:
+  with contextlib.ExitStack() as stack:
+    for w in workdirs:
+      stack.enter_context(train._exclusive_workdir(w))
+      train._check_disk(w, _run(states, 0))
+    signals = stack.enter_context(train._StopSignals())
+    mgrs = [train.checkpoint_manager(w) for w in workdirs]
+
+    def close_managers() -> None:
+      for m in mgrs:
+        m.wait_until_finished()
+        m.close()
+
+    stack.callback(close_managers)
+    restored = [train._restore(m, train.to_checkpoint(_run(states, r), c), fallback=False)
+                for r, (m, c) in enumerate(zip(mgrs, configs))]
+    # pylint: enable=protected-access
+    if len({s for s, _ in restored}) > 1:
+      steps = ", ".join(f"{w} at step {s}" for w, (s, _) in zip(workdirs, restored))
+      raise UserError(f"the runs' latest checkpoints differ ({steps}); batched runs resume "
+                      "together from one step: resume these runs one at a time",
+                      field="workdirs")
+    start = restored[0][0]
+    if start:
+      states = _stack([_run(states, r).replace(
+          step=t["step"], params=t["params"], batch_stats=t["batch_stats"],
+          opt_state=t["opt_state"]) for r, (_, t) in enumerate(restored)])
+      logging.info("Resumed %d batched runs from step %d", len(configs), start)
+    writers, target_open = [], []
+    for c, w in zip(configs, workdirs):
+      write_json(os.path.join(w, train.CONFIG_FILE), c.to_dict())
+      write_json(os.path.join(w, train.STATUS_FILE), {"status": "running", "step": start})
+      writer = stack.enter_context(contextlib.closing(MetricWriter(w, tensorboard=c.tensorboard)))
+      writer.truncate_after(start or -1)
+      writers.append(writer)
+      target_open.append(c.target_accuracy > 0 and not any(
+          "target/reached" in e for e in (read_metrics(w) if start else [])))
+    status = ["running"] * len(configs)
+    states = parallel.replicate(states, devs)
+    config = configs[0]
+    step = start
+
+    def set_status(r: int, **fields) -> None:
+      status[r] = fields["status"]
+      write_json(os.path.join(workdirs[r], train.STATUS_FILE), fields)
+
+    def diverge(r: int, at: int) -> None:
+      set_status(r, status="diverged", step=at)
+      writers[r].write(at, {"diverged": True})
+
+    def evaluate(r: int) -> dict[str, float] | None:
+      """Run r's eval metrics, or None after recording it diverged (not finite)."""
+      evals = bt.evaluate(states, r)
+      if all(math.isfinite(v) for v in evals.values()):
+        return evals
+      diverge(r, step)
+      return None
+
     if start == 0 and config.eval_every > 0:
       for r, w in enumerate(writers):
-        w.write(0, bt.evaluate(states, r))
+        evals = evaluate(r)
+        if evals is not None:
+          w.write(0, evals)
     while step < config.num_steps and "running" in status:
       stop = train.next_stop(step, config)
+      t, compile_before = time.perf_counter(), bt.compile_seconds
       states, metrics, finite = bt.train(states, step, stop - step)
+      compiled = bt.compile_seconds - compile_before
+      rate = (stop - step) / max(time.perf_counter() - t - compiled, 1e-9)
       for r in range(len(configs)):
         loss = metrics[:, r, 0]
-        bad = np.flatnonzero(~np.isfinite(loss) | ((config.max_loss > 0) & (loss > config.max_loss)))
+        bad = np.flatnonzero(~np.isfinite(loss) |
+                             ((config.max_loss > 0) & (loss > config.max_loss)))
         if status[r] == "running" and (bad.size or not finite[r]):
-          at = step + (int(bad[0]) + 1 if bad.size else stop - step)
-          status[r] = "diverged"
-          write_json(os.path.join(workdirs[r], train.STATUS_FILE),
-                            {"status": "diverged", "step": at})
-          writers[r].write(at, {"diverged": True})
+          diverge(r, step + (int(bad[0]) + 1 if bad.size else stop - step))
       step = stop
-      for r, (w, mgr) in enumerate(zip(writers, mgrs)):
+      for r, (c, w, mgr) in enumerate(zip(configs, writers, mgrs)):
         if status[r] != "running":
           continue
         scalars = {}
         if train.is_due(step, config.log_every, config.num_steps):
           scalars = {"train/loss": float(metrics[:, r, 0].mean()),
-                     "train/accuracy": float(metrics[:, r, 1].mean())}
+                     "train/accuracy": float(metrics[:, r, 1].mean()), "steps_per_sec": rate}
+          if compiled:
+            scalars["compile_seconds"] = compiled
         if train.is_due(step, config.eval_every, config.num_steps):
-          scalars.update(bt.evaluate(states, r))
+          evals = evaluate(r)
+          if evals is None:
+            continue
+          scalars.update(evals)
+          if target_open[r] and evals["eval/accuracy"] >= c.target_accuracy:
+            scalars["target/reached"] = c.target_accuracy  # first step at the target
+            target_open[r] = False
         if scalars:
           w.write(step, scalars)
-        if train.is_due(step, config.checkpoint_every, config.num_steps):
+        if train.is_due(step, config.checkpoint_every, config.num_steps) or signals.requested:
           run_state = jax.tree.map(lambda x, r=r: np.asarray(x[0, r]), states)
-          mgr.save(step, args=ocp.args.StandardSave(
-              train.to_checkpoint(run_state, configs[r])))
-  finally:
-    for w, mgr in zip(writers, mgrs):
-      mgr.wait_until_finished()
-      mgr.close()
-      w.close()
-  for r, w in enumerate(workdirs):
-    if status[r] == "running":
-      status[r] = "done"
-      write_json(os.path.join(w, train.STATUS_FILE), {"status": "done", "step": step})
+          mgr.save(step, args=ocp.args.StandardSave(train.to_checkpoint(run_state, c)))
+        if signals.requested and step < config.num_steps:
+          w.flush()
+          set_status(r, status="stopped", step=step)
+      logging.info("step %d/%d  %d runs training, %d diverged  %.4g steps/s", step,
+                   config.num_steps, status.count("running"), status.count("diverged"), rate)
+      if signals.requested and step < config.num_steps:
+        raise train.Stopped(step, signals.requested)
+    for r in range(len(configs)):
+      if status[r] == "running":
+        set_status(r, status="done", step=step)
   return status

@@ -17,13 +17,25 @@ not on dict or grid order.
 
 Runner:
   python -m bn_repro.sweep --sweep=configs/mnist_sweeps.py:lr_grid --workdir=runs/lr \
-      [--parallel=N] [--override=FIELD=VALUE ...] [--point=NAME ...] [--print_commands]
+      [--parallel=N] [--override=FIELD=VALUE ...] [--point=NAME ...] [--print_commands] \
+      [--batched [--max_batched_runs=N]]
 
 Each point runs as `python -m bn_repro.main --config=... --workdir=<workdir>/<name>
 --config.<field>=<value> ...` in its own process, so a crash or divergence in one never
 touches another. `--print_commands` prints instead one command per point (for a job
 array: `sed -n "${SLURM_ARRAY_TASK_ID}p" commands.txt | bash`); each runs that point
 through this runner, so statuses and skipping work the same way.
+
+`--batched`: points whose configs differ only in bn_repro.batched.VARYING (seed,
+learning rate) and that resume from the same checkpoint step train together, one
+process and one compiled program per group (`batch_groups`; the child is this runner
+with `--in_process --point=A --point=B ...`, its output in the first point's log.txt);
+a diverging point is recorded and its partners go on. Points batched.py refuses, and
+groups of one, run as above. Each point's files are those of a single run (metrics
+equal to float rounding). `--print_commands` then prints one command per group.
+Batching is a flag, not a field of the Sweep, because it changes how the points run,
+not what they are: the same sweep runs either way, and which is faster depends on the
+machine.
 
 Layout: <workdir>/sweep.json (the sweep, its points and their commands), and per point
 <workdir>/<name>/: the trainer's files (config.json, status.json, metrics.jsonl,
@@ -45,6 +57,7 @@ import hashlib
 import importlib.util
 import itertools
 import json
+import logging as pylogging
 import math
 import os
 import re
@@ -421,11 +434,13 @@ def read_status(point_dir: str) -> dict[str, Any]:
   return status if isinstance(status, dict) and "status" in status else {"status": "pending"}
 
 
-def _has_checkpoint(point_dir: str) -> bool:
+def _checkpoint_step(point_dir: str) -> int | None:
+  """The step of the point's latest checkpoint (None: it has none): where it resumes."""
   try:
-    return any(n.isdigit() for n in os.listdir(os.path.join(point_dir, CHECKPOINT_DIR)))
+    steps = [int(n) for n in os.listdir(os.path.join(point_dir, CHECKPOINT_DIR)) if n.isdigit()]
   except OSError:
-    return False
+    return None
+  return max(steps, default=None)
 
 
 def _trainer_busy(point_dir: str) -> bool:
@@ -452,7 +467,7 @@ def _is_finished(point: ResolvedPoint, status: Mapping[str, Any]) -> bool:
 
 def _prepare_fresh(point: ResolvedPoint) -> None:
   """A point with no checkpoint starts over: drop a previous attempt's partial files."""
-  if _has_checkpoint(point.workdir):
+  if _checkpoint_step(point.workdir) is not None:
     return
   for name in (METRICS_FILE, "tensorboard"):
     path = os.path.join(point.workdir, name)
@@ -463,10 +478,41 @@ def _prepare_fresh(point: ResolvedPoint) -> None:
   write_json(os.path.join(point.workdir, CONFIG_FILE), point.resolved)
 
 
-def _sweep_record(spec: str, sweep: Sweep, workdir: str, cli_overrides: Mapping[str, str],
-                  points: Sequence[ResolvedPoint], cwd: str) -> dict[str, Any]:
-  runner = [sys.executable, "-m", "bn_repro.sweep", f"--sweep={spec}", f"--workdir={workdir}"]
-  runner += [f"--override={k}={v}" for k, v in cli_overrides.items()]
+def batch_groups(points: Sequence[ResolvedPoint], indices: Sequence[int],
+                 max_runs: int = 0) -> list[list[int]]:
+  """`indices` in --batched groups: points whose configs differ only in batched.VARYING
+  and whose latest checkpoints are at one step, at most `max_runs` a group (0: no limit;
+  a larger group is split evenly); a point batched.check_batchable refuses stays alone.
+  Groups come in the order of their first points."""
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  from bn_repro import batched  # pylint: disable=g-import-not-at-top
+  groups: dict[Any, list[int]] = {}
+  for i in indices:
+    point = points[i]
+    try:
+      batched.check_batchable(ml_collections.ConfigDict(point.resolved))
+      shared = {k: v for k, v in _leaves(point.resolved).items() if k not in batched.VARYING}
+      key: Any = (json.dumps(shared, sort_keys=True), _checkpoint_step(point.workdir))
+    except UserError:
+      key = i  # an int never equals the tuples above
+    groups.setdefault(key, []).append(i)
+  out = []
+  for members in groups.values():
+    parts = math.ceil(len(members) / max_runs) if max_runs else 1
+    bounds = [len(members) * k // parts for k in range(parts + 1)]
+    out += [members[a:b] for a, b in zip(bounds, bounds[1:])]
+  return out
+
+
+def runner_argv(spec: str, workdir: str, cli_overrides: Mapping[str, str]) -> list[str]:
+  """This runner's command for the sweep, before the flags that pick points or how they run."""
+  return [sys.executable, "-m", "bn_repro.sweep", f"--sweep={spec}", f"--workdir={workdir}"] + [
+      f"--override={k}={v}" for k, v in cli_overrides.items()]
+
+
+def _sweep_record(spec: str, sweep: Sweep, runner: Sequence[str],
+                  cli_overrides: Mapping[str, str], points: Sequence[ResolvedPoint],
+                  cwd: str) -> dict[str, Any]:
   return {
       "sweep": spec,
       "description": sweep.description,
@@ -568,10 +614,9 @@ def _die_with_parent() -> Callable[[], None] | None:
 
 @dataclasses.dataclass
 class _Job:
-  point: ResolvedPoint
-  index: int
+  indices: list[int]  # its points; the first one's log.txt holds the process's output
   proc: subprocess.Popen
-  lock_fd: int
+  lock_fds: list[int]
   log: Any
   log_offset: int
   started: float
@@ -588,14 +633,21 @@ def _last_line(path: str, offset: int) -> str:
 
 
 class Runner:
-  """Runs points in at most `parallel` child processes; SIGINT/SIGTERM stop it cleanly."""
+  """Runs points in at most `parallel` child processes; SIGINT/SIGTERM stop it cleanly.
+
+  With `batch_command` (--batched: this runner's command, whose `--in_process` trains a
+  group), the points of each of `batch_groups` share one process.
+  """
 
   def __init__(self, points: Sequence[ResolvedPoint], parallel: int, cwd: str,
-               out: Callable[[str], None]):
+               out: Callable[[str], None], batch_command: Sequence[str] | None = None,
+               max_batched_runs: int = 0):
     self.points = points
     self.parallel = parallel
     self.cwd = cwd
     self.out = out
+    self.batch_command = batch_command
+    self.max_batched_runs = max_batched_runs
     self.env = child_env(parallel)
     self.environment: dict[str, Any] | None = None
     self.outcomes: collections.Counter = collections.Counter()
@@ -621,7 +673,7 @@ class Runner:
         signal.signal(s, h)
 
   def _run(self, selected: Sequence[int]) -> int:
-    queue = collections.deque()
+    todo = []
     for i in selected:
       point = self.points[i]
       status = read_status(point.workdir)
@@ -630,23 +682,25 @@ class Runner:
         self.outcomes[status["status"]] += 1
         self._say(i, point, f"skipped ({status['status']} at step {status.get('step')})")
       else:
-        queue.append(i)
+        todo.append(i)
+    queue = collections.deque(
+        [[i] for i in todo] if self.batch_command is None
+        else batch_groups(self.points, todo, self.max_batched_runs))
     running: list[_Job] = []
     busy_said: set[int] = set()
     while queue or running:
       if self.signal is not None:
         self._stop(running, queue)
       while queue and len(running) < self.parallel and self.signal is None:
-        i = queue.popleft()
-        job = self._start(i)
-        if job is None:  # locked by another runner: retry later
-          if i not in busy_said:
-            self._say(i, self.points[i], "busy (another process is running it); waiting")
-            busy_said.add(i)
-          queue.append(i)
-          break
-        if job is not True:
+        job, busy = self._start(queue.popleft())
+        if job is not None:
           running.append(job)
+        if busy:  # locked by another runner: retry later
+          for i in sorted(set(busy) - busy_said):
+            self._say(i, self.points[i], "busy (another process is running it); waiting")
+          busy_said.update(busy)
+          queue.append(busy)
+          break
       for job in list(running):
         rc = job.proc.poll()
         if rc is not None:
@@ -675,69 +729,89 @@ class Runner:
       for job in running:
         job.proc.kill()
 
-  def _start(self, i: int) -> "_Job | bool | None":
-    """Starts point i: its job; True if it finished meanwhile; None if it is locked."""
-    point = self.points[i]
-    os.makedirs(point.workdir, exist_ok=True)
-    fd = os.open(os.path.join(point.workdir, LOCK_FILE), os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-      os.close(fd)
-      return None
-    if _trainer_busy(point.workdir):  # e.g. a trainer started by hand
-      os.close(fd)
-      return None
-    status = read_status(point.workdir)
-    if _is_finished(point, status):  # another runner finished it while we waited
-      os.close(fd)
-      self.outcomes[status["status"]] += 1
-      self._say(i, point, f"{status['status']} (by another runner)")
-      return True
-    _prepare_fresh(point)
+  def _start(self, group: Sequence[int]) -> tuple["_Job | None", list[int]]:
+    """Starts the points of `group` in one process: the job (None if none was left to
+    run: finished meanwhile, or busy) and the points another process holds."""
+    claimed, busy = [], []
+    for i in group:
+      point = self.points[i]
+      os.makedirs(point.workdir, exist_ok=True)
+      fd = os.open(os.path.join(point.workdir, LOCK_FILE), os.O_RDWR | os.O_CREAT, 0o644)
+      try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        free = not _trainer_busy(point.workdir)  # e.g. a trainer started by hand
+      except BlockingIOError:
+        free = False
+      if not free:
+        os.close(fd)
+        busy.append(i)
+        continue
+      status = read_status(point.workdir)
+      if _is_finished(point, status):  # another runner finished it while we waited
+        os.close(fd)
+        self.outcomes[status["status"]] += 1
+        self._say(i, point, f"{status['status']} (by another runner)")
+      else:
+        claimed.append((i, fd, status))
+    if not claimed:
+      return None, busy
+    points = [self.points[i] for i, _, _ in claimed]
     if self.environment is None:
       self.environment = probe_environment(self.env)
-    write_json(os.path.join(point.workdir, ENVIRONMENT_FILE), self.environment)
-    log_path = os.path.join(point.workdir, LOG_FILE)
-    log = open(log_path, "ab")  # pylint: disable=consider-using-with
-    argv = point.argv()
-    log.write(f"=== {datetime.datetime.now().isoformat(timespec='seconds')} "
-              f"{shlex.join(argv)}\n".encode())
+    for point in points:
+      _prepare_fresh(point)
+      write_json(os.path.join(point.workdir, ENVIRONMENT_FILE), self.environment)
+    leader = points[0]
+    argv = leader.argv() if len(points) == 1 else [
+        *self.batch_command, "--in_process", *(f"--point={p.name}" for p in points)]
+    header = f"=== {datetime.datetime.now().isoformat(timespec='seconds')} {shlex.join(argv)}\n"
+    for point in points[1:]:
+      with open(os.path.join(point.workdir, LOG_FILE), "a") as f:
+        f.write(f"{header}(output in {os.path.join('..', leader.name, LOG_FILE)})\n")
+    log = open(os.path.join(leader.workdir, LOG_FILE), "ab")  # pylint: disable=consider-using-with
+    log.write(header.encode())
     log.flush()
     offset = log.tell()
+    fds = [fd for _, fd, _ in claimed]
     proc = subprocess.Popen(  # pylint: disable=consider-using-with
         argv, cwd=self.cwd, env=self.env, stdin=subprocess.DEVNULL, stdout=log,
-        stderr=subprocess.STDOUT, start_new_session=True, pass_fds=(fd,),
+        stderr=subprocess.STDOUT, start_new_session=True, pass_fds=fds,
         preexec_fn=_die_with_parent())
-    extra = f" from step {status['step']}" if status.get("step") else ""
-    self._say(i, point, f"started{extra}")
-    return _Job(point, i, proc, fd, log, offset, time.monotonic())
+    together = f" (batched, {len(points)} points)" if len(points) > 1 else ""
+    for (i, _, status), point in zip(claimed, points):
+      extra = f" from step {status['step']}" if status.get("step") else ""
+      self._say(i, point, f"started{extra}{together}")
+    return _Job([i for i, _, _ in claimed], proc, fds, log, offset, time.monotonic()), busy
 
   def _finish(self, job: _Job, rc: int) -> None:
+    """Each point's outcome from the exit code and its status.json (a batched group
+    exits 0 when each of its points is done or diverged, 4 when stopped)."""
     job.log.close()
-    point = job.point
-    status = read_status(point.workdir)
     seconds = f"{time.monotonic() - job.started:.1f} s"
-    if rc == 0 and status["status"] == "done":
-      outcome, what = "done", f"done at step {status.get('step')} ({seconds})"
-    elif rc == EXIT_DIVERGED and status["status"] == "diverged":
-      outcome, what = "diverged", f"diverged at step {status.get('step')} ({seconds})"
-    elif rc == EXIT_STOPPED or (self.signal is not None and rc != 0):
-      outcome, what = "stopped", f"stopped at step {status.get('step')}; rerun to resume"
-    else:
-      line = _last_line(os.path.join(point.workdir, LOG_FILE), job.log_offset)
-      if rc == 0:
-        error = f"exited 0 but status.json says {status['status']!r}"
-      elif rc < 0:
-        error = f"killed by signal {-rc}" + (f"; last output: {line}" if line else "")
+    log_path = os.path.join(self.points[job.indices[0]].workdir, LOG_FILE)
+    for i, fd in zip(job.indices, job.lock_fds):
+      point = self.points[i]
+      status = read_status(point.workdir)
+      if rc == 0 and status["status"] == "done":
+        outcome, what = "done", f"done at step {status.get('step')} ({seconds})"
+      elif status["status"] == "diverged" and rc in (0, EXIT_DIVERGED, EXIT_STOPPED):
+        outcome, what = "diverged", f"diverged at step {status.get('step')} ({seconds})"
+      elif rc == EXIT_STOPPED or (self.signal is not None and rc != 0):
+        outcome, what = "stopped", f"stopped at step {status.get('step')}; rerun to resume"
       else:
-        error = line or f"exit code {rc} without output"
-      write_json(os.path.join(point.workdir, STATUS_FILE),
-                  {"status": "failed", "error": error, "exit_code": rc})
-      outcome, what = "failed", f"failed (exit {rc}): {error}"
-    os.close(job.lock_fd)
-    self.outcomes[outcome] += 1
-    self._say(job.index, point, what)
+        line = _last_line(log_path, job.log_offset)
+        if rc == 0:
+          error = f"exited 0 but status.json says {status['status']!r}"
+        elif rc < 0:
+          error = f"killed by signal {-rc}" + (f"; last output: {line}" if line else "")
+        else:
+          error = line or f"exit code {rc} without output"
+        write_json(os.path.join(point.workdir, STATUS_FILE),
+                    {"status": "failed", "error": error, "exit_code": rc})
+        outcome, what = "failed", f"failed (exit {rc}): {error}"
+      os.close(fd)
+      self.outcomes[outcome] += 1
+      self._say(i, point, what)
 
 
 # ---------------------------------------------------------------------------
@@ -756,7 +830,19 @@ def _define_flags():
       "(e.g. data.source=idx, num_steps=1000). Repeatable.")
   flags.DEFINE_multi_string("point", [], "Run only this point (its name). Repeatable.")
   flags.DEFINE_bool("print_commands", False,
-                    "Print one command per point and exit; writes nothing.")
+                    "Print one command per point (with --batched: per group) and exit; "
+                    "writes nothing.")
+  flags.DEFINE_bool("batched", False,
+                    "Points that differ only in seed and learning rate train together: one "
+                    "process and one compiled program per group (bn_repro.batched); the "
+                    "others run as before.")
+  flags.DEFINE_integer("max_batched_runs", 0,
+                       "With --batched: at most this many points in one group (0: no limit); "
+                       "a larger group is split evenly.")
+  flags.DEFINE_bool("in_process", False,
+                    "Train the selected points in this process as one batched program (what "
+                    "--batched starts for each group); they must differ only in seed and "
+                    "learning rate.")
   flags.mark_flags_as_required(["sweep", "workdir"])
   return flags.FLAGS
 
@@ -794,6 +880,10 @@ def main(argv: Sequence[str]) -> int:
   try:
     if FLAGS.parallel < 1:
       raise UserError("must be >= 1", field="--parallel")
+    if FLAGS.max_batched_runs < 0:
+      raise UserError("must be >= 0 (0: no limit)", field="--max_batched_runs")
+    if FLAGS.max_batched_runs and not FLAGS.batched:
+      raise UserError("applies to --batched runs only; add --batched", field="--max_batched_runs")
     overrides = parse_overrides(FLAGS.override)
     sweep, sweep_dir = load_sweep(spec)
     points = resolve(sweep, sweep_dir, workdir, overrides, cwd=cwd, label=spec)
@@ -807,29 +897,61 @@ def main(argv: Sequence[str]) -> int:
     _fail(str(e))
   wanted = set(FLAGS.point)
   selected = [i for i, p in enumerate(points) if not wanted or p.name in wanted]
+  base = runner_argv(spec, workdir, overrides)
+  how = []  # the flags that choose how points run, for printed commands and sweep.json
+  if FLAGS.batched:
+    how = ["--batched"] + (
+        [f"--max_batched_runs={FLAGS.max_batched_runs}"] if FLAGS.max_batched_runs else [])
 
   if FLAGS.print_commands:
-    base = [sys.executable, "-m", "bn_repro.sweep", f"--sweep={spec}", f"--workdir={workdir}"]
-    base += [f"--override={k}={v}" for k, v in overrides.items()]
+    groups = (batch_groups(points, selected, FLAGS.max_batched_runs) if FLAGS.batched
+              else [[i] for i in selected])
     try:
-      for i in selected:
-        print(f"cd {shlex.quote(cwd)} && {shlex.join(base + [f'--point={points[i].name}'])}")
+      for group in groups:
+        argv = base + how + [f"--point={points[i].name}" for i in group]
+        print(f"cd {shlex.quote(cwd)} && {shlex.join(argv)}")
       sys.stdout.flush()
     except BrokenPipeError:  # `| head`
       os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 0
+  if FLAGS.in_process:
+    return _train_in_process([points[i] for i in selected])
 
   os.makedirs(workdir, exist_ok=True)
   write_json(os.path.join(workdir, SWEEP_FILE),
-              _sweep_record(spec, sweep, workdir, overrides, points, cwd))
+              _sweep_record(spec, sweep, base + how, overrides, points, cwd))
   for i in selected:  # pending until started
     point = points[i]
     if not os.path.exists(os.path.join(point.workdir, STATUS_FILE)):
       os.makedirs(point.workdir, exist_ok=True)
       write_json(os.path.join(point.workdir, CONFIG_FILE), point.resolved)
       write_json(os.path.join(point.workdir, STATUS_FILE), {"status": "pending"})
-  runner = Runner(points, FLAGS.parallel, cwd, out=lambda s: print(s, flush=True))
+  runner = Runner(points, FLAGS.parallel, cwd, out=lambda s: print(s, flush=True),
+                  batch_command=base if FLAGS.batched else None,
+                  max_batched_runs=FLAGS.max_batched_runs)
   return runner.run(selected)
+
+
+def _train_in_process(points: Sequence[ResolvedPoint]) -> int:
+  """Trains `points` here as one batched program (a --batched group's child): exit 0
+  when each is done or diverged (its status.json says which), 4 when stopped."""
+  from bn_repro import batched  # pylint: disable=g-import-not-at-top
+  from bn_repro import train  # pylint: disable=g-import-not-at-top
+  from absl import logging  # pylint: disable=g-import-not-at-top
+  # bn_repro's own lines, and libraries' (orbax logs every save) from ERROR up, as in a
+  # single run's log (bn_repro.main).
+  logging.get_absl_handler().addFilter(
+      lambda r: r.levelno >= pylogging.ERROR or f"{os.sep}bn_repro{os.sep}" in r.pathname)
+  try:
+    batched.train_batched([_parse_config(p.config, p.overrides) for p in points],
+                          [p.workdir for p in points])
+  except UserError as e:
+    _fail(str(e))
+  except train.Stopped as e:
+    print(f"bn-repro sweep: stopped by signal {e.signum} at step {e.step} after saving "
+          "checkpoints; rerun to resume", file=sys.stderr)
+    return EXIT_STOPPED
+  return 0
 
 
 def run() -> None:

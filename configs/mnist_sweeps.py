@@ -6,6 +6,8 @@ Sweeps (`--sweep=configs/mnist_sweeps.py:<name>`):
            claims that BN allows higher learning rates and makes sigmoid nets trainable
            (Sec. 3.3, 4.2.1).
   figure1  the sigmoid net with and without BN at the paper preset (Figure 1 a, b, c).
+  seeds    the BN sigmoid net at the paper preset, seeds 0..7: the spread over seeds; the
+           points differ only in seed, so `--batched` trains them as one program.
 
 With tfds MNIST (see README):
   python -m bn_repro.sweep --sweep=configs/mnist_sweeps.py:lr_grid --workdir=runs/lr --parallel=2
@@ -20,7 +22,12 @@ Offline on the IDX files of the 10,000-image test set (first 8,000 train, last 2
   python scripts/sweep_report.py --sweep_dir=runs/lr_t10k
 
 Figure 1 the same way (`:figure1`, `--workdir=runs/fig1`); `--print_commands` prints one
-command per point instead of running them (for a cluster's job array).
+command per point instead of running them (for a cluster's job array). The 8 seeds in one
+batched program, 2,000 steps each, with the offline overrides above:
+  python -m bn_repro.sweep --sweep=configs/mnist_sweeps.py:seeds --workdir=runs/seeds_t10k \
+    --batched --override=data.source=idx --override=data.idx_dir=../shared/data/mnist-t10k \
+    --override='data.train_split=test[:8000]' --override='data.eval_split=test[8000:]' \
+    --override=num_steps=2000
 """
 
 from bn_repro import sweep as sw
@@ -54,7 +61,15 @@ def figure1() -> sw.Sweep:
       description="MNIST MLP, sigmoid, with and without BN at the paper preset (Figure 1)")
 
 
-SWEEPS = {"lr_grid": lr_grid, "figure1": figure1}
+def seeds() -> sw.Sweep:
+  return sw.Sweep(
+      base=BASE,
+      grid=sw.axis("seed", range(8)),
+      aliases=ALIASES,
+      description="MNIST MLP, sigmoid with BN at the paper preset, 8 seeds (spread over seeds)")
+
+
+SWEEPS = {"lr_grid": lr_grid, "figure1": figure1, "seeds": seeds}
 
 
 def get_sweep(name: str) -> sw.Sweep:
