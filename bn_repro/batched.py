@@ -247,6 +247,7 @@ def train_batched(configs: Sequence[ml_collections.ConfigDict],
         if status[r] == "running" and (bad.size or not finite[r]):
           diverge(r, step + (int(bad[0]) + 1 if bad.size else stop - step))
       step = stop
+      stop_signal = signals.agreed()  # read once: every run saves and stops at this step, or none
       for r, (c, w, mgr) in enumerate(zip(configs, writers, mgrs)):
         if status[r] != "running":
           continue
@@ -266,16 +267,16 @@ def train_batched(configs: Sequence[ml_collections.ConfigDict],
             target_open[r] = False
         if scalars:
           w.write(step, scalars)
-        if train.is_due(step, config.checkpoint_every, config.num_steps) or signals.requested:
+        if train.is_due(step, config.checkpoint_every, config.num_steps) or stop_signal:
           run_state = jax.tree.map(lambda x, r=r: np.asarray(x[0, r]), states)
           mgr.save(step, args=ocp.args.StandardSave(train.to_checkpoint(run_state, c)))
-        if signals.requested and step < config.num_steps:
+        if stop_signal and step < config.num_steps:
           w.flush()
           set_status(r, status="stopped", step=step)
       logging.info("step %d/%d  %d runs training, %d diverged  %.4g steps/s", step,
                    config.num_steps, status.count("running"), status.count("diverged"), rate)
-      if signals.requested and step < config.num_steps:
-        raise train.Stopped(step, signals.requested)
+      if stop_signal and step < config.num_steps:
+        raise train.Stopped(step, stop_signal)
     for r in range(len(configs)):
       if status[r] == "running":
         set_status(r, status="done", step=step)
