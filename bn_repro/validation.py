@@ -96,6 +96,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _positive(config, "optimizer.lr_decay_rate")
   if config.model.name == "mlp":
     _validate_mlp(config)
+  elif config.model.name == "lstm":
+    _validate_lstm(config)
   else:
     _validate_inception(config)
 
@@ -136,6 +138,22 @@ def _validate_mlp(config: ml_collections.ConfigDict) -> None:
   if not 0 <= config.model.probe_unit < hidden[-1]:
     raise UserError(f"must index a unit of the last hidden layer (0..{hidden[-1] - 1}), "
                     f"got {config.model.probe_unit}", field="config.model.probe_unit")
+
+
+def _validate_lstm(config: ml_collections.ConfigDict) -> None:
+  from bn_repro.models import lstm  # pylint: disable=g-import-not-at-top
+  _one_of(config, "model.sequence", lstm.SEQUENCES)
+  _positive(config, "model.hidden")
+  if config.ics_probe:
+    raise UserError("the ICS probe measures layers (one module per weight matrix), which the "
+                    "LSTM cell is not; set --config.ics_probe=False", field="config.ics_probe")
+  if config.model.use_bn:
+    # The cell's per-time-step BN is plain BN: none of BatchNorm's variants.
+    defaults = models.bn_variant_defaults()
+    changed = [k for k, v in defaults.items() if config.bn.get(k, v) != v]
+    if changed:
+      raise UserError(f"the LSTM's per-time-step BN has no {changed[0]} option; set it to "
+                      f"{defaults[changed[0]]!r}", field=f"config.bn.{changed[0]}")
 
 
 def _validate_inception(config: ml_collections.ConfigDict) -> None:

@@ -10,9 +10,10 @@ import ml_collections
 from bn_repro import batch_norm
 from bn_repro.models import common
 from bn_repro.models.inception import Inception
+from bn_repro.models.lstm import LSTM
 from bn_repro.models.mlp import MLP, PROBE
 
-NAMES = ("mlp", "inception", "bn_inception")
+NAMES = ("mlp", "inception", "bn_inception", "lstm")
 
 
 # BatchNorm options that configs carry under config.bn with the module's defaults
@@ -94,6 +95,25 @@ def build(config: ml_collections.ConfigDict, *, axis_name: str | None, dtype: An
         stem_stride=m.stem_stride,
         separable_stem=m.separable_stem,
         pool_proj_4cd=m.pool_proj_4cd,
+        kernel_init=common.gaussian_init(m.init_std, m.init_fan_in),
+        dtype=dtype,
+    )
+  if m.name == "lstm":
+    # Per-time-step BN lives inside the cell (models/lstm.py), so it takes config.bn's
+    # fields itself rather than a BatchNorm constructor from make_norm.
+    return LSTM(
+        hidden=m.hidden,
+        num_classes=m.num_classes,
+        sequence=m.sequence,
+        nonlinearity=m.nonlinearity,
+        use_bn=m.use_bn,
+        epsilon=config.bn.epsilon,
+        decay=config.bn.decay,
+        population=config.bn.population,
+        unbiased=config.bn.unbiased,
+        axis_name=axis_name if config.bn.cross_device else None,
+        bn_scale_init=m.bn_scale_init,
+        forget_bias=m.forget_bias,
         kernel_init=common.gaussian_init(m.init_std, m.init_fan_in),
         dtype=dtype,
     )
