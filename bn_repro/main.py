@@ -77,12 +77,32 @@ def _fail(message: str) -> None:
   sys.exit(EXIT_BAD_INPUT)
 
 
+def _config_import_path(argv) -> None:
+  """Checks that the config file exists, and lets it import its siblings as `configs.<name>` (inception_small.py imports
+  configs.inception_imagenet) whatever the working directory: puts the directory that
+  holds the config file's directory on sys.path, as `python -m` does for the repo root."""
+  for arg in argv:
+    if arg.startswith("--config="):
+      path = os.path.abspath(arg.split("=", 1)[1].split(":", 1)[0])
+      if not os.path.isfile(path):  # ml_collections would defer this to a traceback
+        _fail(f"{arg}: there is no file {path}; pass a config file and variant, e.g. "
+              "--config=configs/mnist_mlp.py:bn_sigmoid")
+      root = os.path.dirname(os.path.dirname(path))
+      if root not in sys.path:
+        sys.path.insert(0, root)
+
+
 def _parse_flags(argv):
   """absl's parser, with a bad flag or config override as one line and exit 2."""
+  _config_import_path(argv)
   try:
     return flags.FLAGS(argv)
   except flags.Error as e:
-    _fail(str(e).splitlines()[0])
+    lines = [l for l in str(e).splitlines() if l.strip()]
+    # A config file's own error comes wrapped in ml_collections' traceback text: keep the
+    # flag and the error, drop the traceback.
+    _fail(lines[0] if len(lines) == 1 or "Traceback" not in str(e)
+          else f"{lines[0].split(': Error whilst')[0]}: {lines[-1]}")
   except (AttributeError, KeyError) as e:  # an override of a field the config does not have
     key = str(e).strip("\"'")
     given = [a.split("=")[0] for a in argv if a.startswith("--config.") and key in a]

@@ -117,10 +117,17 @@ def test_bad_data_directory(tmp_path, setup):
   assert not workdir.exists()
 
 
-def test_unknown_variant(tmp_path):
-  r = cli(tmp_path / "run", config="configs/mnist_mlp.py:bn_swish")
+@pytest.mark.parametrize("config,expect", [
+    ("configs/mnist_mlp.py:bn_swish", "bn_swish"),
+    ("configs/inception_small.py:nonsense", "unknown variant 'nonsense'"),
+    ("configs/no_such_file.py", "there is no file"),
+    ("{tmp}/broken.py", "SyntaxError")])
+def test_bad_config_file_or_variant(tmp_path, config, expect):
+  (tmp_path / "broken.py").write_text("def get_config(:\n")
+  r = cli(tmp_path / "run", config=config.format(tmp=tmp_path))
   assert r.returncode == 2
-  assert len(r.stderr.strip().splitlines()) == 1 and "bn_swish" in r.stderr
+  assert len(r.stderr.strip().splitlines()) == 1 and expect in r.stderr, r.stderr
+  assert not (tmp_path / "run").exists()
 
 
 def test_decay_below_half_warns_pytorch_convention(tmp_path, tiny_idx):
@@ -136,3 +143,16 @@ def test_profile_window_writes_a_trace(tmp_path, tiny_idx):
   assert r.returncode == 0, r.stderr
   traces = list((workdir / "profile").rglob("*.xplane.pb"))
   assert traces and traces[0].stat().st_size > 0
+
+
+def test_console_script_loads_configs_that_import_siblings_from_any_directory(tmp_path):
+  """configs/inception_small.py imports configs.inception_imagenet: the installed `bn-repro`
+  (no `python -m`, so no repo root on sys.path) run from elsewhere must still import it; an
+  unknown variant then fails in get_config itself, before anything is written."""
+  script = os.path.join(os.path.dirname(sys.executable), "bn-repro")
+  r = subprocess.run([script, f"--config={REPO}/configs/inception_small.py:nonsense",
+                      f"--workdir={tmp_path}/w"], cwd=tmp_path, capture_output=True, text=True,
+                     timeout=600)
+  assert r.returncode == 2
+  assert "unknown variant 'nonsense'" in r.stderr and "ModuleNotFound" not in r.stderr, r.stderr
+  assert not (tmp_path / "w").exists()
