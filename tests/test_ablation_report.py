@@ -13,6 +13,7 @@ from bn_repro import sweep as sw
 from bn_repro import validation
 from configs import ablation_sweeps
 from configs import mnist_mlp
+from test_train import set_fields
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "scripts", "ablation_report.py")
@@ -111,14 +112,7 @@ def test_every_ablation_point_is_a_valid_config(name):
   sweep = ablation_sweeps.get_sweep(name)
   names = set()
   for point in sweep.grid:
-    config = mnist_mlp.get_config("bn_sigmoid")
-    for field, value in dict(sweep.fixed, **point).items():
-      target = config
-      *path, last = field.split(".")
-      for part in path:
-        target = target[part]
-      assert last in target, field
-      target[last] = value
+    config = set_fields(mnist_mlp.get_config("bn_sigmoid"), dict(sweep.fixed, **point))
     validation.validate(config)
     validation.validate_devices(config, 1)
     names.add(sw.point_name(point, sweep.aliases))

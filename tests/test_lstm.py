@@ -15,6 +15,7 @@ from bn_repro.errors import UserError
 from bn_repro.models.lstm import LSTM
 from configs import seq_mnist
 from idx_files import write_mnist_dir
+from test_train import set_fields
 
 EPS, DECAY = 1e-5, 0.9
 
@@ -172,13 +173,7 @@ def tiny_config(variant="bn", **overrides):
   c.tensorboard = False
   c.bn.epsilon = EPS
   c.data.source = "idx"
-  for k, v in overrides.items():
-    target = c
-    *path, last = k.split(".")
-    for p in path:
-      target = target[p]
-    target[last] = v
-  return c
+  return set_fields(c, overrides)
 
 
 def test_train_and_evaluate_on_eight_devices_with_algorithm_2(tmp_path):

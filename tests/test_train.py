@@ -20,13 +20,19 @@ def tiny_config(**overrides):
   c.eval_batch_size = 40
   c.num_steps = 6
   c.data.source = "idx"
-  for k, v in overrides.items():
-    target = c
+  return set_fields(c, overrides)
+
+
+def set_fields(config, fields):
+  """`config` with each dotted field of `fields` set to its value."""
+  for k, v in fields.items():
+    target = config
     *path, last = k.split(".")
     for p in path:
       target = target[p]
+    assert last in target, k
     target[last] = v
-  return c
+  return config
 
 
 def synthetic(n: int, seed: int) -> data.ArrayDataset:
