@@ -204,6 +204,23 @@ def test_large_mean_small_std_variance_within_one_percent(rng):
   assert not np.allclose(fast_var, want, rtol=1e-2)
 
 
+@pytest.mark.parametrize("outlier", [0.0, 3.0, 50.0])
+def test_variance_precise_whatever_the_first_example(rng, outlier):
+  """The shift s of the one-pass sums is the batch's first example; even an outlier there
+  (50 = 500 std) keeps the variance and mean at float32 precision, on 1 and 8 devices."""
+  x = (1e3 + 0.1 * rng.normal(size=(256, 4))).astype(np.float32)
+  x[0] += outlier
+  x[8] -= outlier  # another device's first example, on 8 devices
+  want = x.astype(np.float64)
+  mom = bn.moments(jnp.asarray(x), (0,))
+  np.testing.assert_allclose(mom.var, want.var(0), rtol=1e-4)
+  np.testing.assert_allclose(mom.mean, want.mean(0), rtol=1e-6)
+  per_device = jax.pmap(lambda v: bn.moments(v, (0,), axis_name="i"), axis_name="i")(
+      x.reshape(8, 32, 4))
+  np.testing.assert_allclose(per_device.var[0], want.var(0), rtol=1e-4)
+  np.testing.assert_allclose(per_device.mean[3], want.mean(0), rtol=1e-6)
+
+
 def test_bfloat16_compute_keeps_float32_statistics(rng):
   layer = bn_repro.BatchNorm(dtype=jnp.bfloat16)
   x = jnp.asarray(rng.normal(5, 2, size=(32, 8)), jnp.bfloat16)
