@@ -4,9 +4,27 @@
 # Extra flags go to both runs, e.g. the offline IDX files:
 #   scripts/figure1.sh runs/fig1 --config.data.source=idx --config.data.idx_dir=../shared/data/mnist-t10k \
 #     --config.data.train_split='test[:8000]' --config.data.eval_split='test[8000:]'
+# The two runs train at the same time, each on one XLA CPU thread (as bn-repro-sweep
+# --parallel=2 runs them); set FIGURE1_SEQUENTIAL=1 to run one after the other.
 set -euo pipefail
 out=${1:?usage: scripts/figure1.sh OUT_DIR [--config.field=value ...]}
 shift
-python -m bn_repro.main --config=configs/mnist_mlp.py:bn_sigmoid --workdir="$out/bn" "$@"
-python -m bn_repro.main --config=configs/mnist_mlp.py:nobn_sigmoid --workdir="$out/nobn" "$@"
+run() {
+  local variant=$1
+  shift
+  python -m bn_repro.main --config="configs/mnist_mlp.py:${variant}_sigmoid" \
+    --workdir="$out/$variant" "$@"
+}
+if [[ "${FIGURE1_SEQUENTIAL:-0}" == 1 ]]; then
+  run bn "${@}"
+  run nobn "${@}"
+else
+  export XLA_FLAGS="${XLA_FLAGS:-} --xla_cpu_multi_thread_eigen=false"
+  run bn "${@}" & bn=$!
+  run nobn "${@}" & nobn=$!
+  status=0
+  wait "$bn" || status=$?
+  wait "$nobn" || status=$?
+  [[ $status == 0 ]] || exit "$status"
+fi
 python scripts/figure1.py --bn="$out/bn" --nobn="$out/nobn" --out="$out"
