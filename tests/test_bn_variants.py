@@ -326,3 +326,27 @@ def test_ics_probe_in_the_trainer_uses_forward_order():
   assert out["ics/dense1/l2"] > 0 and out["ics/logits/l2"] > 0
   assert set(k.split("/")[1] for k in out if k.startswith("ics/")) == {"dense0", "dense1",
                                                                        "logits"}
+
+
+def test_variants_on_feature_maps_match_numpy(rng):
+  """NHWC (per feature map over batch and space): ghost batches of 2 and renormalization."""
+  x = rng.normal(1.0, 2.0, (6, 3, 3, 2)).astype(np.float32)
+  layer = bn_repro.BatchNorm(virtual_batch_size=2, use_scale=False, use_bias=False)
+  v = layer.init(jax.random.PRNGKey(0), x, use_running_average=False)
+  y, _ = layer.apply(v, x, use_running_average=False, mutable=["batch_stats"])
+  for i in range(0, 6, 2):
+    g = x[i:i + 2].astype(np.float64)
+    want = (g - g.mean((0, 1, 2))) / np.sqrt(g.var((0, 1, 2)) + EPS)
+    np.testing.assert_allclose(y[i:i + 2], want, rtol=1e-4, atol=1e-4)
+  layer = bn_repro.BatchNorm(renorm=True, renorm_rmax=1.2, renorm_dmax=0.1, renorm_start=0,
+                             renorm_rmax_end=0, renorm_dmax_end=0, use_scale=False,
+                             use_bias=False)
+  stats = {"mean": np.zeros(2, np.float32), "var": np.ones(2, np.float32),
+           "count": np.array(0, np.int32)}
+  y, _ = layer.apply({"batch_stats": stats}, x, use_running_average=False,
+                     mutable=["batch_stats"])
+  x64 = x.astype(np.float64)
+  mu, var = x64.mean((0, 1, 2)), x64.var((0, 1, 2))
+  r = np.clip(np.sqrt(var + EPS) / np.sqrt(1 + EPS), 1 / 1.2, 1.2)
+  d = np.clip(mu / np.sqrt(1 + EPS), -0.1, 0.1)
+  np.testing.assert_allclose(y, (x64 - mu) / np.sqrt(var + EPS) * r + d, rtol=1e-4, atol=1e-4)
