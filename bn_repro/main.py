@@ -78,17 +78,19 @@ def _fail(message: str) -> None:
 
 
 def _config_import_path(argv) -> None:
-  """Checks that the config file exists, and lets it import its siblings as `configs.<name>` (inception_small.py imports
-  configs.inception_imagenet) whatever the working directory: puts the directory that
-  holds the config file's directory on sys.path, as `python -m` does for the repo root."""
+  """Checks that the config file exists, and lets it import its siblings as `configs.<name>`
+  (inception_small.py imports configs.inception_imagenet) from any working directory: when
+  the file's directory is a package, the directory above it goes on sys.path, as
+  `python -m` does for the repo root."""
   for arg in argv:
     if arg.startswith("--config="):
       path = os.path.abspath(arg.split("=", 1)[1].split(":", 1)[0])
       if not os.path.isfile(path):  # ml_collections would defer this to a traceback
         _fail(f"{arg}: there is no file {path}; pass a config file and variant, e.g. "
               "--config=configs/mnist_mlp.py:bn_sigmoid")
-      root = os.path.dirname(os.path.dirname(path))
-      if root not in sys.path:
+      package = os.path.dirname(path)  # e.g. <repo>/configs, a package of config files
+      root = os.path.dirname(package)
+      if os.path.isfile(os.path.join(package, "__init__.py")) and root not in sys.path:
         sys.path.insert(0, root)
 
 
