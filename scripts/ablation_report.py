@@ -178,23 +178,26 @@ def _accuracy_curves(settings: Sequence[Setting], path: str, title: str,
   plt.close(fig)
 
 
-def _accuracy_rows(settings: Sequence[Setting], steps: Sequence[int]) -> list[list[str]]:
+ACCURACY_STEPS = (250, 1000)  # early steps the accuracy tables show
+
+
+def _accuracy_table(settings: Sequence[Setting]) -> list[str]:
+  """Per setting: accuracy at ACCURACY_STEPS, final and best accuracy, run statuses."""
   rows = []
   for s in settings:
     best = max((max(series(e, ACC)[1], default=math.nan) for e in s.runs if e), default=math.nan)
-    rows.append([s.label] + [_pm(*s.at(ACC, t)[:2]) for t in steps]
+    rows.append([s.label] + [_pm(*s.at(ACC, t)[:2]) for t in ACCURACY_STEPS]
                 + [_pm(*s.at(ACC)[:2]), _pm(best, math.nan), _status(s)])
-  return rows
+  return _table(["setting"] + [f"acc @ {t}" for t in ACCURACY_STEPS]
+                + ["final acc", "best (any seed)", "runs"], rows)
 
 
 def report_variants(sweep_dir: str, out: str) -> tuple[list[str], list[str]]:
   settings = load_settings(sweep_dir, variant_label)
   path = os.path.join(out, "variants.png")
   _accuracy_curves(settings, path, "MNIST MLP (sigmoid): BN variants")
-  steps = (250, 1000)
-  md = ["## BN variants", "", f"Sweep: `{sweep_dir}`; figure: `variants.png`.", ""] + _table(
-      ["setting"] + [f"acc @ {t}" for t in steps] + ["final acc", "best (any seed)", "runs"],
-      _accuracy_rows(settings, steps))
+  md = (["## BN variants", "", f"Sweep: `{sweep_dir}`; figure: `variants.png`.", ""]
+        + _accuracy_table(settings))
   return md, [path]
 
 
@@ -272,12 +275,8 @@ def report_weight_scale(sweep_dir: str, out: str) -> tuple[list[str], list[str]]
   path = os.path.join(out, "weight_scale.png")
   _accuracy_curves(settings, path, "Initial weights scaled by a: BN (solid) vs no BN (dashed)",
                    style=lambda s: {"linestyle": "-" if s.fields.get("model.use_bn") else "--"})
-  steps = (250, 1000)
-  md = ["## Scale of the initial weights", "", f"Sweep: `{sweep_dir}`; figure: "
-        "`weight_scale.png`. Weights ~ N(0, a²/fan_in).", ""] + _table(
-            ["setting"] + [f"acc @ {t}" for t in steps] + ["final acc", "best (any seed)",
-                                                             "runs"],
-            _accuracy_rows(settings, steps))
+  md = (["## Scale of the initial weights", "", f"Sweep: `{sweep_dir}`; figure: "
+         "`weight_scale.png`. Weights ~ N(0, a²/fan_in).", ""] + _accuracy_table(settings))
   return md, [path]
 
 

@@ -35,10 +35,24 @@ def env(devices: int) -> dict:
   return e
 
 
+def checkpoints(workdir) -> ocp.CheckpointManager:
+  return ocp.CheckpointManager(os.path.abspath(workdir / "checkpoints"),
+                               item_handlers=ocp.StandardCheckpointHandler())
+
+
 def final_params(workdir):
-  mgr = ocp.CheckpointManager(os.path.abspath(workdir / "checkpoints"),
-                              item_handlers=ocp.StandardCheckpointHandler())
-  return jax.tree.leaves(mgr.restore(8)["params"])
+  return jax.tree.leaves(checkpoints(workdir).restore(8)["params"])
+
+
+def launch_two(workdir, idx_dir, *extra) -> list[subprocess.Popen]:
+  """Processes 0 and 1 of one run (two CPU devices each), joined over loopback."""
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+  return [subprocess.Popen(
+      command(workdir, idx_dir, f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
+              f"--process_id={i}", *extra), cwd=REPO, env=env(2), stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE, text=True) for i in range(2)]
 
 
 def test_two_processes_equal_one_process(tmp_path):
@@ -50,14 +64,8 @@ def test_two_processes_equal_one_process(tmp_path):
                      timeout=600)
   assert r.returncode == 0, r.stderr
 
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
   multi = tmp_path / "multi"
-  procs = [subprocess.Popen(
-      command(multi, idx, f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
-              f"--process_id={i}"), cwd=REPO, env=env(2), stdout=subprocess.PIPE,
-      stderr=subprocess.PIPE, text=True) for i in range(2)]
+  procs = launch_two(multi, idx)
   outs = [p.communicate(timeout=600) for p in procs]
   for p, (_, err) in zip(procs, outs):
     assert p.returncode == 0, err
@@ -78,17 +86,10 @@ def test_a_signal_to_one_process_stops_both_at_the_same_step(tmp_path):
   idx = tmp_path / "idx"
   idx.mkdir()
   write_mnist_dir(idx, train=96, test=30)
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
   work = tmp_path / "multi"
-  procs = [subprocess.Popen(
-      command(work, idx, f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
-              f"--process_id={i}", "--config.num_steps=1000000", "--config.steps_per_call=20",
-              "--config.checkpoint_every=0", "--config.eval_every=0",
-              "--config.log_every=20"),
-      cwd=REPO, env=env(2), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-      for i in range(2)]
+  procs = launch_two(work, idx, "--config.num_steps=1000000", "--config.steps_per_call=20",
+                     "--config.checkpoint_every=0", "--config.eval_every=0",
+                     "--config.log_every=20")
   try:
     metrics = work / "metrics.jsonl"
     while not (metrics.exists() and metrics.read_text().count("\n") >= 2):
@@ -102,6 +103,4 @@ def test_a_signal_to_one_process_stops_both_at_the_same_step(tmp_path):
   assert [p.returncode for p in procs] == [4, 4], [err for _, err in outs]
   status = json.loads((work / "status.json").read_text())
   assert status["status"] == "stopped" and status["step"] % 20 == 0
-  mgr = ocp.CheckpointManager(os.path.abspath(work / "checkpoints"),
-                              item_handlers=ocp.StandardCheckpointHandler())
-  assert mgr.latest_step() == status["step"]
+  assert checkpoints(work).latest_step() == status["step"]
