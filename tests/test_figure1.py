@@ -228,3 +228,29 @@ def test_load_run_bad_input_raises_user_error(run_dirs, tmp_path, case):
     bad, max_step = run_dirs[0], -1
   with pytest.raises(figure1.UserError, match=re.escape(str(bad))):
     figure1.load_run(str(bad), max_step=max_step)
+
+
+def test_figure1_sh_parallel_equals_sequential(tmp_path):
+  """scripts/figure1.sh end to end on tiny runs: the default (both runs at once, each pinned
+  to half the CPUs) and FIGURE1_SEQUENTIAL=1 write the same figure1.csv."""
+  from idx_files import write_mnist_dir  # pylint: disable=g-import-not-at-top
+  (tmp_path / "idx").mkdir()
+  idx = write_mnist_dir(tmp_path / "idx", train=120, test=30)
+  flags = ["--config.data.source=idx", f"--config.data.idx_dir={idx}", "--config.num_devices=1",
+           "--config.num_steps=20", "--config.eval_every=10", "--config.log_every=10",
+           "--config.checkpoint_every=20", "--config.tensorboard=false"]
+  env = dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"])
+  csvs = []
+  for mode in ("0", "1"):
+    out = tmp_path / f"out{mode}"
+    proc = subprocess.run([str(REPO_ROOT / "scripts" / "figure1.sh"), str(out)] + flags,
+                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=600,
+                          env=dict(env, FIGURE1_SEQUENTIAL=mode))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    for name in OUTPUTS:
+      assert (out / name).exists(), name
+    for run in ("bn", "nobn"):
+      assert json.loads((out / run / "status.json").read_text())["status"] == "done"
+    csvs.append((out / "figure1.csv").read_text())
+  assert csvs[0] == csvs[1]
+  assert len(csvs[0].splitlines()) == 4  # header + steps 0, 10, 20

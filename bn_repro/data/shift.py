@@ -14,7 +14,6 @@ import dataclasses
 import math
 
 import numpy as np
-from scipy import ndimage
 
 from bn_repro.errors import UserError
 
@@ -34,6 +33,7 @@ class Shift:
     if self.kind == "invert":
       return 255 - images
     if self.kind == "rotate":
+      from scipy import ndimage  # pylint: disable=g-import-not-at-top  (slow; only AdaBN needs it)
       # axes (2, 1): the (width, height) plane, scipy's default for a single 2-D image.
       x = ndimage.rotate(images.astype(np.float32), self.amount, axes=(2, 1), reshape=False,
                          order=1, mode="constant", cval=0.0)
