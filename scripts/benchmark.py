@@ -1,21 +1,28 @@
 """Training speed of the MNIST MLP, ours next to baselines, measured in one process.
 
-  python scripts/benchmark.py [--idx_dir=../shared/data/mnist-t10k] [--steps=1000] [--repeats=5]
-    [--figure1] [--json]
+  python scripts/benchmark.py [--idx_dir=../shared/data/mnist-t10k] [--steps=500] [--repeats=9]
+    [--figure1] [--profile] [--noinception] [--json]
 
 For BN on and off it times, on one device and interleaved round by round (so
-that machine noise hits all alike), three loops of `--steps` SGD steps (batch 60):
+that machine noise hits all alike), these loops of `--steps` SGD steps (batch 60):
   floor     the step's matrix multiplications alone (forward, weight and input
             gradients, the update) in one lax.scan: no nonlinearity, no BN, no loss;
   ours      bn_repro's compiled training chunk (data on device, lax.scan, pmap);
   per-step  a plain loop: jax.jit of one step with flax.linen.BatchNorm, one
-            Python dispatch and one host-to-device batch per step.
-It prints steps/s (median over rounds), each loop's ratio to the floor, our
-speed-up over the per-step loop, compile time, and the process's peak memory; and
-8 seeds of the BN MLP trained together in one program (bn_repro.batched, vmap over
-runs) against the same runs one after another, in run-steps/s; the small
-BN-Inception's images/s (forward + backward) and compile time; and with --figure1
-the wall time of the whole Figure 1 reproduction (needs --idx_dir).
+            Python dispatch and one host-to-device batch per step;
+  torch     if PyTorch is importable (never a dependency): the same MLP in a
+            PyTorch eager loop (scripts/torch_reference.py).
+Each loop's speed is its fastest round (timeit's rule: the round least disturbed
+by other load; every round is in --json), and each ratio the median over rounds of
+the two loops' speeds in the same round. It prints steps/s, each loop's ratio
+to the floor, our speed-up over the per-step and PyTorch loops, compile time, and
+the process's peak memory; 8 seeds of the BN MLP trained together in one program
+(bn_repro.batched, vmap over runs) against the same runs one after another, in
+run-steps/s; the small BN-Inception's images/s (forward + backward) and compile
+time, and PyTorch eager's on the same network. --figure1 (needs --idx_dir) also
+times the whole Figure 1 reproduction, `scripts/figure1.sh` in a subprocess as a
+user runs it. --profile adds where the time of one step goes: the XLA operations
+of the floor's and our steps, in microseconds per step, from a jax.profiler trace.
 Without --idx_dir it uses random images (speed does not depend on pixel values).
 """
 
@@ -29,14 +36,19 @@ import time
 from absl import app
 from absl import flags
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+_SCRIPTS = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(_SCRIPTS))
+sys.path.insert(0, _SCRIPTS)
 
 _IDX_DIR = flags.DEFINE_string("idx_dir", "", "IDX directory with t10k files; '' = random images.")
-_STEPS = flags.DEFINE_integer("steps", 1000, "Steps per timed loop.")
-_REPEATS = flags.DEFINE_integer("repeats", 5, "Rounds; the median is reported.")
+_STEPS = flags.DEFINE_integer("steps", 500, "Steps per timed loop.")
+_REPEATS = flags.DEFINE_integer("repeats", 9, "Interleaved rounds.")
 _JSON = flags.DEFINE_bool("json", False, "Print one JSON object instead of the table.")
 _FIGURE1 = flags.DEFINE_bool("figure1", False,
                              "Also time the whole Figure 1 reproduction (2 x 50,000 steps).")
+_PROFILE = flags.DEFINE_bool("profile", False,
+                             "Also print the XLA operations of one step and their time.")
+_INCEPTION = flags.DEFINE_bool("inception", True, "Also time the small BN-Inception.")
 
 
 def _datasets(idx_dir: str):
@@ -218,16 +230,57 @@ class SmallInception:
 
 
 def figure1_wall_seconds(idx_dir: str) -> float:
-  """Both Figure 1 runs (50,000 steps each, evals every 250) in this process, wall seconds."""
+  """Wall seconds of `scripts/figure1.sh` on the IDX files: both runs (50,000 steps each,
+  evals every 250, as the script trains them), and the figure."""
+  import subprocess  # pylint: disable=g-import-not-at-top
   import tempfile  # pylint: disable=g-import-not-at-top
-  from bn_repro import train  # pylint: disable=g-import-not-at-top
-  t = time.perf_counter()
   with tempfile.TemporaryDirectory() as tmp:
-    for variant in ("bn_sigmoid", "nobn_sigmoid"):
-      c = _config(variant, idx_dir)
-      c.tensorboard = False
-      train.train_and_evaluate(c, os.path.join(tmp, variant))
-  return time.perf_counter() - t
+    t = time.perf_counter()
+    subprocess.run(
+        [os.path.join(_SCRIPTS, "figure1.sh"), os.path.join(tmp, "fig1"),
+         "--config.data.source=idx", f"--config.data.idx_dir={os.path.abspath(idx_dir)}",
+         "--config.data.train_split=test[:8000]", "--config.data.eval_split=test[8000:]"],
+        cwd=os.path.dirname(_SCRIPTS), check=True, stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,  # the script's `python`: this one
+        env=dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep +
+                 os.environ.get("PATH", "")))
+    return time.perf_counter() - t
+
+
+PROFILE_TOP = 8
+
+
+def step_profile(runner, steps: int) -> dict:
+  """Where one step's time goes: a jax.profiler trace of one run of `runner`.
+
+  Returns microseconds per step of the traced run, the sum over the XLA
+  operations that ran once per step, their number, and the PROFILE_TOP slowest
+  (name, microseconds per step). Needs --xla_cpu_enable_xprof_traceme on a CPU.
+  """
+  import collections  # pylint: disable=g-import-not-at-top
+  import glob  # pylint: disable=g-import-not-at-top
+  import gzip  # pylint: disable=g-import-not-at-top
+  import tempfile  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  with tempfile.TemporaryDirectory() as tmp:
+    jax.profiler.start_trace(tmp, create_perfetto_trace=True)
+    t = time.perf_counter()
+    runner.run()
+    wall = time.perf_counter() - t
+    jax.profiler.stop_trace()
+    with gzip.open(glob.glob(os.path.join(tmp, "**", "*.trace.json.gz"), recursive=True)[0]) as f:
+      trace = json.load(f)
+  events = trace["traceEvents"] if isinstance(trace, dict) else trace
+  total, count = collections.defaultdict(float), collections.Counter()
+  for e in events:
+    # XLA:CPU marks each operation twice ("name" and "end: name"); "$..." are Python frames.
+    if e.get("ph") == "X" and not e["name"].startswith(("$", "Thunk", "end: ")):
+      total[e["name"]] += e.get("dur", 0.0)
+      count[e["name"]] += 1
+  per_step = {k: v / steps for k, v in total.items() if count[k] == steps}
+  top = sorted(per_step.items(), key=lambda kv: -kv[1])[:PROFILE_TOP]
+  return {"us_per_step": wall / steps * 1e6, "ops_us_per_step": sum(per_step.values()),
+          "ops_per_step": len(per_step), "top": [[k, v] for k, v in top]}
 
 
 def _time(runner) -> float:
@@ -236,47 +289,80 @@ def _time(runner) -> float:
   return runner.steps / (time.perf_counter() - t)
 
 
-def measure(idx_dir: str, steps: int, repeats: int, with_figure1: bool = False) -> dict:
+def measure(idx_dir: str, steps: int, repeats: int, with_figure1: bool = False,
+            with_profile: bool = False, with_inception: bool = True) -> dict:
   import jax  # pylint: disable=g-import-not-at-top
+  import torch_reference  # pylint: disable=g-import-not-at-top
   train_ds, eval_ds = _datasets(idx_dir)
   floor = Floor(train_ds, steps)
   loops = {"floor": floor}
   for bn in ("bn", "nobn"):
     loops[f"ours_{bn}"] = Ours(f"{bn}_sigmoid", train_ds, eval_ds, steps)
     loops[f"per_step_{bn}"] = PerStep(bn == "bn", train_ds, steps)
+  torch = torch_reference.available()
+  if torch:
+    for bn in ("bn", "nobn"):
+      loops[f"torch_{bn}"] = torch_reference.MlpLoop(bn == "bn", train_ds.images,
+                                                     train_ds.labels, steps)
   runs = 8
   loops["batched_8_runs"] = Batched(train_ds, eval_ds, steps, runs)
   inception_steps = max(1, steps // 50)
-  loops["small_bn_inception"] = SmallInception(train_ds, eval_ds, inception_steps)
+  if with_inception:
+    loops["small_bn_inception"] = SmallInception(train_ds, eval_ds, inception_steps)
+  if with_inception and torch:
+    loops["torch_small_bn_inception"] = torch_reference.InceptionLoop(
+        train_ds.images, train_ds.labels, inception_steps)
   for r in loops.values():  # warm-up round
     r.run()
   rates = {k: [] for k in loops}
   for _ in range(repeats):
     for k, r in loops.items():
       rates[k].append(_time(r))
-  med = {k: statistics.median(v) for k, v in rates.items()}
+  best = {k: max(v) for k, v in rates.items()}
+
+  def ratio(a: str, b: str, factor: float = 1.0) -> float:
+    """Median over rounds of a's speed / b's speed in the same round (paired, so that
+    slow spells of the machine cancel)."""
+    return statistics.median(x * factor / y for x, y in zip(rates[a], rates[b]))
+
   # Run-steps per second: 8 runs in one program vs the same 8 one after another (ours_bn).
-  batched_rate = med.pop("batched_8_runs") * runs
+  batched_speedup = ratio("batched_8_runs", "ours_bn", runs)
+  batched_rate = best.pop("batched_8_runs") * runs
   compile_batched = loops.pop("batched_8_runs").compile_seconds
-  small = loops.pop("small_bn_inception")
-  small_images = med.pop("small_bn_inception") * small.batch
   result = {
       "device": str(jax.devices()[0].device_kind), "steps": steps, "repeats": repeats,
-      "steps_per_sec": med,
-      "compile_seconds": {k: r.compile_seconds for k, r in loops.items()},
+      "xla_flags": os.environ.get("XLA_FLAGS", ""),
+      "steps_per_sec_rounds": rates,
+      "compile_seconds": {k: getattr(r, "compile_seconds", None) for k, r in loops.items()
+                          if not k.startswith("torch_small")},
       "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
   }
-  result["ratio_to_floor"] = {k: v / med["floor"] for k, v in med.items()}
-  result["small_bn_inception"] = {"images_per_sec": small_images, "batch": small.batch,
-                                  "compile_seconds": small.compile_seconds}
-  if with_figure1:
-    result["figure1_wall_seconds"] = figure1_wall_seconds(idx_dir)
+  if with_inception:
+    small = loops.pop("small_bn_inception")
+    result["small_bn_inception"] = {
+        "images_per_sec": best.pop("small_bn_inception") * small.batch, "batch": small.batch,
+        "compile_seconds": small.compile_seconds}
+  if with_inception and torch:
+    t_inc = loops.pop("torch_small_bn_inception")
+    result["small_bn_inception"].update(
+        torch_images_per_sec=best.pop("torch_small_bn_inception") * t_inc.batch,
+        params=t_inc.num_params, torch_version=torch_reference.version(),
+        vs_torch=ratio("small_bn_inception", "torch_small_bn_inception"))
+  result["steps_per_sec"] = best
+  result["ratio_to_floor"] = {k: ratio(k, "floor") for k in best}
   result["batched"] = {"runs": runs, "run_steps_per_sec": batched_rate,
-                       "sequential_run_steps_per_sec": med["ours_bn"],
-                       "speedup": batched_rate / med["ours_bn"],
-                       "compile_seconds": compile_batched}
+                       "sequential_run_steps_per_sec": best["ours_bn"],
+                       "speedup": batched_speedup, "compile_seconds": compile_batched}
   result["speedup_over_per_step"] = {
-      bn: med[f"ours_{bn}"] / med[f"per_step_{bn}"] for bn in ("bn", "nobn")}
+      bn: ratio(f"ours_{bn}", f"per_step_{bn}") for bn in ("bn", "nobn")}
+  if torch:
+    result["speedup_over_torch"] = {bn: ratio(f"ours_{bn}", f"torch_{bn}") for bn in ("bn", "nobn")}
+  if with_profile:
+    result["profile"] = {k: step_profile(loops[k], steps) for k in ("floor", "ours_bn", "ours_nobn")}
+  if with_figure1:
+    wall = figure1_wall_seconds(idx_dir)
+    result["figure1"] = {"wall_seconds": wall,
+                         "floor_seconds_one_core": 2 * 50_000 / best["floor"]}
   return result
 
 
@@ -285,28 +371,56 @@ def main(argv):
   if _FIGURE1.value and not _IDX_DIR.value:
     print("benchmark: --figure1 needs --idx_dir (the MNIST IDX files)", file=sys.stderr)
     sys.exit(2)
-  res = measure(_IDX_DIR.value, _STEPS.value, _REPEATS.value, _FIGURE1.value)
+  if _PROFILE.value:  # read when the CPU backend starts, i.e. before jax's first use
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                               " --xla_cpu_enable_xprof_traceme=true").strip()
+  res = measure(_IDX_DIR.value, _STEPS.value, _REPEATS.value, _FIGURE1.value, _PROFILE.value,
+                _INCEPTION.value)
   if _JSON.value:
     print(json.dumps(res, indent=2))
-    return
+  else:
+    print_table(res)
+
+
+def print_table(res: dict) -> None:
+  """measure()'s result as the table the docstring describes."""
   print(f"MNIST MLP 784-100-100-100-10, batch 60, sigmoid, {res['steps']} steps per loop, "
-        f"median of {res['repeats']} interleaved rounds, one {res['device']} device")
+        f"{res['repeats']} interleaved rounds (steps/s: the fastest; ratios: median of "
+        f"same-round ratios), one {res['device']} device, "
+        f"XLA_FLAGS={res['xla_flags']!r}")
   print(f"{'loop':<16}{'steps/s':>10}{'vs floor':>10}{'compile s':>11}")
   for k, v in res["steps_per_sec"].items():
+    c = res["compile_seconds"].get(k)
     print(f"{k:<16}{v:>10.0f}{res['ratio_to_floor'][k]:>10.2f}"
-          f"{res['compile_seconds'][k]:>11.2f}")
+          f"{'-' if c is None else format(c, '.2f'):>11}")
   for bn, s in res["speedup_over_per_step"].items():
     print(f"ours/per-step ({bn}): {s:.2f}x")
+  for bn, s in res.get("speedup_over_torch", {}).items():
+    print(f"ours/PyTorch eager ({bn}): {s:.2f}x")
   b = res["batched"]
   print(f"{b['runs']} seeds batched in one program: {b['run_steps_per_sec']:.0f} run-steps/s vs "
         f"{b['sequential_run_steps_per_sec']:.0f} one after another: {b['speedup']:.2f}x "
         f"(compile {b['compile_seconds']:.1f} s)")
-  si = res["small_bn_inception"]
-  print(f"small BN-Inception (bn_x5, 28x28, batch {si['batch']}): {si['images_per_sec']:.0f} "
-        f"images/s forward+backward, compile {si['compile_seconds']:.1f} s")
-  if "figure1_wall_seconds" in res:
-    print(f"Figure 1 reproduction (2 x 50,000 steps, evals every 250): "
-          f"{res['figure1_wall_seconds']:.1f} s wall")
+  si = res.get("small_bn_inception")
+  line = si and (f"small BN-Inception (bn_x5, 28x28, batch {si['batch']}): {si['images_per_sec']:.0f} "
+          f"images/s forward+backward, compile {si['compile_seconds']:.1f} s")
+  if si and "torch_images_per_sec" in si:
+    line += (f"; PyTorch {si['torch_version']} eager {si['torch_images_per_sec']:.0f} images/s "
+             f"(ours {si['vs_torch']:.2f}x), "
+             f"{si['params']:,} parameters in both")
+  if line:
+    print(line)
+  if "figure1" in res:
+    f1 = res["figure1"]
+    print(f"Figure 1 reproduction (scripts/figure1.sh: 2 x 50,000 steps, evals every 250, the "
+          f"figure): {f1['wall_seconds']:.1f} s wall; the floor's matmuls alone for the "
+          f"100,000 steps in this process: {f1['floor_seconds_one_core']:.1f} s")
+  for k, p in res.get("profile", {}).items():
+    print(f"profile {k} (traced, so slower): {p['us_per_step']:.0f} us/step, "
+          f"{p['ops_per_step']} XLA operations per step taking {p['ops_us_per_step']:.0f} us "
+          f"between them; slowest:")
+    for name, us in p["top"]:
+      print(f"    {us:7.1f} us  {name}")
   print(f"peak RSS of the process: {res['peak_rss_mb']:.0f} MB")
 
 

@@ -1,0 +1,42 @@
+"""scripts/benchmark.py on a few steps (without the small BN-Inception, whose training the
+Inception tests cover): every row is there and the ratios are the same-round medians the
+docstring promises. Speeds themselves are not checked: the suite has no clock."""
+
+import importlib.util
+import pathlib
+import sys
+
+import pytest
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def benchmark():
+  spec = importlib.util.spec_from_file_location("benchmark", REPO_ROOT / "scripts" / "benchmark.py")
+  module = importlib.util.module_from_spec(spec)
+  sys.modules["benchmark"] = module
+  spec.loader.exec_module(module)
+  return module
+
+
+def test_measure_reports_every_loop(benchmark, capsys):
+  res = benchmark.measure("", steps=3, repeats=2, with_inception=False)
+  loops = {"floor", "ours_bn", "ours_nobn", "per_step_bn", "per_step_nobn"}
+  assert loops <= set(res["steps_per_sec"])
+  for k, v in res["steps_per_sec"].items():
+    rounds = res["steps_per_sec_rounds"][k]
+    assert len(rounds) == 2 and v == max(rounds)
+    same_round = sorted(a / f for a, f in zip(rounds, res["steps_per_sec_rounds"]["floor"]))
+    assert res["ratio_to_floor"][k] == pytest.approx(sum(same_round) / 2)
+  assert res["ratio_to_floor"]["floor"] == 1.0
+  b = res["batched"]
+  assert b["runs"] == 8 and b["run_steps_per_sec"] == 8 * max(
+      res["steps_per_sec_rounds"]["batched_8_runs"])
+  assert "small_bn_inception" not in res  # with_inception=False
+  assert res["compile_seconds"]["ours_bn"] > 0
+  benchmark.print_table(res)
+  table = capsys.readouterr().out
+  for loop in loops:
+    assert f"\n{loop} " in table
+  assert "8 seeds batched in one program" in table
