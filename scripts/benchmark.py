@@ -305,7 +305,8 @@ def measure(idx_dir: str, steps: int, repeats: int, with_figure1: bool = False,
       loops[f"torch_{bn}"] = torch_reference.MlpLoop(bn == "bn", train_ds.images,
                                                      train_ds.labels, steps)
   runs = 8
-  loops["batched_8_runs"] = Batched(train_ds, eval_ds, steps, runs)
+  # As many run-steps per round as ours_bn takes, so both loops last about as long.
+  loops["batched_8_runs"] = Batched(train_ds, eval_ds, max(1, steps // runs), runs)
   inception_steps = max(1, steps // 50)
   if with_inception:
     loops["small_bn_inception"] = SmallInception(train_ds, eval_ds, inception_steps)
