@@ -231,8 +231,9 @@ def test_load_run_bad_input_raises_user_error(run_dirs, tmp_path, case):
 
 
 def test_figure1_sh_parallel_equals_sequential(tmp_path):
-  """scripts/figure1.sh end to end on tiny runs: the default (both runs at once, each pinned
-  to half the CPUs) and FIGURE1_SEQUENTIAL=1 write the same figure1.csv."""
+  """scripts/figure1.sh end to end on tiny runs: the default (both runs at once) and
+  FIGURE1_SEQUENTIAL=1 (one after the other), each run pinned to one CPU in both, write the
+  same figure1.csv."""
   from idx_files import write_mnist_dir  # pylint: disable=g-import-not-at-top
   (tmp_path / "idx").mkdir()
   idx = write_mnist_dir(tmp_path / "idx", train=120, test=30)
