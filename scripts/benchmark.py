@@ -236,14 +236,16 @@ def figure1_wall_seconds(idx_dir: str) -> float:
   import tempfile  # pylint: disable=g-import-not-at-top
   with tempfile.TemporaryDirectory() as tmp:
     t = time.perf_counter()
-    subprocess.run(
+    proc = subprocess.run(
         [os.path.join(_SCRIPTS, "figure1.sh"), os.path.join(tmp, "fig1"),
          "--config.data.source=idx", f"--config.data.idx_dir={os.path.abspath(idx_dir)}",
          "--config.data.train_split=test[:8000]", "--config.data.eval_split=test[8000:]"],
-        cwd=os.path.dirname(_SCRIPTS), check=True, stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,  # the script's `python`: this one
-        env=dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep +
+        cwd=os.path.dirname(_SCRIPTS), capture_output=True, text=True,
+        env=dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep +  # its `python`
                  os.environ.get("PATH", "")))
+    if proc.returncode:
+      last = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
+      raise SystemExit(f"benchmark: scripts/figure1.sh exited {proc.returncode}: {last}")
     return time.perf_counter() - t
 
 
@@ -359,11 +361,12 @@ def measure(idx_dir: str, steps: int, repeats: int, with_figure1: bool = False,
   if torch:
     result["speedup_over_torch"] = {bn: ratio(f"ours_{bn}", f"torch_{bn}") for bn in ("bn", "nobn")}
   if with_profile:
-    result["profile"] = {k: step_profile(loops[k], steps) for k in ("floor", "ours_bn", "ours_nobn")}
+    result["profile"] = {k: step_profile(loops[k], steps)
+                         for k in ("floor", "ours_bn", "ours_nobn")}
   if with_figure1:
     wall = figure1_wall_seconds(idx_dir)
     result["figure1"] = {"wall_seconds": wall,
-                         "floor_seconds_one_core": 2 * 50_000 / best["floor"]}
+                         "floor_seconds": 2 * 50_000 / best["floor"]}
   return result
 
 
@@ -403,19 +406,19 @@ def print_table(res: dict) -> None:
         f"{b['sequential_run_steps_per_sec']:.0f} one after another: {b['speedup']:.2f}x "
         f"(compile {b['compile_seconds']:.1f} s)")
   si = res.get("small_bn_inception")
-  line = si and (f"small BN-Inception (bn_x5, 28x28, batch {si['batch']}): {si['images_per_sec']:.0f} "
-          f"images/s forward+backward, compile {si['compile_seconds']:.1f} s")
-  if si and "torch_images_per_sec" in si:
-    line += (f"; PyTorch {si['torch_version']} eager {si['torch_images_per_sec']:.0f} images/s "
-             f"(ours {si['vs_torch']:.2f}x), "
-             f"{si['params']:,} parameters in both")
-  if line:
+  if si:
+    line = (f"small BN-Inception (bn_x5, 28x28, batch {si['batch']}): "
+            f"{si['images_per_sec']:.0f} images/s forward+backward, "
+            f"compile {si['compile_seconds']:.1f} s")
+    if "torch_images_per_sec" in si:
+      line += (f"; PyTorch {si['torch_version']} eager {si['torch_images_per_sec']:.0f} images/s "
+               f"(ours {si['vs_torch']:.2f}x), {si['params']:,} parameters in both")
     print(line)
   if "figure1" in res:
     f1 = res["figure1"]
     print(f"Figure 1 reproduction (scripts/figure1.sh: 2 x 50,000 steps, evals every 250, the "
           f"figure): {f1['wall_seconds']:.1f} s wall; the floor's matmuls alone for the "
-          f"100,000 steps in this process: {f1['floor_seconds_one_core']:.1f} s")
+          f"100,000 steps in this process: {f1['floor_seconds']:.1f} s")
   for k, p in res.get("profile", {}).items():
     print(f"profile {k} (traced, so slower): {p['us_per_step']:.0f} us/step, "
           f"{p['ops_per_step']} XLA operations per step taking {p['ops_us_per_step']:.0f} us "
