@@ -157,8 +157,10 @@ def _validate_lstm(config: ml_collections.ConfigDict) -> None:
 
 
 def _validate_inception(config: ml_collections.ConfigDict) -> None:
-  from bn_repro.models import inception  # pylint: disable=g-import-not-at-top
+  from bn_repro.models import conv, inception  # pylint: disable=g-import-not-at-top
   _one_of(config, "model.stem", ("imagenet", "small"))
+  if "conv_impl" in config.model:
+    _one_of(config, "model.conv_impl", conv.CONV_IMPLS)
   _positive(config, "model.width_multiplier")
   if not 0 <= config.model.dropout_rate < 1:
     raise UserError(f"must be in [0, 1), got {config.model.dropout_rate!r}",

@@ -58,7 +58,7 @@ def get_config(variant: str = "bn_x30") -> ml_collections.ConfigDict:
       use_lrn=True, width_multiplier=1.0, modules=("3a", "3b", "3c", "4a", "4b", "4c", "4d",
                                                      "4e", "5a", "5b"),
       stem="imagenet", stem_stride=1, separable_stem=True, pool_proj_4cd=128, init_std=2**0.5,
-      init_fan_in=True, probe_unit=0))
+      init_fan_in=True, probe_unit=0, conv_impl="auto"))
   c.bn = ml_collections.ConfigDict(dict(
       epsilon=1e-3, decay=0.9997, population="ema", population_batches=100, unbiased=False,
       cross_device=True, **models.bn_variant_defaults()))

@@ -19,7 +19,8 @@ to the floor, our speed-up over the per-step and PyTorch loops, compile time, an
 the process's peak memory; 8 seeds of the BN MLP trained together in one program
 (bn_repro.batched, vmap over runs) against the same runs one after another, in
 run-steps/s; the small BN-Inception's images/s (forward + backward) and compile
-time, and PyTorch eager's on the same network. --figure1 (needs --idx_dir) also
+time, with the convolutions config.model.conv_impl="auto" picks (im2col on CPU) and
+with XLA's own, and PyTorch eager's on the same network. --figure1 (needs --idx_dir) also
 times the whole Figure 1 reproduction, `scripts/figure1.sh` in a subprocess as a
 user runs it. --profile adds where the time of one step goes: the XLA operations
 of the floor's and our steps, in microseconds per step, from a jax.profiler trace.
@@ -211,12 +212,14 @@ class Batched:
 
 
 class SmallInception:
-  """Small BN-Inception (configs/inception_small.py:bn_x5, MNIST-sized), forward + backward."""
+  """Small BN-Inception (configs/inception_small.py:bn_x5, MNIST-sized), forward + backward;
+  `conv_impl` as config.model.conv_impl (models/conv.py)."""
 
-  def __init__(self, train_ds, eval_ds, steps):
+  def __init__(self, train_ds, eval_ds, steps, conv_impl="auto"):
     from bn_repro import parallel, train  # pylint: disable=g-import-not-at-top
     from configs import inception_small  # pylint: disable=g-import-not-at-top
     c = inception_small.get_config("bn_x5")
+    c.model.conv_impl = conv_impl
     c.num_devices = 1
     self.trainer = train.Trainer(c, train_ds, eval_ds, parallel.devices(1))
     self.state = parallel.replicate(self.trainer.init_state(), self.trainer.devs)
@@ -295,6 +298,7 @@ def measure(idx_dir: str, steps: int, repeats: int, with_figure1: bool = False,
             with_profile: bool = False, with_inception: bool = True) -> dict:
   import jax  # pylint: disable=g-import-not-at-top
   import torch_reference  # pylint: disable=g-import-not-at-top
+  from bn_repro.models import conv  # pylint: disable=g-import-not-at-top
   train_ds, eval_ds = _datasets(idx_dir)
   floor = Floor(train_ds, steps)
   loops = {"floor": floor}
@@ -312,6 +316,8 @@ def measure(idx_dir: str, steps: int, repeats: int, with_figure1: bool = False,
   inception_steps = max(1, steps // 50)
   if with_inception:
     loops["small_bn_inception"] = SmallInception(train_ds, eval_ds, inception_steps)
+    loops["small_bn_inception_xla_conv"] = SmallInception(train_ds, eval_ds, inception_steps,
+                                                          conv_impl="xla")
   if with_inception and torch:
     loops["torch_small_bn_inception"] = torch_reference.InceptionLoop(
         train_ds.images, train_ds.labels, inception_steps)
@@ -342,9 +348,14 @@ def measure(idx_dir: str, steps: int, repeats: int, with_figure1: bool = False,
   }
   if with_inception:
     small = loops.pop("small_bn_inception")
+    xla_conv = loops.pop("small_bn_inception_xla_conv")
     result["small_bn_inception"] = {
         "images_per_sec": best.pop("small_bn_inception") * small.batch, "batch": small.batch,
-        "compile_seconds": small.compile_seconds}
+        "compile_seconds": small.compile_seconds,
+        "conv_impl": conv.resolve("auto"),
+        "xla_conv_images_per_sec": best.pop("small_bn_inception_xla_conv") * xla_conv.batch,
+        "xla_conv_compile_seconds": xla_conv.compile_seconds,
+        "vs_xla_conv": ratio("small_bn_inception", "small_bn_inception_xla_conv")}
   if with_inception and torch:
     t_inc = loops.pop("torch_small_bn_inception")
     result["small_bn_inception"].update(
@@ -408,8 +419,10 @@ def print_table(res: dict) -> None:
   si = res.get("small_bn_inception")
   if si:
     line = (f"small BN-Inception (bn_x5, 28x28, batch {si['batch']}): "
-            f"{si['images_per_sec']:.0f} images/s forward+backward, "
-            f"compile {si['compile_seconds']:.1f} s")
+            f"{si['images_per_sec']:.0f} images/s forward+backward with {si['conv_impl']} "
+            f"convolutions (compile {si['compile_seconds']:.1f} s); XLA's convolutions "
+            f"{si['xla_conv_images_per_sec']:.0f} images/s (ours {si['vs_xla_conv']:.2f}x, "
+            f"compile {si['xla_conv_compile_seconds']:.1f} s)")
     if "torch_images_per_sec" in si:
       line += (f"; PyTorch {si['torch_version']} eager {si['torch_images_per_sec']:.0f} images/s "
                f"(ours {si['vs_torch']:.2f}x), {si['params']:,} parameters in both")

@@ -67,6 +67,8 @@ def build(config: ml_collections.ConfigDict, *, axis_name: str | None, dtype: An
     separable_stem    bool: separable 7x7/2 stem conv (the paper) or a plain 7x7/2.
     pool_proj_4cd     int: 4c/4d pool projections, 128 (table) or 96 (TF-slim).
     init_std, init_fan_in: kernels ~ N(0, init_std^2 [/ fan_in]) (He: sqrt(2), True).
+    conv_impl         "auto" | "xla" | "im2col": how convolutions are computed (models/conv.py;
+                      auto: im2col on CPU, XLA's convolutions on GPU/TPU). Optional, "auto".
     probe_unit        (read by the trainer) channel of the sown probe to track.
   """
   m = config.model
@@ -97,6 +99,7 @@ def build(config: ml_collections.ConfigDict, *, axis_name: str | None, dtype: An
         pool_proj_4cd=m.pool_proj_4cd,
         kernel_init=common.gaussian_init(m.init_std, m.init_fan_in),
         dtype=dtype,
+        conv_impl=m.get("conv_impl", "auto"),
     )
   if m.name == "lstm":
     # Per-time-step BN lives inside the cell (models/lstm.py), so it takes config.bn's

@@ -67,6 +67,7 @@ from jax import lax
 
 from bn_repro import batch_norm
 from bn_repro.models import common
+from bn_repro.models import conv as conv_lib
 from bn_repro.models.mlp import PROBE
 
 Array = jax.Array
@@ -151,6 +152,7 @@ class ConvBN(nn.Module):
     norm: BN layer constructor, or None (then the convolution has a bias).
     kernel_init: initializer of the kernel.
     dtype: compute dtype.
+    conv_impl: how the convolution is computed, one of conv.CONV_IMPLS (see models/conv.py).
   """
 
   features: int
@@ -159,11 +161,13 @@ class ConvBN(nn.Module):
   norm: Callable[..., nn.Module] | None = None
   kernel_init: Callable[..., Any] = nn.initializers.lecun_normal()
   dtype: Any = jnp.float32
+  conv_impl: str = "auto"
 
   @nn.compact
   def __call__(self, x: Array, train: bool) -> Array:
     x = nn.Conv(self.features, self.kernel_size, strides=self.strides, padding="SAME",
                 use_bias=self.norm is None, kernel_init=self.kernel_init, dtype=self.dtype,
+                conv_general_dilated=conv_lib.conv_general_dilated(self.conv_impl),
                 name="conv")(x)
     if self.norm is not None:
       x = self.norm(use_running_average=not train, name="bn")(x)
@@ -182,6 +186,7 @@ class InceptionModule(nn.Module):
     norm: BN layer constructor, or None.
     kernel_init: initializer of every kernel.
     dtype: compute dtype.
+    conv_impl: how convolutions are computed (models/conv.py).
   """
 
   spec: ModuleSpec
@@ -189,13 +194,14 @@ class InceptionModule(nn.Module):
   norm: Callable[..., nn.Module] | None = None
   kernel_init: Callable[..., Any] = nn.initializers.lecun_normal()
   dtype: Any = jnp.float32
+  conv_impl: str = "auto"
 
   @nn.compact
   def __call__(self, x: Array, train: bool) -> tuple[Array, Array]:
     s = self.spec
     act = common.NONLINEARITIES[self.nonlinearity]
     conv = functools.partial(ConvBN, norm=self.norm, kernel_init=self.kernel_init,
-                             dtype=self.dtype)
+                             dtype=self.dtype, conv_impl=self.conv_impl)
     branches = []
     if s.b1x1:
       branches.append(act(conv(s.b1x1, (1, 1), name="b1x1")(x, train)))
@@ -234,6 +240,8 @@ class Inception(nn.Module):
     pool_proj_4cd: pool projection of 4c and 4d: 128 (table) or 96 (TF-slim).
     kernel_init: initializer of every kernel (convolutions and classifier).
     dtype: compute dtype; parameters stay float32.
+    conv_impl: how convolutions are computed, one of conv.CONV_IMPLS: "auto" (im2col and a
+      matrix product on CPU, XLA's convolution elsewhere), "xla" or "im2col" (models/conv.py).
   """
 
   num_classes: int = 1000
@@ -247,12 +255,14 @@ class Inception(nn.Module):
   stem: str = "imagenet"
   separable_stem: bool = True
   pool_proj_4cd: int = 128
-  kernel_init: Callable[..., Any] = nn.initializers.variance_scaling(2.0, "fan_in", "normal")
+  kernel_init: Callable[..., Any] = common.gaussian_init(2**0.5, fan_in_scaled=True)  # He
   dtype: Any = jnp.float32
+  conv_impl: str = "auto"
 
   def _check(self):
     if self.stem not in STEMS:
       raise ValueError(f"stem {self.stem!r} is not one of {STEMS}")
+    conv_lib.resolve(self.conv_impl)  # raises on an unknown name
     unknown = [m for m in self.modules if m not in TABLE]
     if unknown:
       raise ValueError(f"unknown modules {unknown}; choose from {MODULE_NAMES}")
@@ -266,14 +276,16 @@ class Inception(nn.Module):
     act = common.NONLINEARITIES[self.nonlinearity]
     ch = functools.partial(scale_channels, width_multiplier=self.width_multiplier)
     conv = functools.partial(ConvBN, norm=self.norm, kernel_init=self.kernel_init,
-                             dtype=self.dtype)
+                             dtype=self.dtype, conv_impl=self.conv_impl)
     x = x.astype(self.dtype)
 
     if self.stem == "imagenet":
       if self.separable_stem:
         x = nn.Conv(x.shape[-1] * DEPTH_MULTIPLIER, (7, 7), strides=2, padding="SAME",
                     feature_group_count=x.shape[-1], use_bias=False,
-                    kernel_init=self.kernel_init, dtype=self.dtype, name="stem_conv1_depthwise")(x)
+                    kernel_init=self.kernel_init, dtype=self.dtype,
+                    conv_general_dilated=conv_lib.conv_general_dilated(self.conv_impl),
+                    name="stem_conv1_depthwise")(x)
         probe = conv(ch(64), (1, 1), name="stem_conv1")(x, train)
       else:
         probe = conv(ch(64), (7, 7), strides=2, name="stem_conv1")(x, train)
@@ -301,7 +313,7 @@ class Inception(nn.Module):
     for name in self.modules:
       spec = module_spec(name, self.width_multiplier, self.pool_proj_4cd)
       x, probe = InceptionModule(spec, self.nonlinearity, self.norm, self.kernel_init,
-                                 self.dtype, name=f"inception_{name}")(x, train)
+                                 self.dtype, self.conv_impl, name=f"inception_{name}")(x, train)
       self.sow(INTERMEDIATES, name, x)
 
     self.sow(INTERMEDIATES, PROBE, jnp.mean(probe, axis=(1, 2)))
