@@ -14,7 +14,8 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
-from bn_repro.errors import EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_STOPPED
+from bn_repro import cli
+from bn_repro.errors import EXIT_DIVERGED, EXIT_STOPPED
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/mnist_mlp.py:bn_sigmoid.",
                                           lock_config=True)
@@ -73,25 +74,18 @@ def _main(argv):
 
 
 def _fail(message: str) -> None:
-  print(f"bn-repro: error: {message}", file=sys.stderr)
-  sys.exit(EXIT_BAD_INPUT)
+  sys.exit(cli.report("bn-repro", message))
 
 
 def _config_import_path(argv) -> None:
-  """Checks that the config file exists, and lets it import its siblings as `configs.<name>`
-  (inception_small.py imports configs.inception_imagenet) from any working directory: when
-  the file's directory is a package, the directory above it goes on sys.path, as
-  `python -m` does for the repo root."""
+  """Checks that the config file exists, and lets it import its siblings (cli.add_config_root)."""
   for arg in argv:
     if arg.startswith("--config="):
       path = os.path.abspath(arg.split("=", 1)[1].split(":", 1)[0])
       if not os.path.isfile(path):  # ml_collections would defer this to a traceback
         _fail(f"{arg}: there is no file {path}; pass a config file and variant, e.g. "
               "--config=configs/mnist_mlp.py:bn_sigmoid")
-      package = os.path.dirname(path)  # e.g. <repo>/configs, a package of config files
-      root = os.path.dirname(package)
-      if os.path.isfile(os.path.join(package, "__init__.py")) and root not in sys.path:
-        sys.path.insert(0, root)
+      cli.add_config_root(path)
 
 
 def _parse_flags(argv):

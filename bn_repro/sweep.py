@@ -70,6 +70,7 @@ import time
 import warnings
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
+from bn_repro import cli
 from bn_repro.errors import EXIT_DIVERGED, EXIT_STOPPED
 from bn_repro.errors import UserError
 from bn_repro.metrics import write_json
@@ -235,19 +236,20 @@ def load_sweep(spec: str) -> tuple[Sweep, str]:
   if not os.path.isfile(path):
     raise UserError(f"{path} does not exist", field="--sweep")
   module_name = "_bn_repro_sweep_" + re.sub(r"\W", "_", os.path.abspath(path))
+  cli.add_config_root(path)  # sweep files import configs.<name>, also from the console script
   try:
     module_spec = importlib.util.spec_from_file_location(module_name, path)
     module = importlib.util.module_from_spec(module_spec)
     module_spec.loader.exec_module(module)
   except Exception as e:  # pylint: disable=broad-except
-    raise UserError(f"cannot load {path}: {type(e).__name__}: {_first_line(e)}",
+    raise UserError(f"cannot load {path}: {type(e).__name__}: {cli.first_line(e)}",
                     field="--sweep") from None
   if not hasattr(module, "get_sweep"):
     raise UserError(f"{path} has no get_sweep(name)", field="--sweep")
   try:
     sweep = module.get_sweep(name)
   except Exception as e:  # pylint: disable=broad-except
-    raise UserError(f"{spec}: {type(e).__name__}: {_first_line(e)}", field="--sweep") from None
+    raise UserError(f"{spec}: {type(e).__name__}: {cli.first_line(e)}", field="--sweep") from None
   if not isinstance(sweep, Sweep):
     raise UserError(f"{spec}: get_sweep returned {type(sweep).__name__}, not a "
                     "bn_repro.sweep.Sweep", field="--sweep")
@@ -263,11 +265,6 @@ def parse_overrides(items: Sequence[str]) -> dict[str, str]:
       raise UserError(f"expected FIELD=VALUE, got {item!r}", field="--override")
     out[field.strip().removeprefix("config.")] = value
   return out
-
-
-def _first_line(e: BaseException) -> str:
-  lines = str(e).strip().splitlines()
-  return lines[0] if lines else ""
 
 
 def _config_arg(spec: str, sweep_dir: str, cwd: str) -> str:
@@ -385,7 +382,7 @@ def resolve(sweep: Sweep, sweep_dir: str, workdir: str, cli_overrides: Mapping[s
       try:
         keys_cache[config] = _leaves(_parse_config(config, {}).to_dict())
       except Exception as e:  # pylint: disable=broad-except
-        raise UserError(f"{where}: config {config}: {type(e).__name__}: {_first_line(e)}") from None
+        raise UserError(f"{where}: config {config}: {type(e).__name__}: {cli.first_line(e)}") from None
     keys = keys_cache[config]
     values = {**sweep.fixed, **{k: v for k, v in point.items() if k != CONFIG_KEY}}
     for field in values:
@@ -403,7 +400,7 @@ def resolve(sweep: Sweep, sweep_dir: str, workdir: str, cli_overrides: Mapping[s
     try:
       parsed = _parse_config(config, overrides)
     except Exception as e:  # pylint: disable=broad-except
-      raise UserError(f"{where}: {type(e).__name__}: {_first_line(e)}") from None
+      raise UserError(f"{where}: {type(e).__name__}: {cli.first_line(e)}") from None
     for field, value in values.items():
       if field not in cli_overrides and not _same(_get(parsed, field), value):
         raise UserError(f"{where}: {field}={value!r} arrives as {_get(parsed, field)!r}; "
@@ -848,8 +845,7 @@ def _define_flags():
 
 
 def _fail(message: str) -> None:
-  print(f"bn-repro sweep: error: {message}".replace("\n", " "), file=sys.stderr)
-  sys.exit(2)
+  sys.exit(cli.report("bn-repro sweep", message))
 
 
 def _check_workdir(workdir: str, spec: str) -> None:
@@ -957,16 +953,9 @@ def _train_in_process(points: Sequence[ResolvedPoint]) -> int:
 def run() -> None:
   """Console entry point."""
   from absl import app  # pylint: disable=g-import-not-at-top
-  from absl import flags  # pylint: disable=g-import-not-at-top
   _define_flags()
-
-  def parse(argv):
-    try:
-      return flags.FLAGS(argv)
-    except flags.Error as e:
-      _fail(_first_line(e))
-
-  app.run(lambda argv: sys.exit(main(argv)), flags_parser=parse)
+  app.run(lambda argv: sys.exit(main(argv)),
+          flags_parser=cli.one_line_flags_parser("bn-repro sweep"))
 
 
 if __name__ == "__main__":

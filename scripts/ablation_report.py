@@ -19,6 +19,7 @@ Exit codes: 0 written; 2 bad input (one line on stderr, nothing written).
 """
 
 import dataclasses
+import functools
 import importlib.util
 import math
 import os
@@ -35,6 +36,7 @@ _SCRIPTS = os.path.dirname(os.path.abspath(__file__))
 if os.path.dirname(_SCRIPTS) not in sys.path:
   sys.path.insert(0, os.path.dirname(_SCRIPTS))
 
+from bn_repro import cli  # pylint: disable=wrong-import-position
 from bn_repro.errors import UserError  # pylint: disable=wrong-import-position
 from bn_repro.metrics import read_metrics, series  # pylint: disable=wrong-import-position
 
@@ -326,9 +328,7 @@ REPORTS = {"variants": report_variants, "ics": report_ics, "weight_scale": repor
            "regularization": report_regularization}
 
 
-def _fail(message: str) -> int:
-  print(f"ablation_report: error: {message}".replace("\n", " "), file=sys.stderr)
-  return 2
+_fail = functools.partial(cli.report, "ablation_report")
 
 
 def main(argv: Sequence[str]) -> int:
@@ -369,13 +369,5 @@ def main(argv: Sequence[str]) -> int:
   return 0
 
 
-def _parse_flags(argv: Sequence[str]) -> list[str]:
-  """absl's parser, with a bad flag as one line and exit 2."""
-  try:
-    return FLAGS(argv)
-  except flags.Error as e:
-    sys.exit(_fail(str(e).splitlines()[0]))
-
-
 if __name__ == "__main__":
-  app.run(main, flags_parser=_parse_flags)
+  app.run(main, flags_parser=cli.one_line_flags_parser("ablation_report"))

@@ -15,6 +15,7 @@ figure1c.png, figure1.csv (every eval step of either run) and figure1.md
 
 import csv
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -30,6 +31,7 @@ _REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if _REPO_ROOT not in sys.path:
   sys.path.insert(0, _REPO_ROOT)
 
+from bn_repro import cli  # pylint: disable=g-import-not-at-top,wrong-import-position
 from bn_repro.errors import UserError  # pylint: disable=g-import-not-at-top,wrong-import-position
 from bn_repro.metrics import METRICS_FILE  # pylint: disable=g-import-not-at-top,wrong-import-position
 from bn_repro.metrics import read_metrics  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -355,9 +357,7 @@ def draw_figure(bn: Run, nobn: Run, out_dir: str) -> list[str]:
   return paths
 
 
-def _fail(message: str) -> int:
-  print(message.replace("\n", " "), file=sys.stderr)
-  return 2
+_fail = functools.partial(cli.report, "figure1")
 
 
 def main(argv: Sequence[str]) -> int:
@@ -400,4 +400,4 @@ def main(argv: Sequence[str]) -> int:
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=cli.one_line_flags_parser("figure1"))

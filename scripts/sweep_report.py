@@ -33,6 +33,7 @@ Exit codes: 0 written; 2 bad input (one line on stderr, nothing written).
 import csv
 import dataclasses
 import datetime
+import functools
 import importlib.util
 import json
 import math
@@ -50,6 +51,7 @@ _SCRIPTS = os.path.dirname(os.path.abspath(__file__))
 if os.path.dirname(_SCRIPTS) not in sys.path:
   sys.path.insert(0, os.path.dirname(_SCRIPTS))
 
+from bn_repro import cli  # pylint: disable=wrong-import-position
 from bn_repro.errors import UserError  # pylint: disable=wrong-import-position
 from bn_repro.metrics import read_metrics  # pylint: disable=wrong-import-position
 
@@ -875,9 +877,7 @@ def make_report(res: SweepResults, target: float, pair, lines: Sequence[LrLine],
 # CLI.
 
 
-def _fail(message: str) -> int:
-  print(f"sweep_report: error: {message}".replace("\n", " "), file=sys.stderr)
-  return 2
+_fail = functools.partial(cli.report, "sweep_report")
 
 
 def write_all(res: SweepResults, out: str, target: float, lr_hint: float,
@@ -956,13 +956,5 @@ def main(argv: Sequence[str]) -> int:
   return 0
 
 
-def _parse_flags(argv: Sequence[str]) -> list[str]:
-  """absl's parser, with a bad flag as one line and exit 2."""
-  try:
-    return FLAGS(argv)
-  except flags.Error as e:
-    sys.exit(_fail(str(e).splitlines()[0]))
-
-
 if __name__ == "__main__":
-  app.run(main, flags_parser=_parse_flags)
+  app.run(main, flags_parser=cli.one_line_flags_parser("sweep_report"))

@@ -156,3 +156,31 @@ def test_console_script_loads_configs_that_import_siblings_from_any_directory(tm
   assert r.returncode == 2
   assert "unknown variant 'nonsense'" in r.stderr and "ModuleNotFound" not in r.stderr, r.stderr
   assert not (tmp_path / "w").exists()
+
+
+def test_sweep_console_script_loads_sweep_files_that_import_configs(tmp_path):
+  """The README's `bn-repro-sweep --sweep=configs/inception_sweeps.py:small_five`: the sweep
+  file imports configs.inception_small; the installed script must find it from anywhere."""
+  script = os.path.join(os.path.dirname(sys.executable), "bn-repro-sweep")
+  r = subprocess.run([script, f"--sweep={REPO}/configs/inception_sweeps.py:small_five",
+                      f"--workdir={tmp_path}/w", "--print_commands"], cwd=tmp_path,
+                     capture_output=True, text=True, timeout=600)
+  assert r.returncode == 0, r.stderr
+  assert r.stdout.count("--point=config=inception_small_") == 5, r.stdout
+
+
+@pytest.mark.parametrize("command,program", [
+    (["-m", "bn_repro.main", "--config=configs/mnist_mlp.py:bn_sigmoid"], "bn-repro"),
+    (["-m", "bn_repro.sweep"], "bn-repro sweep"),
+    (["scripts/sweep_report.py"], "sweep_report"),
+    (["scripts/ablation_report.py"], "ablation_report"),
+    (["scripts/figure1.py"], "figure1"),
+], ids=lambda v: v if isinstance(v, str) else None)
+def test_every_cli_reports_an_unknown_flag_in_one_line(tmp_path, command, program):
+  r = subprocess.run([sys.executable, *command, "--no_such_flag=1", f"--workdir={tmp_path}/w"],
+                     cwd=REPO, capture_output=True, text=True, timeout=600)
+  assert r.returncode == 2, r.stderr
+  lines = r.stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith(f"{program}: error: "), r.stderr
+  assert "no_such_flag" in lines[0]
+  assert not (tmp_path / "w").exists()

@@ -209,7 +209,7 @@ def test_cli_missing_run_dir_exits_2_and_writes_nothing(run_dirs, tmp_path):
   assert proc.returncode == 2
   lines = proc.stderr.strip().splitlines()
   assert len(lines) == 1, proc.stderr
-  assert lines[0].startswith(f"--nobn={bad}:") and "does not exist" in lines[0]
+  assert lines[0].startswith(f"figure1: error: --nobn={bad}:") and "does not exist" in lines[0]
   assert "Traceback" not in proc.stderr
   assert proc.stdout == ""
   assert not out.exists()

@@ -1,0 +1,46 @@
+"""What every command line of the project shares: one-line errors, config files' imports."""
+
+import os
+import sys
+from typing import Callable, Sequence
+
+from bn_repro.errors import EXIT_BAD_INPUT
+
+
+def report(program: str, message: str) -> int:
+  """Prints `<program>: error: <message>` as one line on stderr; returns EXIT_BAD_INPUT."""
+  print(f"{program}: error: {message}".replace("\n", " "), file=sys.stderr)
+  return EXIT_BAD_INPUT
+
+
+def first_line(e: BaseException) -> str:
+  """The first line of an exception's message ('' if it has none)."""
+  lines = str(e).strip().splitlines()
+  return lines[0] if lines else ""
+
+
+def one_line_flags_parser(program: str) -> Callable[[Sequence[str]], list[str]]:
+  """An absl `app.run(..., flags_parser=)`: a bad flag is one line and exit 2, no usage dump."""
+
+  def parse(argv: Sequence[str]) -> list[str]:
+    from absl import flags  # pylint: disable=g-import-not-at-top
+    try:
+      return flags.FLAGS(argv)
+    except flags.Error as e:
+      sys.exit(report(program, first_line(e)))
+
+  return parse
+
+
+def add_config_root(path: str) -> None:
+  """Lets a config or sweep file import its siblings as `configs.<name>` from any directory.
+
+  When the file's directory is a package (configs/ has an __init__.py), the directory above
+  it goes on sys.path, as `python -m` does for the repo root: inception_small.py imports
+  configs.inception_imagenet, and console scripts do not have the working directory on
+  sys.path.
+  """
+  package = os.path.dirname(os.path.abspath(path))
+  root = os.path.dirname(package)
+  if os.path.isfile(os.path.join(package, "__init__.py")) and root not in sys.path:
+    sys.path.insert(0, root)
