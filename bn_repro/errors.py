@@ -17,4 +17,3 @@ class UserError(ValueError):
   def __init__(self, message: str, field: str | None = None):
     self.field = field
     super().__init__(f"{field}: {message}" if field else message)
-
