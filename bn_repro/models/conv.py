@@ -9,12 +9,12 @@ matrix product. Anything else (the depthwise stem, dilations) goes to XLA unchan
 
 Why: on XLA:CPU the gradient with respect to a convolution's kernel is itself a
 convolution whose window is the whole feature map, and it runs several times slower than a
-matrix product with the same FLOPs. With im2col, the forward pass, both gradients and the
-kernel gradient are matrix products and slices, which XLA:CPU runs well. On the small
-BN-Inception (configs/inception_small.py:bn_x5, batch 32) one training step is about 3x
-faster on a 2-core CPU, and inference is as fast as before (scripts/benchmark.py has both).
-On GPUs and TPUs XLA's convolutions (cuDNN and the like) are the better choice, and the
-patch tensor costs kh*kw times the input's memory, so `"auto"` picks im2col on CPU only.
+matrix product with the same FLOPs. With im2col, the forward pass and both gradients are
+matrix products and slices, which XLA:CPU runs well: on the small BN-Inception
+(configs/inception_small.py:bn_x5, batch 32) training is about 3.3x faster on a 2-core CPU
+(scripts/benchmark.py times both paths). On GPUs and TPUs XLA's convolutions (cuDNN and the
+like) are the better choice, and the patch tensor costs kh*kw times the input's memory, so
+`"auto"` picks im2col on CPU only.
 
 The two give the same function; results differ by float rounding only (sums in another
 order), as any change of convolution algorithm does.
