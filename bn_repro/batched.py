@@ -12,7 +12,13 @@ momentum, weight decay and a decay schedule) as long as the factor is constant.
 What a single run does and this loop does not (streamed data, Algorithm 2's
 population pass, profiling) is refused by `check_batchable`.
 
-  from bn_repro import batched
+The runs spread over rows of devices where the process has more than one run
+needs (parallel.run_shards): each row trains its share of the runs, data-parallel
+over the devices a run alone would use. On a CPU host, parallel.add_cpu_devices
+makes one device per core, so that a group trains on every core at once.
+
+  from bn_repro import batched, parallel
+  parallel.add_cpu_devices()  # before JAX starts; CPU hosts only, harmless elsewhere
   batched.train_batched([config_seed0, config_seed1, ...], ["runs/s0", "runs/s1", ...])
 
 The sweep runner trains groups of points this way with `--batched` (bn_repro/sweep.py).
@@ -95,29 +101,55 @@ def _stack(trees: Sequence[Any]) -> Any:
 
 
 class BatchedTrainer:
-  """R runs of one config family, compiled once, data in device memory."""
+  """R runs of one config family, compiled once, data in device memory.
+
+  `devs` are the devices one run trains on (data-parallel, as train.Trainer). With
+  `shards` > 1 the runs spread over that many rows of such devices, the first row
+  being `devs`, the next ones the local devices after it (parallel.run_parallel):
+  each row trains R / shards runs at the same time as the others.
+  """
 
   def __init__(self, configs: Sequence[ml_collections.ConfigDict], train_ds: data.ArrayDataset,
-               eval_ds: data.ArrayDataset, devs):
+               eval_ds: data.ArrayDataset, devs, shards: int = 1):
     check_compatible(configs)
+    if shards < 1 or len(configs) % shards:
+      raise ValueError(f"{len(configs)} runs do not split into {shards} rows of devices")
     self.configs = list(configs)
     unit = copy.deepcopy(configs[0])
     unit.optimizer.learning_rate = 1.0
     self.trainer = train.Trainer(unit, train_ds, eval_ds, devs)  # model, feed and eval
-    self.devs = devs
-    self.scales = parallel.replicate(
-        np.array([c.optimizer.learning_rate for c in configs], np.float32), devs)
-    self.seeds = parallel.replicate(np.array([c.seed for c in configs], np.int32), devs)
+    self.devs, self.shards = list(devs), shards
     dtype = common.DTYPES[unit.dtype]
     sync = unit.model.use_bn and not unit.bn.cross_device
-    self._train = parallel.data_parallel(
-        lambda *a: train_chunk_batched(*a, dtype=dtype, sync_batch_stats=sync), devs,
-        donate_argnums=(0,), backend=unit.parallel)
+    chunk = lambda *a: train_chunk_batched(*a, dtype=dtype, sync_batch_stats=sync)
+    if shards == 1:
+      self.all_devs = self.devs
+      self._place = lambda tree, run_axis: parallel.replicate(tree, self.devs)
+      self._train = parallel.data_parallel(chunk, self.devs, donate_argnums=(0,),
+                                           backend=unit.parallel)
+      self.dataset = self.trainer.feed.dataset
+      self._shard_idx = lambda idx: parallel.shard(idx, self.devs)
+    else:
+      self.all_devs = jax.local_devices()[:shards * len(self.devs)]
+      if self.all_devs[:len(self.devs)] != self.devs:
+        raise ValueError("the first row of devices must be the first local devices")
+      self._place = lambda tree, run_axis: parallel.replicate(
+          tree, self.all_devs, shards=shards, run_axis=run_axis)
+      # arguments: states, dataset, batches [dev, step, run, batch], scales, seeds
+      self._train = parallel.run_parallel(chunk, self.all_devs, shards,
+                                          in_run_axes=(1, None, 2, 1, 1),
+                                          out_run_axes=(1, 2, 1), donate_argnums=(0,))
+      self.dataset = parallel.shard(jax.tree.map(np.asarray, self.trainer.feed.dataset),
+                                    self.all_devs, shards=shards)
+      self._shard_idx = lambda idx: parallel.shard(idx, self.all_devs, shards=shards, run_axis=2)
+    self.scales = self._place(np.array([c.optimizer.learning_rate for c in configs],
+                                       np.float32), 1)
+    self.seeds = self._place(np.array([c.seed for c in configs], np.int32), 1)
     self._compiled: dict[int, Any] = {}
     self.compile_seconds = 0.0
 
   def init_states(self) -> Any:
-    """Each run's initial state (its own seed), stacked on a leading run axis."""
+    """Each run's initial state (its own seed), stacked on a leading run axis (host)."""
     t = self.trainer
     first = t.init_state()
     states = []
@@ -128,6 +160,10 @@ class BatchedTrainer:
       states.append(s.replace(tx=first.tx, apply_fn=first.apply_fn))  # one static part for all
     return _stack(states)
 
+  def place(self, states: Any) -> Any:
+    """Host states stacked on a run axis, put on the devices as `train` takes them."""
+    return self._place(states, 1)
+
   def train(self, states, start: int, steps: int):
     """`steps` steps of every run: states, host metrics [step, run, 2], finite [run]."""
     feed = self.trainer.feed
@@ -135,7 +171,7 @@ class BatchedTrainer:
                     for c in self.configs], axis=1)  # [step, run, global batch]
     n = len(self.devs)
     idx = idx.reshape(idx.shape[:2] + (n, -1)).transpose(2, 0, 1, 3)
-    args = (states, feed.dataset, parallel.shard(idx, self.devs), self.scales, self.seeds)
+    args = (states, self.dataset, self._shard_idx(idx), self.scales, self.seeds)
     if steps not in self._compiled:
       t = time.perf_counter()
       self._compiled[steps] = self._train.lower(*args).compile()
@@ -144,12 +180,21 @@ class BatchedTrainer:
     return states, np.asarray(metrics[0]), np.asarray(finite[0])
 
   def evaluate(self, states, run: int) -> dict[str, float]:
-    return self.trainer.evaluate(jax.tree.map(lambda x: x[:, run], states))
+    if self.shards == 1:
+      return self.trainer.evaluate(jax.tree.map(lambda x: x[:, run], states))
+    # run's row may be another one: bring its state over to the evaluating devices
+    one = jax.tree.map(lambda x: np.asarray(x[:, run]), states)
+    return self.trainer.evaluate(parallel.shard(one, self.devs))
 
 
 def train_batched(configs: Sequence[ml_collections.ConfigDict],
-                  workdirs: Sequence[str]) -> list[str]:
+                  workdirs: Sequence[str], spread: bool = True) -> list[str]:
   """Trains the runs together; returns each run's final status ("done" / "diverged").
+
+  The runs train on the devices a single run uses; with `spread`, as many rows of
+  such devices as the local ones hold (parallel.run_shards) share them out. On a
+  CPU host call parallel.add_cpu_devices first for one device per core (the sweep
+  runner's --batched does).
 
   Each workdir is checked, locked and written as train.train_and_evaluate does for
   one run. The runs resume together from their latest checkpoints, which must be at
@@ -170,7 +215,9 @@ def train_batched(configs: Sequence[ml_collections.ConfigDict],
   # pylint: disable=protected-access
   for c, w in zip(configs, workdirs):
     train._check_saved_config(w, c)
-  bt = BatchedTrainer(configs, train_ds, eval_ds, devs)
+  shards = parallel.run_shards(len(configs), len(devs)) if spread else 1
+  bt = BatchedTrainer(configs, train_ds, eval_ds, devs, shards)
+  logging.info("%d batched runs on %d row(s) of %d device(s)", len(configs), shards, len(devs))
   states = bt.init_states()
   with contextlib.ExitStack() as stack:
     for w in workdirs:
@@ -209,7 +256,7 @@ def train_batched(configs: Sequence[ml_collections.ConfigDict],
       target_open.append(c.target_accuracy > 0 and not any(
           "target/reached" in e for e in (read_metrics(w) if start else [])))
     status = ["running"] * len(configs)
-    states = parallel.replicate(states, devs)
+    states = bt.place(states)
     config = configs[0]
     step = start
 

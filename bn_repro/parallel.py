@@ -3,8 +3,16 @@
 Everything a step does across devices (gradient mean, BN statistics) is written
 with collectives on `AXIS`, so the wrapper that maps a function over devices is
 this module's `data_parallel` alone. Arrays crossing it carry a leading device axis.
+
+Batched runs (bn_repro/batched.py) may also spread their run axis over more
+devices: `run_parallel` maps the same per-device function over a 2-D mesh,
+`RUNS` x `AXIS`, where each row of devices holds its share of the runs and
+trains them data-parallel exactly as one run would. On a CPU host,
+`add_cpu_devices` first makes one JAX device per core, so that the runs of a
+group train on all cores at once instead of sharing one device.
 """
 
+import os
 from typing import Any, Callable, Sequence
 
 import jax
@@ -14,11 +22,51 @@ import numpy as np
 from bn_repro.errors import UserError
 
 AXIS = "batch"
+RUNS = "runs"
+MIN_CPU_RUNS_PER_ROW = 2
+
+# CPU devices add_cpu_devices made for runs to spread over; devices() leaves them out.
+_run_only_cpus = False
+
+
+def usable_cpus() -> int:
+  """The CPUs this process may run on."""
+  if hasattr(os, "sched_getaffinity"):
+    return len(os.sched_getaffinity(0))
+  return os.cpu_count() or 1
+
+
+def add_cpu_devices(count: int = 0) -> bool:
+  """Gives JAX's CPU backend `count` devices (0: one per usable CPU) for batched runs
+  to spread over; True when it did. Call before JAX starts its backends.
+
+  Changes nothing where the number of CPU devices is already set (XLA_FLAGS'
+  --xla_force_host_platform_device_count, or jax_num_cpu_devices), and nothing for
+  GPU or TPU devices. The extra CPU devices are for run_parallel only: devices()
+  still returns the one CPU device a single run sees, so that config.num_devices
+  (and with it every number a run computes) means what it means for a run alone.
+  """
+  global _run_only_cpus
+  count = count or usable_cpus()
+  if (count <= 1 or "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", "")
+      or jax.config.jax_num_cpu_devices >= 0):
+    return False
+  jax.config.update("jax_num_cpu_devices", count)
+  _run_only_cpus = True
+  return True
+
+
+def _local_devices() -> list[jax.Device]:
+  """The local devices a single run may use (without add_cpu_devices' extra CPU devices)."""
+  available = jax.local_devices()
+  if _run_only_cpus and available[0].platform == "cpu":
+    return available[:1]
+  return available
 
 
 def devices(num_devices: int = 0) -> list[jax.Device]:
   """The first `num_devices` local devices (0: all of them), in pmap's order."""
-  available = jax.local_devices()
+  available = _local_devices()
   if num_devices < 0 or num_devices > len(available):
     raise UserError(
         f"asks for {num_devices} devices but {len(available)} are available; "
@@ -26,22 +74,57 @@ def devices(num_devices: int = 0) -> list[jax.Device]:
   return available[:num_devices] if num_devices else available
 
 
-def _sharding(devs: Sequence[jax.Device]) -> jax.sharding.NamedSharding:
-  mesh = jax.sharding.Mesh(np.array(devs), (AXIS,))
-  return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(AXIS))
+def run_shards(num_runs: int, data_devices: int) -> int:
+  """How many rows of `data_devices` devices the runs of a batched group spread over:
+  the largest divisor of `num_runs` whose rows fit in this process's local devices
+  (1 with several processes, whose devices the data-parallel axis already spans).
+
+  On CPU a row keeps at least two runs (MIN_CPU_RUNS_PER_ROW): XLA:CPU compiles a row
+  with one run, unbatched, into other kernels than the same run alone, and its float
+  rounding differs; with 2-4 runs a row every run matched its run alone bit for bit
+  (README, Batched runs).
+  """
+  if jax.process_count() > 1:
+    return 1
+  fit = len(jax.local_devices()) // data_devices
+  if jax.local_devices()[0].platform == "cpu":
+    fit = min(fit, max(1, num_runs // MIN_CPU_RUNS_PER_ROW))
+  return max(d for d in range(1, min(num_runs, fit) + 1) if num_runs % d == 0)
 
 
-def shard(tree: Any, devs: Sequence[jax.Device]) -> Any:
-  """Puts arrays whose leading axis has one entry per device onto those devices."""
-  sharding = _sharding(devs)
+def _mesh(devs: Sequence[jax.Device], shards: int) -> jax.sharding.Mesh:
+  """`devs` as a RUNS x AXIS mesh (RUNS of size `shards`), or as AXIS alone (shards 0)."""
+  if not shards:
+    return jax.sharding.Mesh(np.array(devs), (AXIS,))
+  return jax.sharding.Mesh(np.array(devs).reshape(shards, -1), (RUNS, AXIS))
+
+
+def _spec(run_axis: int | None) -> jax.sharding.PartitionSpec:
+  """Device axis 0 over AXIS; axis `run_axis` (if any) over RUNS."""
+  if run_axis is None:
+    return jax.sharding.PartitionSpec(AXIS)
+  return jax.sharding.PartitionSpec(AXIS, *[None] * (run_axis - 1), RUNS)
+
+
+def shard(tree: Any, devs: Sequence[jax.Device], *, shards: int = 0,
+          run_axis: int | None = None) -> Any:
+  """Puts arrays whose leading axis has one entry per device onto those devices.
+
+  With `shards` (run_parallel's layout), `devs` holds `shards` rows of devices, the
+  leading axis has one entry per device of a row (each row gets all of it), and
+  axis `run_axis`, if given, is split over the rows.
+  """
+  sharding = jax.sharding.NamedSharding(_mesh(devs, shards), _spec(run_axis))
   return jax.tree.map(lambda x: jax.device_put(x, sharding), tree)
 
 
-def replicate(tree: Any, devs: Sequence[jax.Device]) -> Any:
-  """One copy of every leaf per device, stacked on a new leading axis."""
-  n = len(devs)
+def replicate(tree: Any, devs: Sequence[jax.Device], *, shards: int = 0,
+              run_axis: int | None = None) -> Any:
+  """One copy of every leaf per device (of a row, with `shards`: see shard), stacked on a
+  new leading axis; `run_axis` counts that axis."""
+  n = len(devs) // max(shards, 1)
   return shard(jax.tree.map(lambda x: np.broadcast_to(np.asarray(x), (n,) + np.shape(x)), tree),
-               devs)
+               devs, shards=shards, run_axis=run_axis)
 
 
 def unreplicate(tree: Any) -> Any:
@@ -74,13 +157,37 @@ def data_parallel(fn: Callable, devs: Sequence[jax.Device], *,
   if jax.process_count() > 1:
     raise ValueError("multi-process runs use the pmap backend")
   if backend == "shard_map":
-    mesh = jax.sharding.Mesh(np.array(devs), (AXIS,))
-    spec = jax.sharding.PartitionSpec(AXIS)
-
-    def per_block(*args):
-      out = fn(*jax.tree.map(lambda x: x[0], args))
-      return jax.tree.map(lambda x: x[None], out)
-
-    mapped = jax.shard_map(per_block, mesh=mesh, in_specs=spec, out_specs=spec, check_vma=False)
-    return jax.jit(mapped, donate_argnums=tuple(donate_argnums))
+    return _jit_shard_map(fn, _mesh(devs, 0), _spec(None), _spec(None), donate_argnums)
   raise ValueError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
+
+
+def _jit_shard_map(fn: Callable, mesh: jax.sharding.Mesh, in_specs: Any, out_specs: Any,
+                   donate_argnums: Sequence[int]) -> Callable:
+  """jax.jit of jax.shard_map with each device's block (leading axis of size 1)
+  squeezed, so that `fn` sees the same per-device shapes as under pmap."""
+
+  def per_block(*args):
+    out = fn(*jax.tree.map(lambda x: x[0], args))
+    return jax.tree.map(lambda x: x[None], out)
+
+  mapped = jax.shard_map(per_block, mesh=mesh, in_specs=in_specs, out_specs=out_specs,
+                         check_vma=False)
+  return jax.jit(mapped, donate_argnums=tuple(donate_argnums))
+
+
+def run_parallel(fn: Callable, devs: Sequence[jax.Device], shards: int, *,
+                 in_run_axes: Sequence[int | None], out_run_axes: Sequence[int | None],
+                 donate_argnums: Sequence[int] = ()) -> Callable:
+  """Maps a per-device function over `shards` rows of data-parallel devices, each row
+  taking its share of the runs: jax.jit of jax.shard_map over the RUNS x AXIS mesh.
+
+  Arguments and results carry the leading device axis of data_parallel (one entry
+  per device of a row) and, where `in_run_axes` / `out_run_axes` give one (counting
+  that leading axis), a run axis split over the rows; `fn` sees its row's runs and
+  the same collectives on AXIS as under data_parallel (none cross RUNS). pmap has no
+  second mesh axis, so this is shard_map whatever config.parallel says.
+  """
+  if jax.process_count() > 1:
+    raise ValueError("runs spread over devices in single-process runs only")
+  return _jit_shard_map(fn, _mesh(devs, shards), tuple(_spec(a) for a in in_run_axes),
+                        tuple(_spec(a) for a in out_run_axes), donate_argnums)

@@ -638,19 +638,29 @@ class Runner:
 
   def __init__(self, points: Sequence[ResolvedPoint], parallel: int, cwd: str,
                out: Callable[[str], None], batch_command: Sequence[str] | None = None,
-               max_batched_runs: int = 0):
+               max_batched_runs: int = 0, cpu_devices: int = 0):
     self.points = points
     self.parallel = parallel
     self.cwd = cwd
     self.out = out
     self.batch_command = batch_command
     self.max_batched_runs = max_batched_runs
+    self.cpu_devices = cpu_devices
     self.env = child_env(parallel)
     self.environment: dict[str, Any] | None = None
     self.outcomes: collections.Counter = collections.Counter()
     self.signal: int | None = None
     self.signals_seen = 0
     self._terminated_at = 0
+
+  def _cpu_devices_flag(self) -> list[str]:
+    """A batched child's CPU devices: --cpu_devices, or its share of the usable CPUs."""
+    if self.cpu_devices:
+      return [f"--cpu_devices={self.cpu_devices}"]
+    if self.parallel == 1:
+      return []  # the child takes one CPU device per usable CPU
+    from bn_repro import parallel  # pylint: disable=g-import-not-at-top
+    return [f"--cpu_devices={max(1, parallel.usable_cpus() // self.parallel)}"]
 
   def _on_signal(self, signum, frame):
     del frame
@@ -760,7 +770,8 @@ class Runner:
       write_json(os.path.join(point.workdir, ENVIRONMENT_FILE), self.environment)
     leader = points[0]
     argv = leader.argv() if len(points) == 1 else [
-        *self.batch_command, "--in_process", *(f"--point={p.name}" for p in points)]
+        *self.batch_command, "--in_process", *self._cpu_devices_flag(),
+        *(f"--point={p.name}" for p in points)]
     header = f"=== {datetime.datetime.now().isoformat(timespec='seconds')} {shlex.join(argv)}\n"
     for point in points[1:]:
       with open(os.path.join(point.workdir, LOG_FILE), "a") as f:
@@ -840,6 +851,10 @@ def _define_flags():
                     "Train the selected points in this process as one batched program (what "
                     "--batched starts for each group); they must differ only in seed and "
                     "learning rate.")
+  flags.DEFINE_integer("cpu_devices", 0,
+                       "With --batched on a CPU host: JAX CPU devices each group's runs "
+                       "spread over (0: the usable CPUs / --parallel). No effect on GPU or "
+                       "TPU, nor where XLA_FLAGS sets a device count.")
   flags.mark_flags_as_required(["sweep", "workdir"])
   return flags.FLAGS
 
@@ -878,6 +893,10 @@ def main(argv: Sequence[str]) -> int:
       raise UserError("must be >= 1", field="--parallel")
     if FLAGS.max_batched_runs < 0:
       raise UserError("must be >= 0 (0: no limit)", field="--max_batched_runs")
+    if FLAGS.cpu_devices < 0:
+      raise UserError("must be >= 0 (0: one per usable CPU)", field="--cpu_devices")
+    if FLAGS.cpu_devices and not (FLAGS.batched or FLAGS.in_process):
+      raise UserError("applies to --batched runs only; add --batched", field="--cpu_devices")
     if FLAGS.max_batched_runs and not FLAGS.batched:
       raise UserError("applies to --batched runs only; add --batched", field="--max_batched_runs")
     overrides = parse_overrides(FLAGS.override)
@@ -897,7 +916,8 @@ def main(argv: Sequence[str]) -> int:
   how = []  # the flags that choose how points run, for printed commands and sweep.json
   if FLAGS.batched:
     how = ["--batched"] + (
-        [f"--max_batched_runs={FLAGS.max_batched_runs}"] if FLAGS.max_batched_runs else [])
+        [f"--max_batched_runs={FLAGS.max_batched_runs}"] if FLAGS.max_batched_runs else []) + (
+        [f"--cpu_devices={FLAGS.cpu_devices}"] if FLAGS.cpu_devices else [])
 
   if FLAGS.print_commands:
     groups = (batch_groups(points, selected, FLAGS.max_batched_runs) if FLAGS.batched
@@ -911,7 +931,7 @@ def main(argv: Sequence[str]) -> int:
       os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 0
   if FLAGS.in_process:
-    return _train_in_process([points[i] for i in selected])
+    return _train_in_process([points[i] for i in selected], FLAGS.cpu_devices)
 
   os.makedirs(workdir, exist_ok=True)
   write_json(os.path.join(workdir, SWEEP_FILE),
@@ -924,14 +944,17 @@ def main(argv: Sequence[str]) -> int:
       write_json(os.path.join(point.workdir, STATUS_FILE), {"status": "pending"})
   runner = Runner(points, FLAGS.parallel, cwd, out=lambda s: print(s, flush=True),
                   batch_command=base if FLAGS.batched else None,
-                  max_batched_runs=FLAGS.max_batched_runs)
+                  max_batched_runs=FLAGS.max_batched_runs, cpu_devices=FLAGS.cpu_devices)
   return runner.run(selected)
 
 
-def _train_in_process(points: Sequence[ResolvedPoint]) -> int:
-  """Trains `points` here as one batched program (a --batched group's child): exit 0
+def _train_in_process(points: Sequence[ResolvedPoint], cpu_devices: int) -> int:
+  """Trains `points` here as one batched program (a --batched group's child), its runs
+  spread over `cpu_devices` CPU devices (0: one per usable CPU) on a CPU host: exit 0
   when each is done or diverged (its status.json says which), 4 when stopped."""
   from bn_repro import batched  # pylint: disable=g-import-not-at-top
+  from bn_repro import parallel  # pylint: disable=g-import-not-at-top
+  parallel.add_cpu_devices(cpu_devices)
   from bn_repro import train  # pylint: disable=g-import-not-at-top
   from absl import logging  # pylint: disable=g-import-not-at-top
   # bn_repro's own lines, and libraries' (orbax logs every save) from ERROR up, as in a

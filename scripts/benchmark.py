@@ -17,8 +17,9 @@ by other load; every round is in --json), and each ratio the median over rounds 
 the two loops' speeds in the same round. It prints steps/s, each loop's ratio
 to the floor, our speed-up over the per-step and PyTorch loops, compile time, and
 the process's peak memory; 8 seeds of the BN MLP trained together in one program
-(bn_repro.batched, vmap over runs) against the same runs one after another, in
-run-steps/s; the small BN-Inception's images/s (forward + backward) and compile
+(bn_repro.batched, vmap over runs, spread over one CPU device per core as the
+sweep runner's --batched does, and on one device) against the same runs one after
+another, in run-steps/s; the small BN-Inception's images/s (forward + backward) and compile
 time, with the convolutions config.model.conv_impl="auto" picks (im2col on CPU) and
 with XLA's own, and PyTorch eager's on the same network. --figure1 (needs --idx_dir) also
 times the whole Figure 1 reproduction, `scripts/figure1.sh` in a subprocess as a
@@ -192,15 +193,16 @@ class PerStep:
 class Batched:
   """`runs` seeds of the MLP (BN) in one program (bn_repro.batched), run-steps per second."""
 
-  def __init__(self, train_ds, eval_ds, steps, runs):
+  def __init__(self, train_ds, eval_ds, steps, runs, spread=True):
     from bn_repro import batched, parallel  # pylint: disable=g-import-not-at-top
     configs = []
     for seed in range(runs):
       c = _config("bn_sigmoid", "")
       c.seed = seed
       configs.append(c)
-    self.bt = batched.BatchedTrainer(configs, train_ds, eval_ds, parallel.devices(1))
-    self.states = parallel.replicate(self.bt.init_states(), self.bt.devs)
+    self.shards = parallel.run_shards(runs, 1) if spread else 1
+    self.bt = batched.BatchedTrainer(configs, train_ds, eval_ds, parallel.devices(1), self.shards)
+    self.states = self.bt.place(self.bt.init_states())
     self.steps, self.pos = steps, 0
     t = time.perf_counter()
     self.run()
@@ -313,6 +315,8 @@ def measure(idx_dir: str, steps: int, repeats: int, with_figure1: bool = False,
   runs = 8
   # As many run-steps per round as ours_bn takes, so both loops last about as long.
   loops["batched_8_runs"] = Batched(train_ds, eval_ds, max(1, steps // runs), runs)
+  loops["batched_8_runs_1_device"] = Batched(train_ds, eval_ds, max(1, steps // runs), runs,
+                                             spread=False)
   inception_steps = max(1, steps // 50)
   if with_inception:
     loops["small_bn_inception"] = SmallInception(train_ds, eval_ds, inception_steps)
@@ -335,9 +339,13 @@ def measure(idx_dir: str, steps: int, repeats: int, with_figure1: bool = False,
     return statistics.median(x * factor / y for x, y in zip(rates[a], rates[b]))
 
   # Run-steps per second: 8 runs in one program vs the same 8 one after another (ours_bn).
-  batched_speedup = ratio("batched_8_runs", "ours_bn", runs)
-  batched_rate = best.pop("batched_8_runs") * runs
-  compile_batched = loops.pop("batched_8_runs").compile_seconds
+  batched = {"runs": runs, "sequential_run_steps_per_sec": best["ours_bn"]}
+  for key, name in (("batched_8_runs", ""), ("batched_8_runs_1_device", "one_device_")):
+    batched[f"{name}speedup"] = ratio(key, "ours_bn", runs)
+    batched[f"{name}run_steps_per_sec"] = best.pop(key) * runs
+    done = loops.pop(key)
+    batched[f"{name}compile_seconds"] = done.compile_seconds
+    batched[f"{name}devices"] = done.shards
   result = {
       "device": str(jax.devices()[0].device_kind), "steps": steps, "repeats": repeats,
       "xla_flags": os.environ.get("XLA_FLAGS", ""),
@@ -364,9 +372,7 @@ def measure(idx_dir: str, steps: int, repeats: int, with_figure1: bool = False,
         vs_torch=ratio("small_bn_inception", "torch_small_bn_inception"))
   result["steps_per_sec"] = best
   result["ratio_to_floor"] = {k: ratio(k, "floor") for k in best}
-  result["batched"] = {"runs": runs, "run_steps_per_sec": batched_rate,
-                       "sequential_run_steps_per_sec": best["ours_bn"],
-                       "speedup": batched_speedup, "compile_seconds": compile_batched}
+  result["batched"] = batched
   result["speedup_over_per_step"] = {
       bn: ratio(f"ours_{bn}", f"per_step_{bn}") for bn in ("bn", "nobn")}
   if torch:
@@ -389,6 +395,8 @@ def main(argv):
   if _PROFILE.value:  # read when the CPU backend starts, i.e. before jax's first use
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                                " --xla_cpu_enable_xprof_traceme=true").strip()
+  from bn_repro import parallel  # pylint: disable=g-import-not-at-top
+  parallel.add_cpu_devices()  # for the batched runs, as the sweep runner's --batched does
   res = measure(_IDX_DIR.value, _STEPS.value, _REPEATS.value, _FIGURE1.value, _PROFILE.value,
                 _INCEPTION.value)
   if _JSON.value:
@@ -413,9 +421,11 @@ def print_table(res: dict) -> None:
   for bn, s in res.get("speedup_over_torch", {}).items():
     print(f"ours/PyTorch eager ({bn}): {s:.2f}x")
   b = res["batched"]
-  print(f"{b['runs']} seeds batched in one program: {b['run_steps_per_sec']:.0f} run-steps/s vs "
-        f"{b['sequential_run_steps_per_sec']:.0f} one after another: {b['speedup']:.2f}x "
-        f"(compile {b['compile_seconds']:.1f} s)")
+  print(f"{b['runs']} seeds batched in one program over {b['devices']} CPU device(s): "
+        f"{b['run_steps_per_sec']:.0f} run-steps/s vs {b['sequential_run_steps_per_sec']:.0f} one "
+        f"after another: {b['speedup']:.2f}x (compile {b['compile_seconds']:.1f} s); on one "
+        f"device: {b['one_device_run_steps_per_sec']:.0f} run-steps/s, "
+        f"{b['one_device_speedup']:.2f}x")
   si = res.get("small_bn_inception")
   if si:
     line = (f"small BN-Inception (bn_x5, 28x28, batch {si['batch']}): "

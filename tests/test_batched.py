@@ -3,8 +3,11 @@
 import copy
 import json
 import os
+import pathlib
 import shutil
 import signal
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -17,6 +20,7 @@ from bn_repro.errors import UserError
 from bn_repro.metrics import read_metrics
 from test_train import synthetic, tiny_config
 
+REPO = pathlib.Path(__file__).resolve().parents[1]
 RUNS = [(0, 0.5), (1, 0.5), (0, 0.1)]  # (seed, learning rate)
 TIMING = ("steps_per_sec", "compile_seconds")  # differ from run to run
 
@@ -51,6 +55,59 @@ def test_batched_runs_equal_sequential_runs():
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), got, want)
     assert bt.evaluate(states, r)["eval/accuracy"] == pytest.approx(
         single.evaluate(s)["eval/accuracy"], abs=1e-6)
+
+
+@pytest.mark.parametrize("data_devices", [1, 2])
+def test_runs_spread_over_rows_of_devices_equal_the_runs_alone(data_devices):
+  """4 runs over 2 rows of `data_devices` devices (2 runs a row, each row data-parallel
+  as a run alone): metrics, parameters, statistics and evaluation bit for bit."""
+  configs = run_configs() + [tiny_config(seed=1, **{"optimizer.learning_rate": 0.1,
+                                                    "optimizer.momentum": 0.9})]
+  devs = parallel.devices(data_devices)
+  bt = batched.BatchedTrainer(configs, synthetic(64, 0), synthetic(37, 1), devs, shards=2)
+  states = bt.place(bt.init_states())
+  states, metrics, finite = bt.train(states, 0, 5)
+  states, more, finite = bt.train(states, 5, 3)  # a second chunk continues the first
+  leaf = jax.tree.leaves(states.params)[0]
+  assert len(leaf.sharding.device_set) == 2 * data_devices and finite.all()
+  for r, c in enumerate(configs):
+    single = train.Trainer(c, synthetic(64, 0), synthetic(37, 1), devs)
+    s = parallel.replicate(single.init_state(), devs)
+    s, m, _ = single.train(s, 0, 5)
+    s, m2, _ = single.train(s, 5, 3)
+    np.testing.assert_array_equal(metrics[:, r], m)
+    np.testing.assert_array_equal(more[:, r], m2)
+    for got, want in ((states.params, s.params), (states.batch_stats, s.batch_stats)):
+      jax.tree.map(np.testing.assert_array_equal,
+                   jax.tree.map(lambda x, r=r: np.asarray(x[0, r]), got),
+                   parallel.unreplicate(want))
+    assert bt.evaluate(states, r) == single.evaluate(s)
+
+
+def test_run_shards_is_the_largest_divisor_that_fits_with_two_runs_a_row():
+  assert len(jax.local_devices()) == 8  # conftest's CPU devices
+  assert parallel.run_shards(8, 1) == 4
+  assert parallel.run_shards(16, 1) == 8
+  assert parallel.run_shards(24, 1) == 8  # 8 rows of 3 (12 rows would not fit)
+  assert parallel.run_shards(12, 2) == 4
+  assert parallel.run_shards(6, 2) == 3
+  assert parallel.run_shards(10, 2) == 2  # 5 rows of 2 devices do not fit in 8
+  assert parallel.run_shards(3, 1) == 1  # 3 rows would hold one run each
+  assert parallel.run_shards(4, 8) == 1
+
+
+@pytest.mark.parametrize("xla_flags,want", [
+    ("", "True 1 3 3"),  # 3 CPU devices for runs; a single run still sees one
+    ("--xla_force_host_platform_device_count=4", "False 4 4 3"),  # the user's count stands
+])
+def test_add_cpu_devices_adds_devices_for_runs_only(xla_flags, want):
+  code = ("import jax; from bn_repro import parallel; added = parallel.add_cpu_devices(3); "
+          "print(added, len(parallel.devices()), len(jax.local_devices()), "
+          "parallel.run_shards(6, 1))")
+  env = dict(os.environ, XLA_FLAGS=xla_flags)
+  r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                     cwd=REPO, timeout=300, check=False)
+  assert r.returncode == 0 and r.stdout.split("\n")[-2] == want, r.stdout + r.stderr
 
 
 def test_train_batched_writes_each_run_and_records_divergence(tmp_path, monkeypatch):

@@ -137,8 +137,9 @@ def _runner(*args) -> list[str]:
 
 
 def _run(cmd, **kwargs) -> subprocess.CompletedProcess:
+  kwargs.setdefault("env", dict(os.environ))
   return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=DEADLINE_S,
-                        env=dict(os.environ), **kwargs)
+                        **kwargs)
 
 
 def _status(point_dir: pathlib.Path) -> dict:

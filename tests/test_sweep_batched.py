@@ -2,6 +2,7 @@
 one batched group against the same sweep trained point by point."""
 
 import json
+import os
 import pathlib
 
 import jax
@@ -103,6 +104,37 @@ def test_print_commands_prints_one_command_per_group(both, tmp_path):
   for line, group in zip(lines, (names[:2], names[2:])):
     assert line.startswith(f"cd {REPO} && ") and " --batched --max_batched_runs=2 " in line
     assert line.endswith(f" --point={group[0]} --point={group[1]}"), line
-  r = _run(_runner(*args[:-1], "--max_batched_runs=2"))
-  assert r.returncode == 2 and "add --batched" in r.stderr, r.stderr
+  r = _run(_runner(*args, "--cpu_devices=3", "--print_commands"))
+  assert r.returncode == 0 and " --batched --cpu_devices=3 " in r.stdout, r.stderr
+  for bad, says in (("--max_batched_runs=2", "add --batched"), ("--cpu_devices=2", "add --batched")):
+    r = _run(_runner(*args[:-1], bad))
+    assert r.returncode == 2 and says in r.stderr, r.stderr
+  r = _run(_runner(*args, "--cpu_devices=-1"))
+  assert r.returncode == 2 and r.stderr.strip().splitlines() == [
+      "bn-repro sweep: error: --cpu_devices: must be >= 0 (0: one per usable CPU)"], r.stderr
   assert not (tmp_path / "fresh").exists()
+
+
+def test_batched_group_on_a_cpu_host_spreads_over_one_device_per_core(tmp_path):
+  """The user's path on a CPU host (no XLA_FLAGS device count): the group's child makes
+  --cpu_devices=2 CPU devices and trains 2 of the 4 points on each; every file it writes
+  equals the point run alone, bit for bit, but the timing."""
+  idx = tmp_path / "idx"
+  idx.mkdir()
+  write_mnist_dir(idx, train=96, test=30)
+  spec = _sweep_file(tmp_path / "seeds_lrs.py", 'sw.product(sw.axis("seed", (0, 1)), '
+                     'sw.axis("optimizer.learning_rate", (0.1, 0.5)))')
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  data = ["--override=data.source=idx", f"--override=data.idx_dir={idx}"]
+  single, batched = tmp_path / "single", tmp_path / "batched"
+  for workdir, how in ((single, []), (batched, ["--batched", "--cpu_devices=2"])):
+    r = _run(_runner(f"--sweep={spec}:x", f"--workdir={workdir}", *data, *how), env=env)
+    assert r.returncode == 0, r.stdout + r.stderr
+  names = ["lr=0.1,seed=0", "lr=0.5,seed=0", "lr=0.1,seed=1", "lr=0.5,seed=1"]
+  assert "4 batched runs on 2 row(s) of 1 device(s)" in (batched / names[0] / "log.txt").read_text()
+  for name in names:
+    want, got = (untimed(read_metrics(d / name)) for d in (single, batched))
+    assert got == want, name
+    restored = [ocp.StandardCheckpointer().restore(d / name / "checkpoints/8/default")
+                for d in (single, batched)]
+    jax.tree.map(np.testing.assert_array_equal, *restored)
