@@ -31,8 +31,11 @@ learning rate) and that resume from the same checkpoint step train together, one
 process and one compiled program per group (`batch_groups`; the child is this runner
 with `--in_process --point=A --point=B ...`, its output in the first point's log.txt);
 a diverging point is recorded and its partners go on. Points batched.py refuses, and
-groups of one, run as above. Each point's files are those of a single run (metrics
-equal to float rounding). `--print_commands` then prints one command per group.
+groups of one, run as above. On a CPU host the child makes `--cpu_devices` JAX devices
+(default: the usable CPUs / --parallel) and spreads the group's runs over them
+(bn_repro.parallel.run_shards). Each point's files are those of a single run (on this
+project's CPU, bit for bit in the layouts measured: README, Batched runs).
+`--print_commands` then prints one command per group.
 Batching is a flag, not a field of the Sweep, because it changes how the points run,
 not what they are: the same sweep runs either way, and which is faster depends on the
 machine.
