@@ -38,6 +38,11 @@ def run_configs():
   return out
 
 
+def four_run_configs():
+  return run_configs() + [tiny_config(seed=1, **{"optimizer.learning_rate": 0.1,
+                                                 "optimizer.momentum": 0.9})]
+
+
 def test_batched_runs_equal_sequential_runs():
   configs = run_configs()
   devs = parallel.devices(2)
@@ -61,8 +66,7 @@ def test_batched_runs_equal_sequential_runs():
 def test_runs_spread_over_rows_of_devices_equal_the_runs_alone(data_devices):
   """4 runs over 2 rows of `data_devices` devices (2 runs a row, each row data-parallel
   as a run alone): metrics, parameters, statistics and evaluation bit for bit."""
-  configs = run_configs() + [tiny_config(seed=1, **{"optimizer.learning_rate": 0.1,
-                                                    "optimizer.momentum": 0.9})]
+  configs = four_run_configs()
   devs = parallel.devices(data_devices)
   bt = batched.BatchedTrainer(configs, synthetic(64, 0), synthetic(37, 1), devs, shards=2)
   states = bt.place(bt.init_states())
@@ -138,16 +142,18 @@ def test_runs_that_differ_in_shape_are_refused():
 
 def test_stopped_batched_runs_resume_to_the_uninterrupted_result(tmp_path, monkeypatch):
   """SIGTERM in the first chunk: every run saves a checkpoint and says "stopped"; rerun, they
-  end as uninterrupted runs do. Runs whose checkpoints are at different steps are refused."""
-  configs = run_configs()[:2]
+  end as uninterrupted runs do. Runs whose checkpoints are at different steps are refused.
+  One device a run, so the 4 runs train 2 on each of 2 devices (parallel.run_shards)."""
+  configs = four_run_configs()
+  assert parallel.run_shards(len(configs), 1) == 2
   for c in configs:
     c.num_steps, c.log_every, c.eval_every, c.checkpoint_every = 8, 4, 4, 8
     c.tensorboard, c.num_devices = False, 1
   monkeypatch.setattr(batched.data, "load_splits", lambda _: (synthetic(64, 0), synthetic(37, 1)))
-  straight = [str(tmp_path / f"straight{i}") for i in range(2)]
-  assert batched.train_batched(configs, straight) == ["done", "done"]
+  straight = [str(tmp_path / f"straight{i}") for i in range(4)]
+  assert batched.train_batched(configs, straight) == ["done"] * 4
 
-  resumed = [str(tmp_path / f"resumed{i}") for i in range(2)]
+  resumed = [str(tmp_path / f"resumed{i}") for i in range(4)]
   train_chunk = batched.BatchedTrainer.train
 
   def signalled(self, *args):
@@ -165,9 +171,9 @@ def test_stopped_batched_runs_resume_to_the_uninterrupted_result(tmp_path, monke
   shutil.copytree(resumed[1], lagging)
   shutil.rmtree(lagging / "checkpoints")
   with pytest.raises(UserError, match="resumed0 at step 4, .*lagging at step 0"):
-    batched.train_batched(configs, [resumed[0], str(lagging)])
+    batched.train_batched(configs, [resumed[0], str(lagging)] + resumed[2:])
 
-  assert batched.train_batched(configs, resumed) == ["done", "done"]
+  assert batched.train_batched(configs, resumed) == ["done"] * 4
   for a, b in zip(straight, resumed):
     assert [e["step"] for e in read_metrics(b)] == [0, 4, 8]
     assert untimed(read_metrics(b)) == untimed(read_metrics(a))
