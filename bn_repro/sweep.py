@@ -479,11 +479,13 @@ def _prepare_fresh(point: ResolvedPoint) -> None:
 
 
 def batch_groups(points: Sequence[ResolvedPoint], indices: Sequence[int],
-                 max_runs: int = 0) -> list[list[int]]:
+                 max_runs: int = 0, parallel: int = 1) -> list[list[int]]:
   """`indices` in --batched groups: points whose configs differ only in batched.VARYING
   and whose latest checkpoints are at one step, at most `max_runs` a group (0: no limit;
   a larger group is split evenly); a point batched.check_batchable refuses stays alone.
-  Groups come in the order of their first points."""
+  With fewer groups than `parallel` processes, the largest groups are split further
+  (evenly, into parts of 2 runs or more) until every process has one. Groups come in
+  the order of their first points."""
   import ml_collections  # pylint: disable=g-import-not-at-top
   from bn_repro import batched  # pylint: disable=g-import-not-at-top
   groups: dict[Any, list[int]] = {}
@@ -496,11 +498,18 @@ def batch_groups(points: Sequence[ResolvedPoint], indices: Sequence[int],
     except UserError:
       key = i  # an int never equals the tuples above
     groups.setdefault(key, []).append(i)
+  members = list(groups.values())
+  parts = [math.ceil(len(m) / max_runs) if max_runs else 1 for m in members]
+  while sum(parts) < parallel:
+    # of the groups one more part leaves 2 runs a part, the one whose parts are largest
+    splittable = [j for j, m in enumerate(members) if len(m) >= 2 * (parts[j] + 1)]
+    if not splittable:
+      break
+    parts[max(splittable, key=lambda j: len(members[j]) / parts[j])] += 1
   out = []
-  for members in groups.values():
-    parts = math.ceil(len(members) / max_runs) if max_runs else 1
-    bounds = [len(members) * k // parts for k in range(parts + 1)]
-    out += [members[a:b] for a, b in zip(bounds, bounds[1:])]
+  for m, n in zip(members, parts):
+    bounds = [len(m) * k // n for k in range(n + 1)]
+    out += [m[a:b] for a, b in zip(bounds, bounds[1:])]
   return out
 
 
@@ -695,7 +704,7 @@ class Runner:
         todo.append(i)
     queue = collections.deque(
         [[i] for i in todo] if self.batch_command is None
-        else batch_groups(self.points, todo, self.max_batched_runs))
+        else batch_groups(self.points, todo, self.max_batched_runs, self.parallel))
     running: list[_Job] = []
     busy_said: set[int] = set()
     while queue or running:
@@ -849,7 +858,8 @@ def _define_flags():
                     "others run as before.")
   flags.DEFINE_integer("max_batched_runs", 0,
                        "With --batched: at most this many points in one group (0: no limit); "
-                       "a larger group is split evenly.")
+                       "a larger group is split evenly. With fewer groups than --parallel, "
+                       "the largest are split further (2 points a part at least).")
   flags.DEFINE_bool("in_process", False,
                     "Train the selected points in this process as one batched program (what "
                     "--batched starts for each group); they must differ only in seed and "
@@ -923,7 +933,8 @@ def main(argv: Sequence[str]) -> int:
         [f"--cpu_devices={FLAGS.cpu_devices}"] if FLAGS.cpu_devices else [])
 
   if FLAGS.print_commands:
-    groups = (batch_groups(points, selected, FLAGS.max_batched_runs) if FLAGS.batched
+    groups = (batch_groups(points, selected, FLAGS.max_batched_runs, FLAGS.parallel)
+              if FLAGS.batched
               else [[i] for i in selected])
     try:
       for group in groups:

@@ -23,7 +23,8 @@ Offline on the IDX files of the 10,000-image test set (first 8,000 train, last 2
 
 Figure 1 the same way (`:figure1`, `--workdir=runs/fig1`); `--print_commands` prints one
 command per point instead of running them (for a cluster's job array). The 8 seeds in one
-batched program, 2,000 steps each, with the offline overrides above:
+batched program, 2,000 steps each, with the offline overrides above (add --parallel=2 for two
+programs of 4 seeds side by side, the fastest on 2 cores):
   python -m bn_repro.sweep --sweep=configs/mnist_sweeps.py:seeds --workdir=runs/seeds_t10k \
     --batched --override=data.source=idx --override=data.idx_dir=../shared/data/mnist-t10k \
     --override='data.train_split=test[:8000]' --override='data.eval_split=test[8000:]' \

@@ -31,6 +31,13 @@ def test_points_that_differ_only_in_seed_and_learning_rate_share_a_group(tmp_pat
   assert sw.batch_groups(points, everything, max_runs=3) == [
       [0, 1], [2, 3], [4, 5], [6, 7], [8], [9]]
   assert sw.batch_groups(points, [0, 5, 2]) == [[0, 2], [5]]
+  # Fewer groups than processes: the largest split evenly, 2 runs a part at least.
+  assert sw.batch_groups(points, range(8), parallel=4) == [[0, 1], [2, 3], [4, 5], [6, 7]]
+  assert sw.batch_groups(points, [0, 1, 2, 3, 4, 5], parallel=3) == [[0, 1], [2, 3], [4, 5]]
+  assert sw.batch_groups(points, [0, 1, 2, 4, 5, 6, 7], parallel=3) == [
+      [0, 1, 2], [4, 5], [6, 7]]
+  assert sw.batch_groups(points, [0, 1, 2, 4], parallel=4) == [[0, 1, 2], [4]]
+  assert sw.batch_groups(points, everything, parallel=2) == sw.batch_groups(points, everything)
   # A point that resumes from another step than its partners trains apart.
   (tmp_path / points[1].name / "checkpoints" / "4").mkdir(parents=True)
   assert sw.batch_groups(points, everything)[:3] == [[0, 2, 3], [1], [4, 5, 6, 7]]
