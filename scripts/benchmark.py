@@ -15,8 +15,9 @@ that machine noise hits all alike), these loops of `--steps` SGD steps (batch 60
 Each loop's speed is its fastest round (timeit's rule: the round least disturbed
 by other load; every round is in --json), and each ratio the median over rounds of
 the two loops' speeds in the same round. It prints steps/s, each loop's ratio
-to the floor, our speed-up over the per-step and PyTorch loops, compile time, and
-the process's peak memory; 8 seeds of the BN MLP trained together in one program
+to the floor, our speed-up over the per-step and PyTorch loops, compile time, each
+compiled program's peak memory (XLA's memory analysis: arguments, results and
+temporaries, per device) and the process's peak RSS; 8 seeds of the BN MLP trained together in one program
 (bn_repro.batched, vmap over runs, spread over one CPU device per core as the
 sweep runner's --batched does, and on one device) against the same runs one after
 another, in run-steps/s; the small BN-Inception's images/s (forward + backward) and compile
@@ -89,6 +90,7 @@ class Ours:
     self.run()
     self.compile_seconds = self.trainer.compile_seconds
     self.first_call_seconds = time.perf_counter() - t
+    self.compiled = self.trainer._compiled[steps]  # pylint: disable=protected-access
 
   def run(self):
     self.state, _, _ = self.trainer.train(self.state, self.pos, self.steps)
@@ -126,7 +128,7 @@ class Floor:
     self.compile_seconds = 0.0
     compiled = self.fn.lower(self.w, self.x).compile()
     self.compile_seconds = time.perf_counter() - t
-    self.fn = compiled
+    self.fn = self.compiled = compiled
     self.steps = steps
 
   def run(self):
@@ -177,6 +179,8 @@ class PerStep:
     t = time.perf_counter()
     self._one()
     self.compile_seconds = time.perf_counter() - t
+    self.compiled = step.lower(self.params, self.stats, self.opt, self.images[:60],
+                               self.labels[:60]).compile()  # the program the loop runs
 
   def _one(self):
     idx = self.rng.integers(0, len(self.images), 60)
@@ -207,6 +211,7 @@ class Batched:
     t = time.perf_counter()
     self.run()
     self.compile_seconds = time.perf_counter() - t
+    self.compiled = self.bt._compiled[steps]  # pylint: disable=protected-access
 
   def run(self):
     self.states, _, _ = self.bt.train(self.states, self.pos, self.steps)
@@ -228,6 +233,7 @@ class SmallInception:
     self.steps, self.pos, self.batch = steps, 0, c.batch_size
     self.run()
     self.compile_seconds = self.trainer.compile_seconds
+    self.compiled = self.trainer._compiled[steps]  # pylint: disable=protected-access
 
   def run(self):
     self.state, _, _ = self.trainer.train(self.state, self.pos, self.steps)
@@ -290,6 +296,16 @@ def step_profile(runner, steps: int) -> dict:
           "ops_per_step": len(per_step), "top": [[k, v] for k, v in top]}
 
 
+def _peak_mb(compiled) -> float:
+  """XLA's peak memory of a compiled program, per device, in MiB (its arguments, results and
+  temporaries at their largest: Compiled.memory_analysis)."""
+  m = compiled.memory_analysis()
+  peak = getattr(m, "peak_memory_in_bytes", 0) or (
+      m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes -
+      m.alias_size_in_bytes)
+  return peak / 2**20
+
+
 def _time(runner) -> float:
   t = time.perf_counter()
   runner.run()
@@ -332,6 +348,7 @@ def measure(idx_dir: str, steps: int, repeats: int, with_figure1: bool = False,
     for k, r in loops.items():
       rates[k].append(_time(r))
   best = {k: max(v) for k, v in rates.items()}
+  peak_mb = {k: _peak_mb(r.compiled) for k, r in loops.items() if hasattr(r, "compiled")}
 
   def ratio(a: str, b: str, factor: float = 1.0) -> float:
     """Median over rounds of a's speed / b's speed in the same round (paired, so that
@@ -353,6 +370,7 @@ def measure(idx_dir: str, steps: int, repeats: int, with_figure1: bool = False,
       "compile_seconds": {k: getattr(r, "compile_seconds", None) for k, r in loops.items()
                           if not k.startswith("torch_small")},
       "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+      "peak_memory_mb": peak_mb,
   }
   if with_inception:
     small = loops.pop("small_bn_inception")
@@ -411,11 +429,11 @@ def print_table(res: dict) -> None:
         f"{res['repeats']} interleaved rounds (steps/s: the fastest; ratios: median of "
         f"same-round ratios), one {res['device']} device, "
         f"XLA_FLAGS={res['xla_flags']!r}")
-  print(f"{'loop':<16}{'steps/s':>10}{'vs floor':>10}{'compile s':>11}")
+  print(f"{'loop':<16}{'steps/s':>10}{'vs floor':>10}{'compile s':>11}{'peak MiB':>10}")
   for k, v in res["steps_per_sec"].items():
-    c = res["compile_seconds"].get(k)
+    c, m = res["compile_seconds"].get(k), res["peak_memory_mb"].get(k)
     print(f"{k:<16}{v:>10.0f}{res['ratio_to_floor'][k]:>10.2f}"
-          f"{'-' if c is None else format(c, '.2f'):>11}")
+          f"{'-' if c is None else format(c, '.2f'):>11}{'-' if m is None else format(m, '.1f'):>10}")
   for bn, s in res["speedup_over_per_step"].items():
     print(f"ours/per-step ({bn}): {s:.2f}x")
   for bn, s in res.get("speedup_over_torch", {}).items():
@@ -423,14 +441,16 @@ def print_table(res: dict) -> None:
   b = res["batched"]
   print(f"{b['runs']} seeds batched in one program over {b['devices']} CPU device(s): "
         f"{b['run_steps_per_sec']:.0f} run-steps/s vs {b['sequential_run_steps_per_sec']:.0f} one "
-        f"after another: {b['speedup']:.2f}x (compile {b['compile_seconds']:.1f} s); on one "
-        f"device: {b['one_device_run_steps_per_sec']:.0f} run-steps/s, "
-        f"{b['one_device_speedup']:.2f}x")
+        f"after another: {b['speedup']:.2f}x (compile {b['compile_seconds']:.1f} s, peak "
+        f"{res['peak_memory_mb']['batched_8_runs']:.1f} MiB a device); on one device: "
+        f"{b['one_device_run_steps_per_sec']:.0f} run-steps/s, {b['one_device_speedup']:.2f}x "
+        f"(peak {res['peak_memory_mb']['batched_8_runs_1_device']:.1f} MiB)")
   si = res.get("small_bn_inception")
   if si:
     line = (f"small BN-Inception (bn_x5, 28x28, batch {si['batch']}): "
             f"{si['images_per_sec']:.0f} images/s forward+backward with {si['conv_impl']} "
-            f"convolutions (compile {si['compile_seconds']:.1f} s); XLA's convolutions "
+            f"convolutions (compile {si['compile_seconds']:.1f} s, peak "
+            f"{res['peak_memory_mb']['small_bn_inception']:.1f} MiB); XLA's convolutions "
             f"{si['xla_conv_images_per_sec']:.0f} images/s (ours {si['vs_xla_conv']:.2f}x, "
             f"compile {si['xla_conv_compile_seconds']:.1f} s)")
     if "torch_images_per_sec" in si:

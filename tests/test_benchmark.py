@@ -38,6 +38,11 @@ def test_measure_reports_every_loop(benchmark, capsys):
   assert b["devices"] == 4 and b["one_device_devices"] == 1  # 2 runs a row of conftest's 8
   assert "small_bn_inception" not in res  # with_inception=False
   assert res["compile_seconds"]["ours_bn"] > 0
+  mem = res["peak_memory_mb"]
+  assert set(mem) == loops | {"batched_8_runs", "batched_8_runs_1_device"}  # torch: not XLA
+  # The floor's program takes its 3 steps' batches of 60 images as float32, and the weights.
+  assert mem["floor"] >= (3 * 60 * 784 + 784 * 100) * 4 / 2**20
+  assert mem["batched_8_runs_1_device"] > mem["batched_8_runs"]  # 8 runs on one vs 2 on each
   benchmark.print_table(res)
   table = capsys.readouterr().out
   for loop in loops:
