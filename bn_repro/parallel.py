@@ -51,7 +51,10 @@ def add_cpu_devices(count: int = 0) -> bool:
   if (count <= 1 or "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", "")
       or jax.config.jax_num_cpu_devices >= 0):
     return False
-  jax.config.update("jax_num_cpu_devices", count)
+  try:
+    jax.config.update("jax_num_cpu_devices", count)
+  except RuntimeError:  # the backends have started: their devices stay as they are
+    return False
   _run_only_cpus = True
   return True
 
@@ -79,10 +82,10 @@ def run_shards(num_runs: int, data_devices: int) -> int:
   the largest divisor of `num_runs` whose rows fit in this process's local devices
   (1 with several processes, whose devices the data-parallel axis already spans).
 
-  On CPU a row keeps at least two runs (MIN_CPU_RUNS_PER_ROW): XLA:CPU compiles a row
-  with one run, unbatched, into other kernels than the same run alone, and its float
-  rounding differs; with 2-4 runs a row every run matched its run alone bit for bit
-  (README, Batched runs).
+  On CPU a row keeps at least two runs (MIN_CPU_RUNS_PER_ROW): measured with jax 0.10.2,
+  a row of one run rounds differently from the same run alone (XLA:CPU's results
+  depend on the program's shapes and layout; the cause was not traced), while with 2-4
+  runs a row every run matched its run alone bit for bit (README, Batched runs).
   """
   if jax.process_count() > 1:
     return 1
