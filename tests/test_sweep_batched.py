@@ -124,8 +124,8 @@ def test_print_commands_prints_one_command_per_group(both, tmp_path):
 
 def test_batched_group_on_a_cpu_host_spreads_over_one_device_per_core(tmp_path):
   """The user's path on a CPU host (no XLA_FLAGS device count): the group's child makes
-  --cpu_devices=2 CPU devices and trains 2 of the 4 points on each; every file it writes
-  equals the point run alone, bit for bit, but the timing."""
+  --cpu_devices=2 CPU devices and trains 2 of the 4 points on each; every point's metrics
+  (but the timing) and final checkpoint equal the point run alone, bit for bit."""
   idx = tmp_path / "idx"
   idx.mkdir()
   write_mnist_dir(idx, train=96, test=30)
