@@ -122,29 +122,23 @@ class BatchedTrainer:
     dtype = common.DTYPES[unit.dtype]
     sync = unit.model.use_bn and not unit.bn.cross_device
     chunk = lambda *a: train_chunk_batched(*a, dtype=dtype, sync_batch_stats=sync)
-    if shards == 1:
-      self.all_devs = self.devs
-      self._place = lambda tree, run_axis: parallel.replicate(tree, self.devs)
+    if shards == 1:  # data_parallel's layout: no rows
+      self._rows, self._mesh_devs = 0, self.devs
       self._train = parallel.data_parallel(chunk, self.devs, donate_argnums=(0,),
                                            backend=unit.parallel)
       self.dataset = self.trainer.feed.dataset
-      self._shard_idx = lambda idx: parallel.shard(idx, self.devs)
     else:
-      self.all_devs = jax.local_devices()[:shards * len(self.devs)]
-      if self.all_devs[:len(self.devs)] != self.devs:
+      self._rows, self._mesh_devs = shards, jax.local_devices()[:shards * len(self.devs)]
+      if self._mesh_devs[:len(self.devs)] != self.devs:
         raise ValueError("the first row of devices must be the first local devices")
-      self._place = lambda tree, run_axis: parallel.replicate(
-          tree, self.all_devs, shards=shards, run_axis=run_axis)
       # arguments: states, dataset, batches [dev, step, run, batch], scales, seeds
-      self._train = parallel.run_parallel(chunk, self.all_devs, shards,
+      self._train = parallel.run_parallel(chunk, self._mesh_devs, shards,
                                           in_run_axes=(1, None, 2, 1, 1),
                                           out_run_axes=(1, 2, 1), donate_argnums=(0,))
-      self.dataset = parallel.shard(jax.tree.map(np.asarray, self.trainer.feed.dataset),
-                                    self.all_devs, shards=shards)
-      self._shard_idx = lambda idx: parallel.shard(idx, self.all_devs, shards=shards, run_axis=2)
-    self.scales = self._place(np.array([c.optimizer.learning_rate for c in configs],
-                                       np.float32), 1)
-    self.seeds = self._place(np.array([c.seed for c in configs], np.int32), 1)
+      self.dataset = self._shard(jax.tree.map(np.asarray, self.trainer.feed.dataset), None)
+    self.scales = self._replicate(
+        np.array([c.optimizer.learning_rate for c in configs], np.float32), 1)
+    self.seeds = self._replicate(np.array([c.seed for c in configs], np.int32), 1)
     self._compiled: dict[int, Any] = {}
     self.compile_seconds = 0.0
 
@@ -160,9 +154,17 @@ class BatchedTrainer:
       states.append(s.replace(tx=first.tx, apply_fn=first.apply_fn))  # one static part for all
     return _stack(states)
 
+  def _shard(self, tree: Any, run_axis: int | None) -> Any:
+    """parallel.shard onto this trainer's devices and rows."""
+    return parallel.shard(tree, self._mesh_devs, shards=self._rows, run_axis=run_axis)
+
+  def _replicate(self, tree: Any, run_axis: int | None) -> Any:
+    """parallel.replicate onto this trainer's devices and rows."""
+    return parallel.replicate(tree, self._mesh_devs, shards=self._rows, run_axis=run_axis)
+
   def place(self, states: Any) -> Any:
     """Host states stacked on a run axis, put on the devices as `train` takes them."""
-    return self._place(states, 1)
+    return self._replicate(states, 1)
 
   def train(self, states, start: int, steps: int):
     """`steps` steps of every run: states, host metrics [step, run, 2], finite [run]."""
@@ -171,7 +173,7 @@ class BatchedTrainer:
                     for c in self.configs], axis=1)  # [step, run, global batch]
     n = len(self.devs)
     idx = idx.reshape(idx.shape[:2] + (n, -1)).transpose(2, 0, 1, 3)
-    args = (states, self.dataset, self._shard_idx(idx), self.scales, self.seeds)
+    args = (states, self.dataset, self._shard(idx, 2), self.scales, self.seeds)
     if steps not in self._compiled:
       t = time.perf_counter()
       self._compiled[steps] = self._train.lower(*args).compile()

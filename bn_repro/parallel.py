@@ -115,9 +115,11 @@ def shard(tree: Any, devs: Sequence[jax.Device], *, shards: int = 0,
 
   With `shards` (run_parallel's layout), `devs` holds `shards` rows of devices, the
   leading axis has one entry per device of a row (each row gets all of it), and
-  axis `run_axis`, if given, is split over the rows.
+  axis `run_axis`, if given, is split over the rows. Without `shards` (data_parallel's
+  layout) there are no rows, and `run_axis` stays whole on every device.
   """
-  sharding = jax.sharding.NamedSharding(_mesh(devs, shards), _spec(run_axis))
+  spec = _spec(run_axis if shards else None)
+  sharding = jax.sharding.NamedSharding(_mesh(devs, shards), spec)
   return jax.tree.map(lambda x: jax.device_put(x, sharding), tree)
 
 

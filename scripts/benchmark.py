@@ -17,11 +17,11 @@ by other load; every round is in --json), and each ratio the median over rounds 
 the two loops' speeds in the same round. It prints steps/s, each loop's ratio
 to the floor, our speed-up over the per-step and PyTorch loops, compile time, each
 compiled program's peak memory (XLA's memory analysis: arguments, results and
-temporaries, per device) and the process's peak RSS; 8 seeds of the BN MLP trained together in one program
-(bn_repro.batched, vmap over runs, spread over one CPU device per core as the
-sweep runner's --batched does, and on one device) against the same runs one after
-another, in run-steps/s; the small BN-Inception's images/s (forward + backward) and compile
-time, with the convolutions config.model.conv_impl="auto" picks (im2col on CPU) and
+temporaries, per device) and the process's peak RSS; 8 seeds of the BN MLP trained
+together in one program (bn_repro.batched, vmap over runs, spread over one CPU
+device per core as the sweep runner's --batched does, and on one device) against
+the same runs one after another, in run-steps/s; the small BN-Inception's images/s
+(forward + backward) and compile time, with the convolutions config.model.conv_impl="auto" picks (im2col on CPU) and
 with XLA's own, and PyTorch eager's on the same network. --figure1 (needs --idx_dir) also
 times the whole Figure 1 reproduction, `scripts/figure1.sh` in a subprocess as a
 user runs it. --profile adds where the time of one step goes: the XLA operations
