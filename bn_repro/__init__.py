@@ -11,5 +11,6 @@ __all__ = sorted(_LAZY)
 def __getattr__(name):
   if name in _LAZY:
     from bn_repro import batch_norm  # pylint: disable=g-import-not-at-top
+
     return getattr(batch_norm, name)
   raise AttributeError(f"module 'bn_repro' has no attribute {name!r}")

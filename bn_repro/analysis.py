@@ -8,7 +8,8 @@ with layer k and the later ones unchanged, on the same batch. ICS is reported as
 ||G - G'|| (and relative to ||G||) and as cos(G, G'): 0 and 1 when nothing shifts.
 """
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -25,8 +26,13 @@ def _dot(a: Any, b: Any) -> jax.Array:
   return sum(jnp.sum(x * y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
 
 
-def gradient_shift(loss_fn: Callable[[Any], jax.Array], params: dict, learning_rate: float,
-                   order: list[str], layers: list[str]) -> dict[str, jax.Array]:
+def gradient_shift(
+  loss_fn: Callable[[Any], jax.Array],
+  params: dict,
+  learning_rate: float,
+  order: list[str],
+  layers: list[str],
+) -> dict[str, jax.Array]:
   """Santurkar et al.'s ICS of each top-level module of `params` named in `layers`.
 
   `order` lists the top-level modules in forward order; "earlier layers" of module
@@ -36,9 +42,11 @@ def gradient_shift(loss_fn: Callable[[Any], jax.Array], params: dict, learning_r
   grads = jax.grad(loss_fn)(params)
   out = {}
   for name in layers:
-    earlier = order[:order.index(name)]
-    moved = {k: (jax.tree.map(lambda p, g: p - learning_rate * g, v, grads[k])
-                 if k in earlier else v) for k, v in params.items()}
+    earlier = order[: order.index(name)]
+    moved = {
+      k: (jax.tree.map(lambda p, g: p - learning_rate * g, v, grads[k]) if k in earlier else v)
+      for k, v in params.items()
+    }
     g, g2 = grads[name], jax.grad(loss_fn)(moved)[name]
     diff = _global_norm(jax.tree.map(jnp.subtract, g, g2))
     norm, norm2 = _global_norm(g), _global_norm(g2)
@@ -48,9 +56,15 @@ def gradient_shift(loss_fn: Callable[[Any], jax.Array], params: dict, learning_r
   return out
 
 
-def ics_probe(config: ml_collections.ConfigDict, model: Any, train_ds: data.ArrayDataset, *,
-              preprocess: Callable, loss: Callable, rngs: dict[str, jax.Array]
-              ) -> Callable[[Any], dict[str, float]]:
+def ics_probe(
+  config: ml_collections.ConfigDict,
+  model: Any,
+  train_ds: data.ArrayDataset,
+  *,
+  preprocess: Callable,
+  loss: Callable,
+  rngs: dict[str, jax.Array],
+) -> Callable[[Any], dict[str, float]]:
   """state -> ICS of every layer with a weight matrix, on one fixed training batch.
 
   `model` must be built without a device axis (axis_name=None): the probe runs on
@@ -77,12 +91,18 @@ def ics_probe(config: ml_collections.ConfigDict, model: Any, train_ds: data.Arra
   @jax.jit
   def probe(params, batch_stats):
     def loss_fn(p):
-      logits, _ = model.apply({"params": p, "batch_stats": batch_stats}, images, train=True,
-                              mutable=["batch_stats"], rngs=rngs)
+      logits, _ = model.apply(
+        {"params": p, "batch_stats": batch_stats},
+        images,
+        train=True,
+        mutable=["batch_stats"],
+        rngs=rngs,
+      )
       return loss(logits, labels).mean()
 
     layers = [k for k in order if "kernel" in params[k]]
     return gradient_shift(loss_fn, dict(params), lr, order, layers)
 
-  return lambda state: {k: float(v) for k, v in
-                        jax.device_get(probe(state.params, state.batch_stats)).items()}
+  return lambda state: {
+    k: float(v) for k, v in jax.device_get(probe(state.params, state.batch_stats)).items()
+  }

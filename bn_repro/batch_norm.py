@@ -30,7 +30,8 @@ Schedules (renorm warm-up, freezing) read the layer's update counter `count`.
 """
 
 import functools
-from typing import Any, Callable, NamedTuple, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -45,6 +46,7 @@ POPULATION_MODES = ("ema", "average")
 
 class Moments(NamedTuple):
   """Batch statistics of Algorithm 1: mean, biased variance, values per statistic."""
+
   mean: Array
   var: Array
   count: Array  # m: how many values each statistic was computed from
@@ -70,11 +72,11 @@ def _stacked_sum(a: Array, b: Array, axes: tuple[int, ...]) -> Array:
 
 
 def moments(
-    x: Array,
-    axes: Axes,
-    *,
-    axis_name: str | None = None,
-    mask: Array | None = None,
+  x: Array,
+  axes: Axes,
+  *,
+  axis_name: str | None = None,
+  mask: Array | None = None,
 ) -> Moments:
   """Mean and biased variance of `x` over `axes` (and over devices of `axis_name`).
 
@@ -105,8 +107,9 @@ def moments(
       local *= x.shape[a]
     devices = 1 if axis_name is None else lax.axis_size(axis_name)
     count = jnp.asarray(local * devices, x.dtype)
-    shift = lax.stop_gradient(x[tuple(slice(0, 1) if a in axes else slice(None)
-                                      for a in range(x.ndim))])
+    shift = lax.stop_gradient(
+      x[tuple(slice(0, 1) if a in axes else slice(None) for a in range(x.ndim))]
+    )
     if devices > 1:
       shift = lax.pmean(shift, axis_name)
     d = x - shift
@@ -127,15 +130,15 @@ def moments(
 
 
 def normalize(
-    x: Array,
-    mean: Array,
-    var: Array,
-    scale: Array | None = None,
-    bias: Array | None = None,
-    *,
-    axes: Axes,
-    epsilon: float,
-    dtype: Any = None,
+  x: Array,
+  mean: Array,
+  var: Array,
+  scale: Array | None = None,
+  bias: Array | None = None,
+  *,
+  axes: Axes,
+  epsilon: float,
+  dtype: Any = None,
 ) -> Array:
   """y = scale * (x - mean) / sqrt(var + epsilon) + bias, statistics broadcast over `axes`.
 
@@ -157,16 +160,16 @@ def normalize(
 
 
 def batch_normalize(
-    x: Array,
-    scale: Array | None,
-    bias: Array | None,
-    *,
-    axes: Axes,
-    epsilon: float,
-    axis_name: str | None = None,
-    mask: Array | None = None,
-    dtype: Any = None,
-    batch: Moments | None = None,
+  x: Array,
+  scale: Array | None,
+  bias: Array | None,
+  *,
+  axes: Axes,
+  epsilon: float,
+  axis_name: str | None = None,
+  mask: Array | None = None,
+  dtype: Any = None,
+  batch: Moments | None = None,
 ) -> tuple[Array, Moments]:
   """Algorithm 1 in training: normalized `x` and its batch moments (which carry no gradient).
 
@@ -217,23 +220,29 @@ def _normalize_batch_bwd(axes, epsilon, axis_name, residuals, dy):
   total_dy, total_dy_xhat = _all_reduce(sums, axis_name)  # one all-reduce for both
   mean_dy, mean_dy_xhat = total_dy / count, total_dy_xhat / count
   dx = jnp.expand_dims(scale.astype(inv.dtype) * inv, axes) * (
-      dy - jnp.expand_dims(mean_dy, axes) - xhat * jnp.expand_dims(mean_dy_xhat, axes))
-  return (dx.astype(x.dtype), dscale.astype(scale.dtype), dbias.astype(bias.dtype),
-          jnp.zeros_like(mean), jnp.zeros_like(var))
+    dy - jnp.expand_dims(mean_dy, axes) - xhat * jnp.expand_dims(mean_dy_xhat, axes)
+  )
+  return (
+    dx.astype(x.dtype),
+    dscale.astype(scale.dtype),
+    dbias.astype(bias.dtype),
+    jnp.zeros_like(mean),
+    jnp.zeros_like(var),
+  )
 
 
 _normalize_batch.defvjp(_normalize_batch_fwd, _normalize_batch_bwd)
 
 
 def ghost_batch_normalize(
-    x: Array,
-    scale: Array | None,
-    bias: Array | None,
-    *,
-    virtual_batch_size: int,
-    axes: Axes,
-    epsilon: float,
-    dtype: Any = None,
+  x: Array,
+  scale: Array | None,
+  bias: Array | None,
+  *,
+  virtual_batch_size: int,
+  axes: Axes,
+  epsilon: float,
+  dtype: Any = None,
 ) -> tuple[Array, Moments]:
   """`batch_normalize` on each run of `virtual_batch_size` examples along axis 0 by itself.
 
@@ -246,16 +255,20 @@ def ghost_batch_normalize(
   if 0 not in axes:
     raise ValueError(f"ghost batches split axis 0, which must be reduced over; axes={axes}")
   if x.shape[0] % virtual_batch_size:
-    raise ValueError(f"a batch of {x.shape[0]} examples does not split into virtual batches "
-                     f"of {virtual_batch_size}")
+    raise ValueError(
+      f"a batch of {x.shape[0]} examples does not split into virtual batches "
+      f"of {virtual_batch_size}"
+    )
   ghosts = x.reshape((x.shape[0] // virtual_batch_size, virtual_batch_size) + x.shape[1:])
-  y, mom = jax.vmap(lambda g: batch_normalize(g, scale, bias, axes=axes, epsilon=epsilon,
-                                              dtype=dtype))(ghosts)
+  y, mom = jax.vmap(
+    lambda g: batch_normalize(g, scale, bias, axes=axes, epsilon=epsilon, dtype=dtype)
+  )(ghosts)
   return y.reshape(x.shape), mom
 
 
-def renorm_limits(step: Array, rmax: float, dmax: float, start: int, rmax_ramp: int,
-                  dmax_ramp: int) -> tuple[Array, Array]:
+def renorm_limits(
+  step: Array, rmax: float, dmax: float, start: int, rmax_ramp: int, dmax_ramp: int
+) -> tuple[Array, Array]:
   """Batch Renormalization's warm-up: until `start` r_max = 1 and d_max = 0 (plain BN);
   then r_max rises linearly to `rmax` over `rmax_ramp` steps and d_max to `dmax`
   over `dmax_ramp` steps (a ramp <= 0 switches at `start`)."""
@@ -267,8 +280,9 @@ def renorm_limits(step: Array, rmax: float, dmax: float, start: int, rmax_ramp: 
   return 1.0 + (rmax - 1.0) * frac(rmax_ramp), dmax * frac(dmax_ramp)
 
 
-def renorm_correction(batch: Moments, mean: Array, var: Array, rmax: Array, dmax: Array,
-                      epsilon: float) -> tuple[Array, Array]:
+def renorm_correction(
+  batch: Moments, mean: Array, var: Array, rmax: Array, dmax: Array, epsilon: float
+) -> tuple[Array, Array]:
   """Batch Renormalization's r = sigma_B / sigma and d = (mu_B - mu) / sigma, clipped to
   [1/rmax, rmax] and [-dmax, dmax] (no gradient flows through them).
 
@@ -281,8 +295,9 @@ def renorm_correction(batch: Moments, mean: Array, var: Array, rmax: Array, dmax
   return lax.stop_gradient(r), lax.stop_gradient(d)
 
 
-def add_noise(y: Array, key: Array, feature_axes: tuple[int, ...], *, mean: float,
-              scale: float, std: float) -> Array:
+def add_noise(
+  y: Array, key: Array, feature_axes: tuple[int, ...], *, mean: float, scale: float, std: float
+) -> Array:
   """y * s + n: non-zero-mean, non-unit-variance noise on every value, redrawn per call.
 
   Per feature, a centre mu ~ U(-mean, mean) and a gain v ~ U(1, scale) are drawn; per
@@ -316,14 +331,14 @@ def average_update(running: Array, batch: Array, count: Array) -> Array:
 
 
 def update_population(
-    mean: Array,
-    var: Array,
-    count: Array,
-    batch: Moments,
-    *,
-    mode: str,
-    decay: float,
-    unbiased: bool,
+  mean: Array,
+  var: Array,
+  count: Array,
+  batch: Moments,
+  *,
+  mode: str,
+  decay: float,
+  unbiased: bool,
 ) -> tuple[Array, Array]:
   """New population (mean, var) after one batch; `count` = updates so far."""
   batch_var = unbiased_variance(batch.var, batch.count) if unbiased else batch.var
@@ -396,15 +411,14 @@ class BatchNorm(nn.Module):
 
   @nn.compact
   def __call__(
-      self,
-      x: Array,
-      use_running_average: bool | None = None,
-      *,
-      mask: Array | None = None,
+    self,
+    x: Array,
+    use_running_average: bool | None = None,
+    *,
+    mask: Array | None = None,
   ) -> Array:
     """Normalizes `x`; in training also updates `batch_stats` (when mutable)."""
-    eval_mode = nn.merge_param(
-        "use_running_average", self.use_running_average, use_running_average)
+    eval_mode = nn.merge_param("use_running_average", self.use_running_average, use_running_average)
     feature_axes = _canonical_axes(x.ndim, self.feature_axes)
     reduce_axes = tuple(a for a in range(x.ndim) if a not in feature_axes)
     feature_shape = tuple(x.shape[a] for a in feature_axes)
@@ -412,29 +426,56 @@ class BatchNorm(nn.Module):
     ra_mean = self.variable("batch_stats", "mean", jnp.zeros, feature_shape, jnp.float32)
     ra_var = self.variable("batch_stats", "var", jnp.ones, feature_shape, jnp.float32)
     ra_count = self.variable("batch_stats", "count", jnp.zeros, (), jnp.int32)
-    scale = (self.param("scale", self.scale_init, feature_shape, self.param_dtype)
-             if self.use_scale else None)
-    bias = (self.param("bias", self.bias_init, feature_shape, self.param_dtype)
-            if self.use_bias else None)
+    scale = (
+      self.param("scale", self.scale_init, feature_shape, self.param_dtype)
+      if self.use_scale
+      else None
+    )
+    bias = (
+      self.param("bias", self.bias_init, feature_shape, self.param_dtype) if self.use_bias else None
+    )
 
     dtype = self.dtype or x.dtype
     if eval_mode:
-      return normalize(x, ra_mean.value, ra_var.value, scale, bias, axes=reduce_axes,
-                       epsilon=self.epsilon, dtype=dtype)
+      return normalize(
+        x,
+        ra_mean.value,
+        ra_var.value,
+        scale,
+        bias,
+        axes=reduce_axes,
+        epsilon=self.epsilon,
+        dtype=dtype,
+      )
     if mask is not None and (self.virtual_batch_size or self.renorm):
       raise ValueError("masks are not supported with ghost batches or renormalization")
     count = ra_count.value
 
     def train_batch():
-      y, batch = self._normalize_batch(x, scale, bias, reduce_axes, dtype, mask, count,
-                                       ra_mean.value, ra_var.value)
+      y, batch = self._normalize_batch(
+        x, scale, bias, reduce_axes, dtype, mask, count, ra_mean.value, ra_var.value
+      )
       return (y,) + update_population(
-          ra_mean.value, ra_var.value, count.astype(jnp.float32), batch,
-          mode=self.population, decay=self.decay, unbiased=self.unbiased)
+        ra_mean.value,
+        ra_var.value,
+        count.astype(jnp.float32),
+        batch,
+        mode=self.population,
+        decay=self.decay,
+        unbiased=self.unbiased,
+      )
 
     def frozen():
-      y = normalize(x, ra_mean.value, ra_var.value, scale, bias, axes=reduce_axes,
-                    epsilon=self.epsilon, dtype=dtype)
+      y = normalize(
+        x,
+        ra_mean.value,
+        ra_var.value,
+        scale,
+        bias,
+        axes=reduce_axes,
+        epsilon=self.epsilon,
+        dtype=dtype,
+      )
       return y, ra_mean.value, ra_var.value
 
     if self.freeze_step >= 0:
@@ -442,8 +483,14 @@ class BatchNorm(nn.Module):
     else:
       y, new_mean, new_var = train_batch()
     if self.noise_mean or self.noise_scale != 1.0 or self.noise_std:
-      y = add_noise(y, self.make_rng("noise"), feature_axes, mean=self.noise_mean,
-                    scale=self.noise_scale, std=self.noise_std)
+      y = add_noise(
+        y,
+        self.make_rng("noise"),
+        feature_axes,
+        mean=self.noise_mean,
+        scale=self.noise_scale,
+        std=self.noise_std,
+      )
     # Skipped while Flax initializes, so that init leaves the defaults in place.
     if not self.is_initializing() and self.is_mutable_collection("batch_stats"):
       ra_mean.value, ra_var.value = new_mean, new_var
@@ -453,24 +500,52 @@ class BatchNorm(nn.Module):
   def _normalize_batch(self, x, scale, bias, axes, dtype, mask, count, pop_mean, pop_var):
     """Training-mode output and the batch moments that enter the population."""
     if self.virtual_batch_size:
-      y, ghosts = ghost_batch_normalize(x, scale, bias, virtual_batch_size=self.virtual_batch_size,
-                                        axes=axes, epsilon=self.epsilon, dtype=dtype)
+      y, ghosts = ghost_batch_normalize(
+        x,
+        scale,
+        bias,
+        virtual_batch_size=self.virtual_batch_size,
+        axes=axes,
+        epsilon=self.epsilon,
+        dtype=dtype,
+      )
       # The population sees the average ghost statistics, averaged over devices too.
       devices = 1 if self.axis_name is None else lax.axis_size(self.axis_name)
       pooled = lambda v: _all_reduce(jnp.mean(v, 0), self.axis_name) / devices
       return y, Moments(pooled(ghosts.mean), pooled(ghosts.var), ghosts.count[0])
     if self.renorm:
       batch = moments(lax.stop_gradient(x), axes, axis_name=self.axis_name)
-      rmax, dmax = renorm_limits(count, self.renorm_rmax, self.renorm_dmax, self.renorm_start,
-                                 self.renorm_rmax_end - self.renorm_start,
-                                 self.renorm_dmax_end - self.renorm_start)
+      rmax, dmax = renorm_limits(
+        count,
+        self.renorm_rmax,
+        self.renorm_dmax,
+        self.renorm_start,
+        self.renorm_rmax_end - self.renorm_start,
+        self.renorm_dmax_end - self.renorm_start,
+      )
       r, d = renorm_correction(batch, pop_mean, pop_var, rmax, dmax, self.epsilon)
       gamma = jnp.ones_like(r) if scale is None else scale.astype(r.dtype)
       beta = jnp.zeros_like(d) if bias is None else bias.astype(d.dtype)
-      return batch_normalize(x, gamma * r, beta + gamma * d, axes=axes, epsilon=self.epsilon,
-                             axis_name=self.axis_name, dtype=dtype, batch=batch)
-    return batch_normalize(x, scale, bias, axes=axes, epsilon=self.epsilon,
-                           axis_name=self.axis_name, mask=mask, dtype=dtype)
+      return batch_normalize(
+        x,
+        gamma * r,
+        beta + gamma * d,
+        axes=axes,
+        epsilon=self.epsilon,
+        axis_name=self.axis_name,
+        dtype=dtype,
+        batch=batch,
+      )
+    return batch_normalize(
+      x,
+      scale,
+      bias,
+      axes=axes,
+      epsilon=self.epsilon,
+      axis_name=self.axis_name,
+      mask=mask,
+      dtype=dtype,
+    )
 
 
 def reset_population(batch_stats: Any) -> Any:

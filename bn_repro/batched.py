@@ -29,22 +29,20 @@ import copy
 import math
 import os
 import time
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
-from absl import logging
 import jax
-from jax import lax
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
+from absl import logging
+from jax import lax
 
-from bn_repro import data
-from bn_repro import parallel
-from bn_repro import train
-from bn_repro import validation
-from bn_repro.models import common
+from bn_repro import data, parallel, train, validation
 from bn_repro.errors import UserError
 from bn_repro.metrics import MetricWriter, read_metrics, write_json
+from bn_repro.models import common
 
 VARYING = ("seed", "optimizer.learning_rate")
 
@@ -54,33 +52,51 @@ def check_compatible(configs: Sequence[ml_collections.ConfigDict]) -> None:
   base = train.flat_config(configs[0])
   for i, c in enumerate(configs[1:], 1):
     other = train.flat_config(c)
-    differ = sorted(k for k in set(base) | set(other)
-                    if k not in VARYING and base.get(k) != other.get(k))
+    differ = sorted(
+      k for k in set(base) | set(other) if k not in VARYING and base.get(k) != other.get(k)
+    )
     if differ:
-      raise UserError(f"run {i} differs from run 0 in {', '.join(differ)}; batched runs may "
-                      f"differ only in {', '.join(VARYING)}", field="batched runs")
+      raise UserError(
+        f"run {i} differs from run 0 in {', '.join(differ)}; batched runs may "
+        f"differ only in {', '.join(VARYING)}",
+        field="batched runs",
+      )
 
 
 def check_batchable(config: ml_collections.ConfigDict) -> None:
   """Refuses a config whose single run does what the batched loop does not (its files
   would differ): data streamed from the host, Algorithm 2's population pass, a profile."""
   if config.data.name in data.STREAMED:
-    raise UserError(f"{config.data.name} is streamed from the host; batched runs need a "
-                    "dataset held in device memory: train it alone", field="config.data.name")
+    raise UserError(
+      f"{config.data.name} is streamed from the host; batched runs need a "
+      "dataset held in device memory: train it alone",
+      field="config.data.name",
+    )
   if config.model.use_bn and config.bn.population == "average":
-    raise UserError("batched runs keep EMA population statistics only; train an 'average' "
-                    "(Algorithm 2) run alone", field="config.bn.population")
+    raise UserError(
+      "batched runs keep EMA population statistics only; train an 'average' "
+      "(Algorithm 2) run alone",
+      field="config.bn.population",
+    )
   if config.profile_start_step >= 0 and config.profile_num_steps > 0:
-    raise UserError("batched runs are not profiled; train a profiled run alone",
-                    field="config.profile_num_steps")
+    raise UserError(
+      "batched runs are not profiled; train a profiled run alone", field="config.profile_num_steps"
+    )
 
 
 def train_chunk_batched(states, dataset, batches, scales, seeds, *, dtype, sync_batch_stats):
   """len(batches) steps of R runs: batches [step, run, example] indices into `dataset`."""
 
   def one(state, idx, scale, seed):
-    return train.train_step(state, dataset[0][idx], dataset[1][idx], dtype=dtype,
-                            sync_batch_stats=sync_batch_stats, seed=seed, update_scale=scale)
+    return train.train_step(
+      state,
+      dataset[0][idx],
+      dataset[1][idx],
+      dtype=dtype,
+      sync_batch_stats=sync_batch_stats,
+      seed=seed,
+      update_scale=scale,
+    )
 
   def body(states, idx):
     return jax.vmap(one)(states, idx, scales, seeds)
@@ -109,8 +125,14 @@ class BatchedTrainer:
   each row trains R / shards runs at the same time as the others.
   """
 
-  def __init__(self, configs: Sequence[ml_collections.ConfigDict], train_ds: data.ArrayDataset,
-               eval_ds: data.ArrayDataset, devs, shards: int = 1):
+  def __init__(
+    self,
+    configs: Sequence[ml_collections.ConfigDict],
+    train_ds: data.ArrayDataset,
+    eval_ds: data.ArrayDataset,
+    devs,
+    shards: int = 1,
+  ):
     check_compatible(configs)
     if shards < 1 or len(configs) % shards:
       raise ValueError(f"{len(configs)} runs do not split into {shards} rows of devices")
@@ -124,20 +146,27 @@ class BatchedTrainer:
     chunk = lambda *a: train_chunk_batched(*a, dtype=dtype, sync_batch_stats=sync)
     if shards == 1:  # data_parallel's layout: no rows
       self._rows, self._mesh_devs = 0, self.devs
-      self._train = parallel.data_parallel(chunk, self.devs, donate_argnums=(0,),
-                                           backend=unit.parallel)
+      self._train = parallel.data_parallel(
+        chunk, self.devs, donate_argnums=(0,), backend=unit.parallel
+      )
       self.dataset = self.trainer.feed.dataset
     else:
-      self._rows, self._mesh_devs = shards, jax.local_devices()[:shards * len(self.devs)]
-      if self._mesh_devs[:len(self.devs)] != self.devs:
+      self._rows, self._mesh_devs = shards, jax.local_devices()[: shards * len(self.devs)]
+      if self._mesh_devs[: len(self.devs)] != self.devs:
         raise ValueError("the first row of devices must be the first local devices")
       # arguments: states, dataset, batches [dev, step, run, batch], scales, seeds
-      self._train = parallel.run_parallel(chunk, self._mesh_devs, shards,
-                                          in_run_axes=(1, None, 2, 1, 1),
-                                          out_run_axes=(1, 2, 1), donate_argnums=(0,))
+      self._train = parallel.run_parallel(
+        chunk,
+        self._mesh_devs,
+        shards,
+        in_run_axes=(1, None, 2, 1, 1),
+        out_run_axes=(1, 2, 1),
+        donate_argnums=(0,),
+      )
       self.dataset = self._shard(jax.tree.map(np.asarray, self.trainer.feed.dataset), None)
     self.scales = self._replicate(
-        np.array([c.optimizer.learning_rate for c in configs], np.float32), 1)
+      np.array([c.optimizer.learning_rate for c in configs], np.float32), 1
+    )
     self.seeds = self._replicate(np.array([c.seed for c in configs], np.int32), 1)
     self._compiled: dict[int, Any] = {}
     self.compile_seconds = 0.0
@@ -169,8 +198,13 @@ class BatchedTrainer:
   def train(self, states, start: int, steps: int):
     """`steps` steps of every run: states, host metrics [step, run, 2], finite [run]."""
     feed = self.trainer.feed
-    idx = np.stack([data.train_batch_indices(feed.num_train, c.batch_size, c.seed, start, steps)
-                    for c in self.configs], axis=1)  # [step, run, global batch]
+    idx = np.stack(
+      [
+        data.train_batch_indices(feed.num_train, c.batch_size, c.seed, start, steps)
+        for c in self.configs
+      ],
+      axis=1,
+    )  # [step, run, global batch]
     n = len(self.devs)
     idx = idx.reshape(idx.shape[:2] + (n, -1)).transpose(2, 0, 1, 3)
     args = (states, self.dataset, self._shard(idx, 2), self.scales, self.seeds)
@@ -189,8 +223,9 @@ class BatchedTrainer:
     return self.trainer.evaluate(parallel.shard(one, self.devs))
 
 
-def train_batched(configs: Sequence[ml_collections.ConfigDict],
-                  workdirs: Sequence[str], spread: bool = True) -> list[str]:
+def train_batched(
+  configs: Sequence[ml_collections.ConfigDict], workdirs: Sequence[str], spread: bool = True
+) -> list[str]:
   """Trains the runs together; returns each run's final status ("done" / "diverged").
 
   The runs train on the devices a single run uses; with `spread`, as many rows of
@@ -234,19 +269,31 @@ def train_batched(configs: Sequence[ml_collections.ConfigDict],
         m.close()
 
     stack.callback(close_managers)
-    restored = [train._restore(m, train.to_checkpoint(_run(states, r), c), fallback=False)
-                for r, (m, c) in enumerate(zip(mgrs, configs))]
+    restored = [
+      train._restore(m, train.to_checkpoint(_run(states, r), c), fallback=False)
+      for r, (m, c) in enumerate(zip(mgrs, configs))
+    ]
     # pylint: enable=protected-access
     if len({s for s, _ in restored}) > 1:
       steps = ", ".join(f"{w} at step {s}" for w, (s, _) in zip(workdirs, restored))
-      raise UserError(f"the runs' latest checkpoints differ ({steps}); batched runs resume "
-                      "together from one step: resume these runs one at a time",
-                      field="workdirs")
+      raise UserError(
+        f"the runs' latest checkpoints differ ({steps}); batched runs resume "
+        "together from one step: resume these runs one at a time",
+        field="workdirs",
+      )
     start = restored[0][0]
     if start:
-      states = _stack([_run(states, r).replace(
-          step=t["step"], params=t["params"], batch_stats=t["batch_stats"],
-          opt_state=t["opt_state"]) for r, (_, t) in enumerate(restored)])
+      states = _stack(
+        [
+          _run(states, r).replace(
+            step=t["step"],
+            params=t["params"],
+            batch_stats=t["batch_stats"],
+            opt_state=t["opt_state"],
+          )
+          for r, (_, t) in enumerate(restored)
+        ]
+      )
       logging.info("Resumed %d batched runs from step %d", len(configs), start)
     writers, target_open = [], []
     for c, w in zip(configs, workdirs):
@@ -255,8 +302,10 @@ def train_batched(configs: Sequence[ml_collections.ConfigDict],
       writer = stack.enter_context(contextlib.closing(MetricWriter(w, tensorboard=c.tensorboard)))
       writer.truncate_after(start or -1)
       writers.append(writer)
-      target_open.append(c.target_accuracy > 0 and not any(
-          "target/reached" in e for e in (read_metrics(w) if start else [])))
+      target_open.append(
+        c.target_accuracy > 0
+        and not any("target/reached" in e for e in (read_metrics(w) if start else []))
+      )
     status = ["running"] * len(configs)
     states = bt.place(states)
     config = configs[0]
@@ -291,8 +340,9 @@ def train_batched(configs: Sequence[ml_collections.ConfigDict],
       rate = (stop - step) / max(time.perf_counter() - t - compiled, 1e-9)
       for r in range(len(configs)):
         loss = metrics[:, r, 0]
-        bad = np.flatnonzero(~np.isfinite(loss) |
-                             ((config.max_loss > 0) & (loss > config.max_loss)))
+        bad = np.flatnonzero(
+          ~np.isfinite(loss) | ((config.max_loss > 0) & (loss > config.max_loss))
+        )
         if status[r] == "running" and (bad.size or not finite[r]):
           diverge(r, step + (int(bad[0]) + 1 if bad.size else stop - step))
       step = stop
@@ -302,8 +352,11 @@ def train_batched(configs: Sequence[ml_collections.ConfigDict],
           continue
         scalars = {}
         if train.is_due(step, config.log_every, config.num_steps):
-          scalars = {"train/loss": float(metrics[:, r, 0].mean()),
-                     "train/accuracy": float(metrics[:, r, 1].mean()), "steps_per_sec": rate}
+          scalars = {
+            "train/loss": float(metrics[:, r, 0].mean()),
+            "train/accuracy": float(metrics[:, r, 1].mean()),
+            "steps_per_sec": rate,
+          }
           if compiled:
             scalars["compile_seconds"] = compiled
         if train.is_due(step, config.eval_every, config.num_steps):
@@ -322,8 +375,14 @@ def train_batched(configs: Sequence[ml_collections.ConfigDict],
         if stop_signal and step < config.num_steps:
           w.flush()
           set_status(r, status="stopped", step=step)
-      logging.info("step %d/%d  %d runs training, %d diverged  %.4g steps/s", step,
-                   config.num_steps, status.count("running"), status.count("diverged"), rate)
+      logging.info(
+        "step %d/%d  %d runs training, %d diverged  %.4g steps/s",
+        step,
+        config.num_steps,
+        status.count("running"),
+        status.count("diverged"),
+        rate,
+      )
       if stop_signal and step < config.num_steps:
         raise train.Stopped(step, stop_signal)
     for r in range(len(configs)):

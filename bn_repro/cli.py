@@ -2,7 +2,7 @@
 
 import os
 import sys
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 from bn_repro.errors import EXIT_BAD_INPUT
 
@@ -24,6 +24,7 @@ def one_line_flags_parser(program: str) -> Callable[[Sequence[str]], list[str]]:
 
   def parse(argv: Sequence[str]) -> list[str]:
     from absl import flags  # pylint: disable=g-import-not-at-top
+
     try:
       return flags.FLAGS(argv)
     except flags.Error as e:

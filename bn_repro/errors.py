@@ -4,7 +4,6 @@ The CLI turns a `UserError` into one line on stderr and exit code 2, so every
 message must name what is wrong and how to fix it, in one sentence.
 """
 
-
 # Exit codes of the CLI, shared with the sweep runner.
 EXIT_BAD_INPUT = 2  # a UserError: one line on stderr, nothing written
 EXIT_DIVERGED = 3  # loss, parameters or BN statistics not finite; status.json says where

@@ -9,30 +9,38 @@ import logging as pylogging
 import os
 import sys
 
-from absl import app
-from absl import flags
-from absl import logging
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 from bn_repro import cli
 from bn_repro.errors import EXIT_DIVERGED, EXIT_STOPPED
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/mnist_mlp.py:bn_sigmoid.",
-                                          lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and the resolved config.")
+_CONFIG = config_flags.DEFINE_config_file(
+  "config", None, "Config file, e.g. configs/mnist_mlp.py:bn_sigmoid.", lock_config=True
+)
+_WORKDIR = flags.DEFINE_string(
+  "workdir", None, "Directory for checkpoints, metrics and the resolved config."
+)
 _FALLBACK = flags.DEFINE_bool(
-    "fallback_checkpoint", False,
-    "If the newest checkpoint cannot be restored, resume from the newest one that can.")
+  "fallback_checkpoint",
+  False,
+  "If the newest checkpoint cannot be restored, resume from the newest one that can.",
+)
 _ALLOW_CHANGE = flags.DEFINE_bool(
-    "allow_config_change", False, "Resume even if the workdir's saved config differs.")
+  "allow_config_change", False, "Resume even if the workdir's saved config differs."
+)
 _COORDINATOR = flags.DEFINE_string(
-    "coordinator_address", "",
-    "host:port of process 0 for a multi-process run (with --num_processes, --process_id).")
+  "coordinator_address",
+  "",
+  "host:port of process 0 for a multi-process run (with --num_processes, --process_id).",
+)
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", 1, "Processes in a multi-process run.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", 0, "This process's index, 0..num_processes-1.")
 _DISTRIBUTED = flags.DEFINE_bool(
-    "distributed", False,
-    "Call jax.distributed.initialize() with what the cluster provides (SLURM, a TPU pod slice).")
+  "distributed",
+  False,
+  "Call jax.distributed.initialize() with what the cluster provides (SLURM, a TPU pod slice).",
+)
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -41,35 +49,51 @@ def _init_distributed() -> None:
   if not (_COORDINATOR.value or _DISTRIBUTED.value):
     return
   import jax  # pylint: disable=g-import-not-at-top
+
   if _DISTRIBUTED.value:
     jax.distributed.initialize()
     return
   if not 0 <= _PROCESS_ID.value < _NUM_PROCESSES.value:
     _fail(f"--process_id={_PROCESS_ID.value} must be in 0..{_NUM_PROCESSES.value - 1}")
   jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU-only runs
-  jax.distributed.initialize(coordinator_address=_COORDINATOR.value,
-                             num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value)
+  jax.distributed.initialize(
+    coordinator_address=_COORDINATOR.value,
+    num_processes=_NUM_PROCESSES.value,
+    process_id=_PROCESS_ID.value,
+  )
 
 
 def _main(argv):
   if len(argv) > 1:
-    _fail(f"unexpected arguments {' '.join(argv[1:])!r}; fields are set as --config.<field>=<value>")
+    _fail(
+      f"unexpected arguments {' '.join(argv[1:])!r}; fields are set as --config.<field>=<value>"
+    )
   _init_distributed()
   from bn_repro import train  # pylint: disable=g-import-not-at-top
   from bn_repro.errors import UserError  # pylint: disable=g-import-not-at-top
+
   try:
-    train.train_and_evaluate(_CONFIG.value, _WORKDIR.value,
-                             fallback_checkpoint=_FALLBACK.value,
-                             allow_config_change=_ALLOW_CHANGE.value)
+    train.train_and_evaluate(
+      _CONFIG.value,
+      _WORKDIR.value,
+      fallback_checkpoint=_FALLBACK.value,
+      allow_config_change=_ALLOW_CHANGE.value,
+    )
   except UserError as e:
     _fail(str(e))
   except train.Stopped as e:
-    print(f"bn-repro: stopped by signal {e.signum} at step {e.step} after saving a checkpoint; "
-          "rerun the same command to resume", file=sys.stderr)
+    print(
+      f"bn-repro: stopped by signal {e.signum} at step {e.step} after saving a checkpoint; "
+      "rerun the same command to resume",
+      file=sys.stderr,
+    )
     sys.exit(EXIT_STOPPED)
   except train.Diverged as e:
-    print(f"bn-repro: the run diverged at step {e.step}; status recorded in "
-          f"{_WORKDIR.value}/status.json", file=sys.stderr)
+    print(
+      f"bn-repro: the run diverged at step {e.step}; status recorded in "
+      f"{_WORKDIR.value}/status.json",
+      file=sys.stderr,
+    )
     sys.exit(EXIT_DIVERGED)
 
 
@@ -83,8 +107,10 @@ def _config_import_path(argv) -> None:
     if arg.startswith("--config="):
       path = os.path.abspath(arg.split("=", 1)[1].split(":", 1)[0])
       if not os.path.isfile(path):  # ml_collections would defer this to a traceback
-        _fail(f"{arg}: there is no file {path}; pass a config file and variant, e.g. "
-              "--config=configs/mnist_mlp.py:bn_sigmoid")
+        _fail(
+          f"{arg}: there is no file {path}; pass a config file and variant, e.g. "
+          "--config=configs/mnist_mlp.py:bn_sigmoid"
+        )
       cli.add_config_root(path)
 
 
@@ -97,13 +123,19 @@ def _parse_flags(argv):
     lines = [l for l in str(e).splitlines() if l.strip()]
     # A config file's own error comes wrapped in ml_collections' traceback text: keep the
     # flag and the error, drop the traceback.
-    _fail(lines[0] if len(lines) == 1 or "Traceback" not in str(e)
-          else f"{lines[0].split(': Error whilst')[0]}: {lines[-1]}")
+    _fail(
+      lines[0]
+      if len(lines) == 1 or "Traceback" not in str(e)
+      else f"{lines[0].split(': Error whilst')[0]}: {lines[-1]}"
+    )
   except (AttributeError, KeyError) as e:  # an override of a field the config does not have
     key = str(e).strip("\"'")
     given = [a.split("=")[0] for a in argv if a.startswith("--config.") and key in a]
-    _fail(f"unknown config field {key!r}" + (f" in {given[0]}" if given else "") +
-          "; the fields are those of the config file (see its get_config and the README)")
+    _fail(
+      f"unknown config field {key!r}"
+      + (f" in {given[0]}" if given else "")
+      + "; the fields are those of the config file (see its get_config and the README)"
+    )
   except Exception as e:  # a config file's get_config() rejecting its variant
     _fail(f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
 

@@ -13,11 +13,12 @@ group train on all cores at once instead of sharing one device.
 """
 
 import os
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
-from jax import lax
 import numpy as np
+from jax import lax
 
 from bn_repro.errors import UserError
 
@@ -48,8 +49,11 @@ def add_cpu_devices(count: int = 0) -> bool:
   """
   global _run_only_cpus
   count = count or usable_cpus()
-  if (count <= 1 or "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", "")
-      or jax.config.jax_num_cpu_devices >= 0):
+  if (
+    count <= 1
+    or "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", "")
+    or jax.config.jax_num_cpu_devices >= 0
+  ):
     return False
   try:
     jax.config.update("jax_num_cpu_devices", count)
@@ -72,8 +76,10 @@ def devices(num_devices: int = 0) -> list[jax.Device]:
   available = _local_devices()
   if num_devices < 0 or num_devices > len(available):
     raise UserError(
-        f"asks for {num_devices} devices but {len(available)} are available; "
-        f"set it to 0 (all) or at most {len(available)}", field="config.num_devices")
+      f"asks for {num_devices} devices but {len(available)} are available; "
+      f"set it to 0 (all) or at most {len(available)}",
+      field="config.num_devices",
+    )
   return available[:num_devices] if num_devices else available
 
 
@@ -109,8 +115,9 @@ def _spec(run_axis: int | None) -> jax.sharding.PartitionSpec:
   return jax.sharding.PartitionSpec(AXIS, *[None] * (run_axis - 1), RUNS)
 
 
-def shard(tree: Any, devs: Sequence[jax.Device], *, shards: int = 0,
-          run_axis: int | None = None) -> Any:
+def shard(
+  tree: Any, devs: Sequence[jax.Device], *, shards: int = 0, run_axis: int | None = None
+) -> Any:
   """Puts arrays whose leading axis has one entry per device onto those devices.
 
   With `shards` (run_parallel's layout), `devs` holds `shards` rows of devices, the
@@ -123,13 +130,18 @@ def shard(tree: Any, devs: Sequence[jax.Device], *, shards: int = 0,
   return jax.tree.map(lambda x: jax.device_put(x, sharding), tree)
 
 
-def replicate(tree: Any, devs: Sequence[jax.Device], *, shards: int = 0,
-              run_axis: int | None = None) -> Any:
+def replicate(
+  tree: Any, devs: Sequence[jax.Device], *, shards: int = 0, run_axis: int | None = None
+) -> Any:
   """One copy of every leaf per device (of a row, with `shards`: see shard), stacked on a
   new leading axis; `run_axis` counts that axis."""
   n = len(devs) // max(shards, 1)
-  return shard(jax.tree.map(lambda x: np.broadcast_to(np.asarray(x), (n,) + np.shape(x)), tree),
-               devs, shards=shards, run_axis=run_axis)
+  return shard(
+    jax.tree.map(lambda x: np.broadcast_to(np.asarray(x), (n,) + np.shape(x)), tree),
+    devs,
+    shards=shards,
+    run_axis=run_axis,
+  )
 
 
 def unreplicate(tree: Any) -> Any:
@@ -145,8 +157,13 @@ def pmean(tree: Any) -> Any:
 BACKENDS = ("pmap", "shard_map")
 
 
-def data_parallel(fn: Callable, devs: Sequence[jax.Device], *,
-                  donate_argnums: Sequence[int] = (), backend: str = "pmap") -> Callable:
+def data_parallel(
+  fn: Callable,
+  devs: Sequence[jax.Device],
+  *,
+  donate_argnums: Sequence[int] = (),
+  backend: str = "pmap",
+) -> Callable:
   """Maps a per-device function (collectives over `AXIS`) over `devs`.
 
   "pmap": jax.pmap. "shard_map": jax.jit of jax.shard_map over a 1-D mesh, with
@@ -166,8 +183,13 @@ def data_parallel(fn: Callable, devs: Sequence[jax.Device], *,
   raise ValueError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
 
 
-def _jit_shard_map(fn: Callable, mesh: jax.sharding.Mesh, in_specs: Any, out_specs: Any,
-                   donate_argnums: Sequence[int]) -> Callable:
+def _jit_shard_map(
+  fn: Callable,
+  mesh: jax.sharding.Mesh,
+  in_specs: Any,
+  out_specs: Any,
+  donate_argnums: Sequence[int],
+) -> Callable:
   """jax.jit of jax.shard_map with each device's block (leading axis of size 1)
   squeezed, so that `fn` sees the same per-device shapes as under pmap."""
 
@@ -175,14 +197,21 @@ def _jit_shard_map(fn: Callable, mesh: jax.sharding.Mesh, in_specs: Any, out_spe
     out = fn(*jax.tree.map(lambda x: x[0], args))
     return jax.tree.map(lambda x: x[None], out)
 
-  mapped = jax.shard_map(per_block, mesh=mesh, in_specs=in_specs, out_specs=out_specs,
-                         check_vma=False)
+  mapped = jax.shard_map(
+    per_block, mesh=mesh, in_specs=in_specs, out_specs=out_specs, check_vma=False
+  )
   return jax.jit(mapped, donate_argnums=tuple(donate_argnums))
 
 
-def run_parallel(fn: Callable, devs: Sequence[jax.Device], shards: int, *,
-                 in_run_axes: Sequence[int | None], out_run_axes: Sequence[int | None],
-                 donate_argnums: Sequence[int] = ()) -> Callable:
+def run_parallel(
+  fn: Callable,
+  devs: Sequence[jax.Device],
+  shards: int,
+  *,
+  in_run_axes: Sequence[int | None],
+  out_run_axes: Sequence[int | None],
+  donate_argnums: Sequence[int] = (),
+) -> Callable:
   """Maps a per-device function over `shards` rows of data-parallel devices, each row
   taking its share of the runs: jax.jit of jax.shard_map over the RUNS x AXIS mesh.
 
@@ -194,5 +223,10 @@ def run_parallel(fn: Callable, devs: Sequence[jax.Device], shards: int, *,
   """
   if jax.process_count() > 1:
     raise ValueError("runs spread over devices in single-process runs only")
-  return _jit_shard_map(fn, _mesh(devs, shards), tuple(_spec(a) for a in in_run_axes),
-                        tuple(_spec(a) for a in out_run_axes), donate_argnums)
+  return _jit_shard_map(
+    fn,
+    _mesh(devs, shards),
+    tuple(_spec(a) for a in in_run_axes),
+    tuple(_spec(a) for a in out_run_axes),
+    donate_argnums,
+  )

@@ -14,16 +14,14 @@ import dataclasses
 import json
 import os
 import sys
-from typing import Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import jax
 import ml_collections
 import orbax.checkpoint as ocp
 
-from bn_repro import data
-from bn_repro import parallel
-from bn_repro import train
-from bn_repro import validation
+from bn_repro import data, parallel, train, validation
 from bn_repro.errors import EXIT_BAD_INPUT, UserError
 from bn_repro.metrics import write_json
 from bn_repro.models import common
@@ -42,15 +40,23 @@ class Estimator(train.Trainer):
   state is not donated, so one restored state serves every N.
   """
 
-  def __init__(self, config: ml_collections.ConfigDict, train_ds: data.ArrayDataset,
-               eval_ds: data.ArrayDataset, devs, *, unbiased: bool):
+  def __init__(
+    self,
+    config: ml_collections.ConfigDict,
+    train_ds: data.ArrayDataset,
+    eval_ds: data.ArrayDataset,
+    devs,
+    *,
+    unbiased: bool,
+  ):
     config = config.copy_and_resolve_references()
     config.bn.population, config.bn.unbiased = "average", unbiased
     super().__init__(config, train_ds, eval_ds, devs)
     self.template = self.init_state()  # also tells evaluate() whether the model has a probe
     dtype = common.DTYPES[config.dtype]
     self._precise = parallel.data_parallel(
-        lambda *a: train.recompute_population(*a, dtype=dtype), devs, backend=config.parallel)
+      lambda *a: train.recompute_population(*a, dtype=dtype), devs, backend=config.parallel
+    )
 
   def precise_population(self, state: train.TrainState, num_batches: int) -> train.TrainState:
     """`state` (replicated) with Algorithm 2's statistics over `num_batches` training batches.
@@ -81,24 +87,36 @@ class Run:
     """What the restored batch_stats are: bn.population's, or those save_run was given."""
     if self.source is None:
       return self.config.bn.population
-    return (f"Algorithm 2 over {self.source['batches']} batches"
-            f"{', unbiased' if self.source['unbiased'] else ''}")
+    return (
+      f"Algorithm 2 over {self.source['batches']} batches"
+      f"{', unbiased' if self.source['unbiased'] else ''}"
+    )
 
   def on_data(self, train_ds: data.ArrayDataset, eval_ds: data.ArrayDataset) -> Estimator:
     """An Estimator of the same model, devices and `unbiased` on other data (a shifted domain)."""
-    return Estimator(self.config, train_ds, eval_ds, self.estimator.devs,
-                     unbiased=self.estimator.config.bn.unbiased)
+    return Estimator(
+      self.config,
+      train_ds,
+      eval_ds,
+      self.estimator.devs,
+      unbiased=self.estimator.config.bn.unbiased,
+    )
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
   """The config.json of a run directory."""
   if not os.path.isdir(workdir):
-    raise UserError(f"run directory {workdir} does not exist; pass the --workdir of a "
-                    "bn-repro run", field="--workdir")
+    raise UserError(
+      f"run directory {workdir} does not exist; pass the --workdir of a bn-repro run",
+      field="--workdir",
+    )
   path = os.path.join(workdir, train.CONFIG_FILE)
   if not os.path.isfile(path):
-    raise UserError(f"{workdir} has no {train.CONFIG_FILE}, so bn-repro did not write it; "
-                    "pass the --workdir of a bn-repro run", field="--workdir")
+    raise UserError(
+      f"{workdir} has no {train.CONFIG_FILE}, so bn-repro did not write it; "
+      "pass the --workdir of a bn-repro run",
+      field="--workdir",
+    )
   return ml_collections.ConfigDict(_read_json(path))
 
 
@@ -108,17 +126,24 @@ def _read_json(path: str) -> dict[str, Any]:
     with open(path) as f:
       obj = json.load(f)
   except (OSError, ValueError) as e:
-    raise UserError(f"cannot read {path} ({e}); pass a run whose files are intact",
-                    field="--workdir") from None
+    raise UserError(
+      f"cannot read {path} ({e}); pass a run whose files are intact", field="--workdir"
+    ) from None
   if not isinstance(obj, dict):
-    raise UserError(f"{path} holds no JSON object; pass a run whose files are intact",
-                    field="--workdir")
+    raise UserError(
+      f"{path} holds no JSON object; pass a run whose files are intact", field="--workdir"
+    )
   return obj
 
 
 # The value types an override may give a field of each saved type.
-_OVERRIDE_TYPES = {bool: (bool,), int: (int,), float: (int, float), list: (list, tuple),
-                   str: (str,)}
+_OVERRIDE_TYPES = {
+  bool: (bool,),
+  int: (int,),
+  float: (int, float),
+  list: (list, tuple),
+  str: (str,),
+}
 
 
 def apply_overrides(config: ml_collections.ConfigDict, overrides: Mapping[str, str]) -> None:
@@ -130,8 +155,11 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: Mapping[str, s
     for part in parents:
       node = node.get(part) if isinstance(node, ml_collections.ConfigDict) else None
     if not isinstance(node, ml_collections.ConfigDict) or name not in node:
-      raise UserError(f"{field!r} is not a field of the run's {train.CONFIG_FILE}; override "
-                      "one of its fields, e.g. data.idx_dir=DIR", field="--override")
+      raise UserError(
+        f"{field!r} is not a field of the run's {train.CONFIG_FILE}; override "
+        "one of its fields, e.g. data.idx_dir=DIR",
+        field="--override",
+      )
     old = node[name]
     try:
       value = text if isinstance(old, str) else ast.literal_eval(text)
@@ -139,8 +167,11 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: Mapping[str, s
       value = None
     allowed = _OVERRIDE_TYPES.get(type(old), (type(old),))
     if not isinstance(value, allowed) or (isinstance(value, bool) and bool not in allowed):
-      raise UserError(f"{field}={text!r} is not a {type(old).__name__} like the saved "
-                      f"{old!r}; give a value of that type", field="--override")
+      raise UserError(
+        f"{field}={text!r} is not a {type(old).__name__} like the saved "
+        f"{old!r}; give a value of that type",
+        field="--override",
+      )
     node[name] = list(value) if isinstance(old, list) else value
 
 
@@ -158,35 +189,57 @@ class _StepsUpTo:
     return getattr(self._mgr, name)
 
 
-def restore(workdir: str, template: train.TrainState, config: ml_collections.ConfigDict, *,
-            step: int | None = None, fallback: bool = False) -> tuple[int, train.TrainState]:
+def restore(
+  workdir: str,
+  template: train.TrainState,
+  config: ml_collections.ConfigDict,
+  *,
+  step: int | None = None,
+  fallback: bool = False,
+) -> tuple[int, train.TrainState]:
   """(step, state) of the newest checkpoint (or the one at `step`) of a run, read only."""
   directory = os.path.join(workdir, train.CHECKPOINT_DIR)
   if not os.path.isdir(directory):  # checked first: the manager would create it
-    raise UserError(f"{workdir} has no {train.CHECKPOINT_DIR}/; train it first or pass a run "
-                    "that has checkpoints", field="--workdir")
+    raise UserError(
+      f"{workdir} has no {train.CHECKPOINT_DIR}/; train it first or pass a run "
+      "that has checkpoints",
+      field="--workdir",
+    )
   mgr = train.checkpoint_manager(workdir)
   try:
     steps = sorted(mgr.all_steps())
     if not steps:
-      raise UserError(f"{directory} holds no checkpoint; train the run first or pass one "
-                      "that has checkpoints", field="--workdir")
+      raise UserError(
+        f"{directory} holds no checkpoint; train the run first or pass one that has checkpoints",
+        field="--workdir",
+      )
     if step is not None and step not in steps:
-      raise UserError(f"{directory} has no checkpoint at step {step}; choose one of {steps}",
-                      field="--step")
+      raise UserError(
+        f"{directory} has no checkpoint at step {step}; choose one of {steps}", field="--step"
+      )
     found, restored = train._restore(  # pylint: disable=protected-access
-        mgr if step is None else _StepsUpTo(mgr, step), train.to_checkpoint(template, config),
-        fallback)
+      mgr if step is None else _StepsUpTo(mgr, step),
+      train.to_checkpoint(template, config),
+      fallback,
+    )
   finally:
     mgr.close()
-  return found, template.replace(step=restored["step"], params=restored["params"],
-                                 batch_stats=restored["batch_stats"],
-                                 opt_state=restored["opt_state"])
+  return found, template.replace(
+    step=restored["step"],
+    params=restored["params"],
+    batch_stats=restored["batch_stats"],
+    opt_state=restored["opt_state"],
+  )
 
 
-def open_run(workdir: str, *, step: int | None = None,
-             overrides: Mapping[str, str] | None = None, unbiased: bool = False,
-             fallback: bool = False) -> Run:
+def open_run(
+  workdir: str,
+  *,
+  step: int | None = None,
+  overrides: Mapping[str, str] | None = None,
+  unbiased: bool = False,
+  fallback: bool = False,
+) -> Run:
   """Opens a BN run for re-estimating its population statistics; nothing is written to it.
 
   Args:
@@ -202,14 +255,23 @@ def open_run(workdir: str, *, step: int | None = None,
   try:
     validation.validate(config)
   except (AttributeError, KeyError) as e:
-    raise UserError(f"{train.CONFIG_FILE} lacks the field {e}, so an older bn_repro wrote "
-                    "it; add the field with --override or retrain", field="--workdir") from None
+    raise UserError(
+      f"{train.CONFIG_FILE} lacks the field {e}, so an older bn_repro wrote "
+      "it; add the field with --override or retrain",
+      field="--workdir",
+    ) from None
   if not config.model.use_bn:
-    raise UserError(f"{workdir} was trained without BN (model.use_bn=False), so it has no "
-                    "population statistics; pass a run trained with BN", field="--workdir")
+    raise UserError(
+      f"{workdir} was trained without BN (model.use_bn=False), so it has no "
+      "population statistics; pass a run trained with BN",
+      field="--workdir",
+    )
   if config.data.name in data.STREAMED:
-    raise UserError(f"{config.data.name} is streamed, and Algorithm 2 here needs a dataset "
-                    "held in memory; pass a run on MNIST or CIFAR-10", field="--workdir")
+    raise UserError(
+      f"{config.data.name} is streamed, and Algorithm 2 here needs a dataset "
+      "held in memory; pass a run on MNIST or CIFAR-10",
+      field="--workdir",
+    )
   devs = parallel.devices(config.num_devices)
   validation.validate_devices(config, len(devs), jax.process_count())
   train_ds, eval_ds = data.load_splits(config.data)
@@ -218,8 +280,9 @@ def open_run(workdir: str, *, step: int | None = None,
   found, state = restore(workdir, estimator.template, config, step=step, fallback=fallback)
   source_path = os.path.join(workdir, SOURCE_FILE)
   source = _read_json(source_path) if os.path.isfile(source_path) else None
-  return Run(workdir, config, found, estimator, parallel.replicate(state, devs), train_ds,
-             eval_ds, source)
+  return Run(
+    workdir, config, found, estimator, parallel.replicate(state, devs), train_ds, eval_ds, source
+  )
 
 
 def check_new(workdir: str) -> None:
@@ -240,8 +303,10 @@ def save_run(workdir: str, run: Run, state: train.TrainState, source: Mapping[st
   write_json(os.path.join(workdir, SOURCE_FILE), dict(source))
   mgr = train.checkpoint_manager(workdir)
   try:
-    mgr.save(run.step, args=ocp.args.StandardSave(
-        train.to_checkpoint(parallel.unreplicate(state), run.config)))
+    mgr.save(
+      run.step,
+      args=ocp.args.StandardSave(train.to_checkpoint(parallel.unreplicate(state), run.config)),
+    )
     mgr.wait_until_finished()
   finally:
     mgr.close()
@@ -262,22 +327,37 @@ def argument_parser(description: str) -> ArgumentParser:
   """The flags every population script takes: the run, the checkpoint, the output, Algorithm 2."""
   parser = ArgumentParser(description=description)
   parser.add_argument("--workdir", required=True, help="run directory written by bn-repro")
-  parser.add_argument("--out", help="output directory (default: <workdir>_<script name>); "
-                      "never inside the run")
+  parser.add_argument(
+    "--out", help="output directory (default: <workdir>_<script name>); never inside the run"
+  )
   parser.add_argument("--step", type=int, help="checkpoint step (default: the newest)")
-  parser.add_argument("--fallback_checkpoint", action="store_true",
-                      help="if the checkpoint cannot be restored, use the newest older one")
-  parser.add_argument("--unbiased", action="store_true",
-                      help="Algorithm 2 with m/(m-1) on each batch variance")
-  parser.add_argument("--override", action="append", default=[], metavar="FIELD=VALUE",
-                      help="set a field of the run's config.json, e.g. data.idx_dir=DIR")
+  parser.add_argument(
+    "--fallback_checkpoint",
+    action="store_true",
+    help="if the checkpoint cannot be restored, use the newest older one",
+  )
+  parser.add_argument(
+    "--unbiased", action="store_true", help="Algorithm 2 with m/(m-1) on each batch variance"
+  )
+  parser.add_argument(
+    "--override",
+    action="append",
+    default=[],
+    metavar="FIELD=VALUE",
+    help="set a field of the run's config.json, e.g. data.idx_dir=DIR",
+  )
   return parser
 
 
 def open_from_args(args: argparse.Namespace) -> Run:
   """`open_run` with the flags of `argument_parser`."""
-  return open_run(args.workdir, step=args.step, overrides=parse_overrides(args.override),
-                  unbiased=args.unbiased, fallback=args.fallback_checkpoint)
+  return open_run(
+    args.workdir,
+    step=args.step,
+    overrides=parse_overrides(args.override),
+    unbiased=args.unbiased,
+    fallback=args.fallback_checkpoint,
+  )
 
 
 def output_dir(out: str | None, workdir: str, name: str) -> str:
@@ -285,23 +365,25 @@ def output_dir(out: str | None, workdir: str, name: str) -> str:
   out = out or os.path.normpath(workdir) + "_" + name
   run, target = os.path.realpath(workdir), os.path.realpath(out)
   if os.path.commonpath([run, target]) == run:
-    raise UserError(f"{out} is inside the run {workdir}, which is never modified; choose "
-                    "another --out", field="--out")
+    raise UserError(
+      f"{out} is inside the run {workdir}, which is never modified; choose another --out",
+      field="--out",
+    )
   if os.path.exists(out) and not os.path.isdir(out):
-    raise UserError(f"{out} exists and is not a directory; choose another --out",
-                    field="--out")
+    raise UserError(f"{out} exists and is not a directory; choose another --out", field="--out")
   return out
 
 
 def positive_ints(text: str, flag: str) -> list[int]:
-  """"1,10,100" -> [1, 10, 100]: distinct positive counts, in the order given."""
+  """ "1,10,100" -> [1, 10, 100]: distinct positive counts, in the order given."""
   try:
     values = [int(v) for v in text.split(",")]
   except ValueError:
     values = []
   if not values or min(values) < 1 or len(set(values)) != len(values):
-    raise UserError(f"{text!r} is not a list of distinct positive integers; give e.g. "
-                    "1,10,100", field=flag)
+    raise UserError(
+      f"{text!r} is not a list of distinct positive integers; give e.g. 1,10,100", field=flag
+    )
   return values
 
 

@@ -71,11 +71,11 @@ import subprocess
 import sys
 import time
 import warnings
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 from bn_repro import cli
-from bn_repro.errors import EXIT_DIVERGED, EXIT_STOPPED
-from bn_repro.errors import UserError
+from bn_repro.errors import EXIT_DIVERGED, EXIT_STOPPED, UserError
 from bn_repro.metrics import write_json
 
 Point = dict[str, Any]
@@ -96,8 +96,10 @@ FINISHED = ("done", "diverged")
 # With several trainers on one machine, each one's XLA CPU thread pool would span all
 # cores. This flag (accepted by jax 0.10.2; unknown XLA flags abort) keeps each to one
 # thread. Preallocation off lets several processes share one GPU.
-PARALLEL_ENV = {"XLA_FLAGS": "--xla_cpu_multi_thread_eigen=false",
-                "XLA_PYTHON_CLIENT_PREALLOCATE": "false"}
+PARALLEL_ENV = {
+  "XLA_FLAGS": "--xla_cpu_multi_thread_eigen=false",
+  "XLA_PYTHON_CLIENT_PREALLOCATE": "false",
+}
 
 
 # ---------------------------------------------------------------------------
@@ -148,6 +150,7 @@ class Sweep:
     aliases: dotted field -> its short name in point names (default: its last part).
     description: one line for reports: what the sweep reproduces.
   """
+
   base: str
   grid: Sequence[Point]
   fixed: Mapping[str, Any] = dataclasses.field(default_factory=dict)
@@ -193,13 +196,13 @@ def alias(field: str, aliases: Mapping[str, str]) -> str:
 
 
 def _short_config(value: Any) -> str:
-  """"inception.py:bn_x5" -> "inception_bn_x5"; a bare variant stays as it is."""
+  """ "inception.py:bn_x5" -> "inception_bn_x5"; a bare variant stays as it is."""
   file, sep, variant = str(value).partition(":")
   return f"{os.path.splitext(os.path.basename(file))[0]}_{variant}" if sep else str(value)
 
 
 def point_name(point: Mapping[str, Any], aliases: Mapping[str, str] | None = None) -> str:
-  """"alias=value,..." sorted; filesystem-safe; shortened with a hash when very long."""
+  """ "alias=value,..." sorted; filesystem-safe; shortened with a hash when very long."""
   aliases = aliases or {}
   parts = []
   for k, v in point.items():
@@ -208,7 +211,7 @@ def point_name(point: Mapping[str, Any], aliases: Mapping[str, str] | None = Non
   parts.sort()
   name = ",".join(parts) or "base"
   if len(name) > MAX_NAME:
-    name = name[:MAX_NAME - 11] + "," + hashlib.sha1(name.encode()).hexdigest()[:10]
+    name = name[: MAX_NAME - 11] + "," + hashlib.sha1(name.encode()).hexdigest()[:10]
   return name
 
 
@@ -219,6 +222,7 @@ def point_name(point: Mapping[str, Any], aliases: Mapping[str, str] | None = Non
 @dataclasses.dataclass(frozen=True)
 class ResolvedPoint:
   """One point, ready to run: its name, grid values, and the trainer command."""
+
   name: str
   fields: Point
   config: str  # --config value, relative to the runner's cwd where possible
@@ -227,8 +231,13 @@ class ResolvedPoint:
   resolved: dict[str, Any]  # the full config (ConfigDict.to_dict()) the trainer will use
 
   def argv(self, python: str = sys.executable) -> list[str]:
-    return [python, "-m", "bn_repro.main", f"--config={self.config}",
-            f"--workdir={self.workdir}"] + [f"--config.{k}={v}" for k, v in self.overrides.items()]
+    return [
+      python,
+      "-m",
+      "bn_repro.main",
+      f"--config={self.config}",
+      f"--workdir={self.workdir}",
+    ] + [f"--config.{k}={v}" for k, v in self.overrides.items()]
 
 
 def load_sweep(spec: str) -> tuple[Sweep, str]:
@@ -245,8 +254,9 @@ def load_sweep(spec: str) -> tuple[Sweep, str]:
     module = importlib.util.module_from_spec(module_spec)
     module_spec.loader.exec_module(module)
   except Exception as e:  # pylint: disable=broad-except
-    raise UserError(f"cannot load {path}: {type(e).__name__}: {cli.first_line(e)}",
-                    field="--sweep") from None
+    raise UserError(
+      f"cannot load {path}: {type(e).__name__}: {cli.first_line(e)}", field="--sweep"
+    ) from None
   if not hasattr(module, "get_sweep"):
     raise UserError(f"{path} has no get_sweep(name)", field="--sweep")
   try:
@@ -254,8 +264,10 @@ def load_sweep(spec: str) -> tuple[Sweep, str]:
   except Exception as e:  # pylint: disable=broad-except
     raise UserError(f"{spec}: {type(e).__name__}: {cli.first_line(e)}", field="--sweep") from None
   if not isinstance(sweep, Sweep):
-    raise UserError(f"{spec}: get_sweep returned {type(sweep).__name__}, not a "
-                    "bn_repro.sweep.Sweep", field="--sweep")
+    raise UserError(
+      f"{spec}: get_sweep returned {type(sweep).__name__}, not a bn_repro.sweep.Sweep",
+      field="--sweep",
+    )
   return sweep, os.path.dirname(os.path.abspath(path))
 
 
@@ -288,10 +300,13 @@ def render(value: Any) -> str:
   if isinstance(value, float):
     return repr(value)
   if isinstance(value, (tuple, list)) and all(
-      isinstance(v, (bool, int, float, str)) for v in value):
+    isinstance(v, (bool, int, float, str)) for v in value
+  ):
     return repr(tuple(value))
-  raise UserError(f"value {value!r} of type {type(value).__name__} cannot be passed on "
-                  "the command line; use a bool, number, string or tuple of them")
+  raise UserError(
+    f"value {value!r} of type {type(value).__name__} cannot be passed on "
+    "the command line; use a bool, number, string or tuple of them"
+  )
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -306,11 +321,14 @@ def _parse_config(config_arg: str, overrides: Mapping[str, str]):
   """The ConfigDict the trainer builds from these flags (same parser: config_flags)."""
   from absl import flags  # pylint: disable=g-import-not-at-top
   from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+
   argv = ["bn_repro.main", f"--config={config_arg}"] + [
-      f"--config.{k}={v}" for k, v in overrides.items()]
+    f"--config.{k}={v}" for k, v in overrides.items()
+  ]
   values = flags.FlagValues()
-  config_flags.DEFINE_config_file("config", None, "", flag_values=values, lock_config=True,
-                                  sys_argv=argv)
+  config_flags.DEFINE_config_file(
+    "config", None, "", flag_values=values, lock_config=True, sys_argv=argv
+  )
   with warnings.catch_warnings():  # ml_collections loads config files with load_module()
     warnings.simplefilter("ignore", DeprecationWarning)
     values(argv)
@@ -333,8 +351,14 @@ def _get(tree: Mapping[str, Any], field: str) -> Any:
   return tree
 
 
-def resolve(sweep: Sweep, sweep_dir: str, workdir: str, cli_overrides: Mapping[str, str],
-            cwd: str | None = None, label: str = "sweep") -> list[ResolvedPoint]:
+def resolve(
+  sweep: Sweep,
+  sweep_dir: str,
+  workdir: str,
+  cli_overrides: Mapping[str, str],
+  cwd: str | None = None,
+  label: str = "sweep",
+) -> list[ResolvedPoint]:
   """Names, commands and full configs of every point; checks all of them first.
 
   Raises UserError (one line naming the point and field) for an unknown field, a
@@ -357,12 +381,15 @@ def resolve(sweep: Sweep, sweep_dir: str, workdir: str, cli_overrides: Mapping[s
     by_alias[alias(f, sweep.aliases)].append(f)
   for a, fields in by_alias.items():
     if len(fields) > 1:
-      raise UserError(f"{label}: fields {', '.join(fields)} share the name {a!r} in point "
-                      "names; give them distinct aliases")
+      raise UserError(
+        f"{label}: fields {', '.join(fields)} share the name {a!r} in point "
+        "names; give them distinct aliases"
+      )
   clash = sorted(set(cli_overrides) & set(grid_fields))
   if clash:
-    raise UserError(f"{clash[0]} is an axis of {label}; an override would collapse it",
-                    field="--override")
+    raise UserError(
+      f"{clash[0]} is an axis of {label}; an override would collapse it", field="--override"
+    )
 
   keys_cache: dict[str, dict[str, Any]] = {}
   seen: dict[str, Point] = {}
@@ -377,15 +404,16 @@ def resolve(sweep: Sweep, sweep_dir: str, workdir: str, cli_overrides: Mapping[s
     if CONFIG_KEY in point:
       value = str(point[CONFIG_KEY])
       try:
-        config = (_config_arg(value, sweep_dir, cwd) if ".py" in value
-                  else f"{base_file}:{value}")
+        config = _config_arg(value, sweep_dir, cwd) if ".py" in value else f"{base_file}:{value}"
       except UserError as e:
         raise UserError(f"{where}: {e}") from None
     if config not in keys_cache:
       try:
         keys_cache[config] = _leaves(_parse_config(config, {}).to_dict())
       except Exception as e:  # pylint: disable=broad-except
-        raise UserError(f"{where}: config {config}: {type(e).__name__}: {cli.first_line(e)}") from None
+        raise UserError(
+          f"{where}: config {config}: {type(e).__name__}: {cli.first_line(e)}"
+        ) from None
     keys = keys_cache[config]
     values = {**sweep.fixed, **{k: v for k, v in point.items() if k != CONFIG_KEY}}
     for field in values:
@@ -393,8 +421,7 @@ def resolve(sweep: Sweep, sweep_dir: str, workdir: str, cli_overrides: Mapping[s
         raise UserError(f"{where}: unknown config field {field!r} (not in {config})")
     for field in cli_overrides:
       if field not in keys:
-        raise UserError(f"unknown config field {field!r} (not in {config})",
-                        field="--override")
+        raise UserError(f"unknown config field {field!r} (not in {config})", field="--override")
     try:
       overrides = {k: render(v) for k, v in values.items()}
     except UserError as e:
@@ -406,15 +433,24 @@ def resolve(sweep: Sweep, sweep_dir: str, workdir: str, cli_overrides: Mapping[s
       raise UserError(f"{where}: {type(e).__name__}: {cli.first_line(e)}") from None
     for field, value in values.items():
       if field not in cli_overrides and not _same(_get(parsed, field), value):
-        raise UserError(f"{where}: {field}={value!r} arrives as {_get(parsed, field)!r}; "
-                        "use a value of the field's type")
+        raise UserError(
+          f"{where}: {field}={value!r} arrives as {_get(parsed, field)!r}; "
+          "use a value of the field's type"
+        )
     try:
       validation.validate(parsed)
     except UserError as e:
       raise UserError(f"{where}: {e}") from None
-    points.append(ResolvedPoint(name=name, fields=dict(point), config=config,
-                                overrides=overrides, workdir=os.path.join(workdir, name),
-                                resolved=parsed.to_dict()))
+    points.append(
+      ResolvedPoint(
+        name=name,
+        fields=dict(point),
+        config=config,
+        overrides=overrides,
+        workdir=os.path.join(workdir, name),
+        resolved=parsed.to_dict(),
+      )
+    )
   if not points:
     raise UserError(f"{label} has no points")
   return points
@@ -478,8 +514,9 @@ def _prepare_fresh(point: ResolvedPoint) -> None:
   write_json(os.path.join(point.workdir, CONFIG_FILE), point.resolved)
 
 
-def batch_groups(points: Sequence[ResolvedPoint], indices: Sequence[int],
-                 max_runs: int = 0, parallel: int = 1) -> list[list[int]]:
+def batch_groups(
+  points: Sequence[ResolvedPoint], indices: Sequence[int], max_runs: int = 0, parallel: int = 1
+) -> list[list[int]]:
   """`indices` in --batched groups: points whose configs differ only in batched.VARYING
   and whose latest checkpoints are at one step, at most `max_runs` a group (0: no limit;
   a larger group is split evenly); a point batched.check_batchable refuses stays alone.
@@ -487,7 +524,9 @@ def batch_groups(points: Sequence[ResolvedPoint], indices: Sequence[int],
   (evenly, into parts of 2 runs or more) until every process has one. Groups come in
   the order of their first points."""
   import ml_collections  # pylint: disable=g-import-not-at-top
+
   from bn_repro import batched  # pylint: disable=g-import-not-at-top
+
   groups: dict[Any, list[int]] = {}
   for i in indices:
     point = points[i]
@@ -516,24 +555,37 @@ def batch_groups(points: Sequence[ResolvedPoint], indices: Sequence[int],
 def runner_argv(spec: str, workdir: str, cli_overrides: Mapping[str, str]) -> list[str]:
   """This runner's command for the sweep, before the flags that pick points or how they run."""
   return [sys.executable, "-m", "bn_repro.sweep", f"--sweep={spec}", f"--workdir={workdir}"] + [
-      f"--override={k}={v}" for k, v in cli_overrides.items()]
+    f"--override={k}={v}" for k, v in cli_overrides.items()
+  ]
 
 
-def _sweep_record(spec: str, sweep: Sweep, runner: Sequence[str],
-                  cli_overrides: Mapping[str, str], points: Sequence[ResolvedPoint],
-                  cwd: str) -> dict[str, Any]:
+def _sweep_record(
+  spec: str,
+  sweep: Sweep,
+  runner: Sequence[str],
+  cli_overrides: Mapping[str, str],
+  points: Sequence[ResolvedPoint],
+  cwd: str,
+) -> dict[str, Any]:
   return {
-      "sweep": spec,
-      "description": sweep.description,
-      "base": sweep.base,
-      "fixed": {k: v for k, v in sweep.fixed.items()},
-      "aliases": dict(sweep.aliases),
-      "overrides": dict(cli_overrides),
-      "cwd": cwd,
-      "runner_command": shlex.join(runner),
-      "points": [{"name": p.name, "fields": p.fields, "config": p.config,
-                  "overrides": p.overrides, "command": shlex.join(p.argv())}
-                 for p in points],
+    "sweep": spec,
+    "description": sweep.description,
+    "base": sweep.base,
+    "fixed": {k: v for k, v in sweep.fixed.items()},
+    "aliases": dict(sweep.aliases),
+    "overrides": dict(cli_overrides),
+    "cwd": cwd,
+    "runner_command": shlex.join(runner),
+    "points": [
+      {
+        "name": p.name,
+        "fields": p.fields,
+        "config": p.config,
+        "overrides": p.overrides,
+        "command": shlex.join(p.argv()),
+      }
+      for p in points
+    ],
   }
 
 
@@ -582,8 +634,15 @@ def probe_environment(env: Mapping[str, str]) -> dict[str, Any]:
   """Software versions and hardware as a trainer process sees them (a child process,
   so that this runner never initializes an accelerator)."""
   try:
-    r = subprocess.run([sys.executable, "-c", _PROBE], env=dict(env), capture_output=True,
-                       text=True, timeout=300, stdin=subprocess.DEVNULL, check=False)
+    r = subprocess.run(
+      [sys.executable, "-c", _PROBE],
+      env=dict(env),
+      capture_output=True,
+      text=True,
+      timeout=300,
+      stdin=subprocess.DEVNULL,
+      check=False,
+    )
     return json.loads(r.stdout.strip().splitlines()[-1])
   except (OSError, ValueError, IndexError, subprocess.TimeoutExpired) as e:
     return {"error": f"{type(e).__name__}: {e}"}
@@ -648,9 +707,16 @@ class Runner:
   group), the points of each of `batch_groups` share one process.
   """
 
-  def __init__(self, points: Sequence[ResolvedPoint], parallel: int, cwd: str,
-               out: Callable[[str], None], batch_command: Sequence[str] | None = None,
-               max_batched_runs: int = 0, cpu_devices: int = 0):
+  def __init__(
+    self,
+    points: Sequence[ResolvedPoint],
+    parallel: int,
+    cwd: str,
+    out: Callable[[str], None],
+    batch_command: Sequence[str] | None = None,
+    max_batched_runs: int = 0,
+    cpu_devices: int = 0,
+  ):
     self.points = points
     self.parallel = parallel
     self.cwd = cwd
@@ -672,6 +738,7 @@ class Runner:
     if self.parallel == 1:
       return []  # the child takes one CPU device per usable CPU
     from bn_repro import parallel  # pylint: disable=g-import-not-at-top
+
     return [f"--cpu_devices={max(1, parallel.usable_cpus() // self.parallel)}"]
 
   def _on_signal(self, signum, frame):
@@ -703,8 +770,10 @@ class Runner:
       else:
         todo.append(i)
     queue = collections.deque(
-        [[i] for i in todo] if self.batch_command is None
-        else batch_groups(self.points, todo, self.max_batched_runs, self.parallel))
+      [[i] for i in todo]
+      if self.batch_command is None
+      else batch_groups(self.points, todo, self.max_batched_runs, self.parallel)
+    )
     running: list[_Job] = []
     busy_said: set[int] = set()
     while queue or running:
@@ -730,8 +799,10 @@ class Runner:
       self.out(f"sweep: stopped by signal {self.signal}; rerun the same command to finish")
       return 128 + self.signal
     c = self.outcomes
-    self.out(f"sweep: {c['done']} done, {c['diverged']} diverged, {c['failed']} failed, "
-             f"{c['stopped']} stopped ({c['skipped']} skipped as finished before)")
+    self.out(
+      f"sweep: {c['done']} done, {c['diverged']} diverged, {c['failed']} failed, "
+      f"{c['stopped']} stopped ({c['skipped']} skipped as finished before)"
+    )
     return 0 if c["done"] + c["diverged"] == len(selected) else 1
 
   def _stop(self, running: list[_Job], queue: collections.deque) -> None:
@@ -739,8 +810,10 @@ class Runner:
     if self._terminated_at == 0:
       queue.clear()
       self._terminated_at = self.signals_seen
-      self.out(f"sweep: signal {self.signal}: stopping {len(running)} running point(s); "
-               "they save a checkpoint (signal again to kill them)")
+      self.out(
+        f"sweep: signal {self.signal}: stopping {len(running)} running point(s); "
+        "they save a checkpoint (signal again to kill them)"
+      )
       for job in running:
         job.proc.send_signal(signal.SIGTERM)
     elif self.signals_seen > self._terminated_at:
@@ -781,9 +854,16 @@ class Runner:
       _prepare_fresh(point)
       write_json(os.path.join(point.workdir, ENVIRONMENT_FILE), self.environment)
     leader = points[0]
-    argv = leader.argv() if len(points) == 1 else [
-        *self.batch_command, "--in_process", *self._cpu_devices_flag(),
-        *(f"--point={p.name}" for p in points)]
+    argv = (
+      leader.argv()
+      if len(points) == 1
+      else [
+        *self.batch_command,
+        "--in_process",
+        *self._cpu_devices_flag(),
+        *(f"--point={p.name}" for p in points),
+      ]
+    )
     header = f"=== {datetime.datetime.now().isoformat(timespec='seconds')} {shlex.join(argv)}\n"
     for point in points[1:]:
       with open(os.path.join(point.workdir, LOG_FILE), "a") as f:
@@ -794,9 +874,16 @@ class Runner:
     offset = log.tell()
     fds = [fd for _, fd, _ in claimed]
     proc = subprocess.Popen(  # pylint: disable=consider-using-with
-        argv, cwd=self.cwd, env=self.env, stdin=subprocess.DEVNULL, stdout=log,
-        stderr=subprocess.STDOUT, start_new_session=True, pass_fds=fds,
-        preexec_fn=_die_with_parent())
+      argv,
+      cwd=self.cwd,
+      env=self.env,
+      stdin=subprocess.DEVNULL,
+      stdout=log,
+      stderr=subprocess.STDOUT,
+      start_new_session=True,
+      pass_fds=fds,
+      preexec_fn=_die_with_parent(),
+    )
     together = f" (batched, {len(points)} points)" if len(points) > 1 else ""
     for (i, _, status), point in zip(claimed, points):
       extra = f" from step {status['step']}" if status.get("step") else ""
@@ -826,8 +913,10 @@ class Runner:
           error = f"killed by signal {-rc}" + (f"; last output: {line}" if line else "")
         else:
           error = line or f"exit code {rc} without output"
-        write_json(os.path.join(point.workdir, STATUS_FILE),
-                    {"status": "failed", "error": error, "exit_code": rc})
+        write_json(
+          os.path.join(point.workdir, STATUS_FILE),
+          {"status": "failed", "error": error, "exit_code": rc},
+        )
         outcome, what = "failed", f"failed (exit {rc}): {error}"
       os.close(fd)
       self.outcomes[outcome] += 1
@@ -841,33 +930,52 @@ class Runner:
 def _define_flags():
   """The runner's flags (defined on first use: config files import this module)."""
   from absl import flags  # pylint: disable=g-import-not-at-top
+
   flags.DEFINE_string("sweep", None, "Sweep file and name, e.g. configs/mnist_sweeps.py:lr_grid.")
-  flags.DEFINE_string("workdir", None,
-                      "Sweep directory: sweep.json and one subdirectory per point.")
+  flags.DEFINE_string(
+    "workdir", None, "Sweep directory: sweep.json and one subdirectory per point."
+  )
   flags.DEFINE_integer("parallel", 1, "Points run at once, each in its own process.")
   flags.DEFINE_multi_string(
-      "override", [], "FIELD=VALUE set in every point, as the trainer's --config.FIELD=VALUE "
-      "(e.g. data.source=idx, num_steps=1000). Repeatable.")
+    "override",
+    [],
+    "FIELD=VALUE set in every point, as the trainer's --config.FIELD=VALUE "
+    "(e.g. data.source=idx, num_steps=1000). Repeatable.",
+  )
   flags.DEFINE_multi_string("point", [], "Run only this point (its name). Repeatable.")
-  flags.DEFINE_bool("print_commands", False,
-                    "Print one command per point (with --batched: per group) and exit; "
-                    "writes nothing.")
-  flags.DEFINE_bool("batched", False,
-                    "Points that differ only in seed and learning rate train together: one "
-                    "process and one compiled program per group (bn_repro.batched); the "
-                    "others run as before.")
-  flags.DEFINE_integer("max_batched_runs", 0,
-                       "With --batched: at most this many points in one group (0: no limit); "
-                       "a larger group is split evenly. With fewer groups than --parallel, "
-                       "the largest are split further (2 points a part at least).")
-  flags.DEFINE_bool("in_process", False,
-                    "Train the selected points in this process as one batched program (what "
-                    "--batched starts for each group); they must differ only in seed and "
-                    "learning rate.")
-  flags.DEFINE_integer("cpu_devices", 0,
-                       "With --batched on a CPU host: JAX CPU devices each group's runs "
-                       "spread over (0: the usable CPUs / --parallel). No effect on GPU or "
-                       "TPU, nor where XLA_FLAGS sets a device count.")
+  flags.DEFINE_bool(
+    "print_commands",
+    False,
+    "Print one command per point (with --batched: per group) and exit; writes nothing.",
+  )
+  flags.DEFINE_bool(
+    "batched",
+    False,
+    "Points that differ only in seed and learning rate train together: one "
+    "process and one compiled program per group (bn_repro.batched); the "
+    "others run as before.",
+  )
+  flags.DEFINE_integer(
+    "max_batched_runs",
+    0,
+    "With --batched: at most this many points in one group (0: no limit); "
+    "a larger group is split evenly. With fewer groups than --parallel, "
+    "the largest are split further (2 points a part at least).",
+  )
+  flags.DEFINE_bool(
+    "in_process",
+    False,
+    "Train the selected points in this process as one batched program (what "
+    "--batched starts for each group); they must differ only in seed and "
+    "learning rate.",
+  )
+  flags.DEFINE_integer(
+    "cpu_devices",
+    0,
+    "With --batched on a CPU host: JAX CPU devices each group's runs "
+    "spread over (0: the usable CPUs / --parallel). No effect on GPU or "
+    "TPU, nor where XLA_FLAGS sets a device count.",
+  )
   flags.mark_flags_as_required(["sweep", "workdir"])
   return flags.FLAGS
 
@@ -889,16 +997,19 @@ def _check_workdir(workdir: str, spec: str) -> None:
     raise UserError(f"{path} is unreadable; use a new --workdir", field="--workdir") from None
   key = lambda s: (os.path.basename(s.partition(":")[0]), s.partition(":")[2])
   if key(previous) != key(spec):
-    raise UserError(f"{workdir} holds the sweep {previous}, not {spec}; use a new --workdir",
-                    field="--workdir")
+    raise UserError(
+      f"{workdir} holds the sweep {previous}, not {spec}; use a new --workdir", field="--workdir"
+    )
 
 
 def main(argv: Sequence[str]) -> int:
   from absl import flags  # pylint: disable=g-import-not-at-top
+
   FLAGS = flags.FLAGS  # pylint: disable=invalid-name
   if len(argv) > 1:
-    _fail(f"unexpected arguments {' '.join(argv[1:])!r}; "
-          "fields are set with --override=FIELD=VALUE")
+    _fail(
+      f"unexpected arguments {' '.join(argv[1:])!r}; fields are set with --override=FIELD=VALUE"
+    )
   spec, workdir = FLAGS.sweep, FLAGS.workdir
   cwd = os.getcwd()
   try:
@@ -918,8 +1029,11 @@ def main(argv: Sequence[str]) -> int:
     names = [p.name for p in points]
     for name in FLAGS.point:
       if name not in names:
-        raise UserError(f"no point {name!r} in {spec}; points: {', '.join(names[:5])}"
-                        f"{', ...' if len(names) > 5 else ''}", field="--point")
+        raise UserError(
+          f"no point {name!r} in {spec}; points: {', '.join(names[:5])}"
+          f"{', ...' if len(names) > 5 else ''}",
+          field="--point",
+        )
     _check_workdir(workdir, spec)
   except UserError as e:
     _fail(str(e))
@@ -928,14 +1042,18 @@ def main(argv: Sequence[str]) -> int:
   base = runner_argv(spec, workdir, overrides)
   how = []  # the flags that choose how points run, for printed commands and sweep.json
   if FLAGS.batched:
-    how = ["--batched"] + (
-        [f"--max_batched_runs={FLAGS.max_batched_runs}"] if FLAGS.max_batched_runs else []) + (
-        [f"--cpu_devices={FLAGS.cpu_devices}"] if FLAGS.cpu_devices else [])
+    how = (
+      ["--batched"]
+      + ([f"--max_batched_runs={FLAGS.max_batched_runs}"] if FLAGS.max_batched_runs else [])
+      + ([f"--cpu_devices={FLAGS.cpu_devices}"] if FLAGS.cpu_devices else [])
+    )
 
   if FLAGS.print_commands:
-    groups = (batch_groups(points, selected, FLAGS.max_batched_runs, FLAGS.parallel)
-              if FLAGS.batched
-              else [[i] for i in selected])
+    groups = (
+      batch_groups(points, selected, FLAGS.max_batched_runs, FLAGS.parallel)
+      if FLAGS.batched
+      else [[i] for i in selected]
+    )
     try:
       for group in groups:
         argv = base + how + [f"--point={points[i].name}" for i in group]
@@ -948,17 +1066,25 @@ def main(argv: Sequence[str]) -> int:
     return _train_in_process([points[i] for i in selected], FLAGS.cpu_devices)
 
   os.makedirs(workdir, exist_ok=True)
-  write_json(os.path.join(workdir, SWEEP_FILE),
-              _sweep_record(spec, sweep, base + how, overrides, points, cwd))
+  write_json(
+    os.path.join(workdir, SWEEP_FILE),
+    _sweep_record(spec, sweep, base + how, overrides, points, cwd),
+  )
   for i in selected:  # pending until started
     point = points[i]
     if not os.path.exists(os.path.join(point.workdir, STATUS_FILE)):
       os.makedirs(point.workdir, exist_ok=True)
       write_json(os.path.join(point.workdir, CONFIG_FILE), point.resolved)
       write_json(os.path.join(point.workdir, STATUS_FILE), {"status": "pending"})
-  runner = Runner(points, FLAGS.parallel, cwd, out=lambda s: print(s, flush=True),
-                  batch_command=base if FLAGS.batched else None,
-                  max_batched_runs=FLAGS.max_batched_runs, cpu_devices=FLAGS.cpu_devices)
+  runner = Runner(
+    points,
+    FLAGS.parallel,
+    cwd,
+    out=lambda s: print(s, flush=True),
+    batch_command=base if FLAGS.batched else None,
+    max_batched_runs=FLAGS.max_batched_runs,
+    cpu_devices=FLAGS.cpu_devices,
+  )
   return runner.run(selected)
 
 
@@ -966,23 +1092,33 @@ def _train_in_process(points: Sequence[ResolvedPoint], cpu_devices: int) -> int:
   """Trains `points` here as one batched program (a --batched group's child), its runs
   spread over `cpu_devices` CPU devices (0: one per usable CPU) on a CPU host: exit 0
   when each is done or diverged (its status.json says which), 4 when stopped."""
-  from bn_repro import batched  # pylint: disable=g-import-not-at-top
-  from bn_repro import parallel  # pylint: disable=g-import-not-at-top
+  from bn_repro import (
+    batched,  # pylint: disable=g-import-not-at-top
+    parallel,  # pylint: disable=g-import-not-at-top
+  )
+
   parallel.add_cpu_devices(cpu_devices)
-  from bn_repro import train  # pylint: disable=g-import-not-at-top
   from absl import logging  # pylint: disable=g-import-not-at-top
+
+  from bn_repro import train  # pylint: disable=g-import-not-at-top
+
   # bn_repro's own lines, and libraries' (orbax logs every save) from ERROR up, as in a
   # single run's log (bn_repro.main).
   logging.get_absl_handler().addFilter(
-      lambda r: r.levelno >= pylogging.ERROR or f"{os.sep}bn_repro{os.sep}" in r.pathname)
+    lambda r: r.levelno >= pylogging.ERROR or f"{os.sep}bn_repro{os.sep}" in r.pathname
+  )
   try:
-    batched.train_batched([_parse_config(p.config, p.overrides) for p in points],
-                          [p.workdir for p in points])
+    batched.train_batched(
+      [_parse_config(p.config, p.overrides) for p in points], [p.workdir for p in points]
+    )
   except UserError as e:
     _fail(str(e))
   except train.Stopped as e:
-    print(f"bn-repro sweep: stopped by signal {e.signum} at step {e.step} after saving "
-          "checkpoints; rerun to resume", file=sys.stderr)
+    print(
+      f"bn-repro sweep: stopped by signal {e.signum} at step {e.step} after saving "
+      "checkpoints; rerun to resume",
+      file=sys.stderr,
+    )
     return EXIT_STOPPED
   return 0
 
@@ -990,13 +1126,16 @@ def _train_in_process(points: Sequence[ResolvedPoint], cpu_devices: int) -> int:
 def run() -> None:
   """Console entry point."""
   from absl import app  # pylint: disable=g-import-not-at-top
+
   _define_flags()
-  app.run(lambda argv: sys.exit(main(argv)),
-          flags_parser=cli.one_line_flags_parser("bn-repro sweep"))
+  app.run(
+    lambda argv: sys.exit(main(argv)), flags_parser=cli.one_line_flags_parser("bn-repro sweep")
+  )
 
 
 if __name__ == "__main__":
   # Config files import `bn_repro.sweep`; run that copy, not this `__main__` one, so
   # their Sweep objects are instances of the class we check against.
   from bn_repro import sweep as _module  # pylint: disable=import-self
+
   _module.run()

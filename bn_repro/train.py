@@ -19,26 +19,21 @@ import threading
 import time
 from typing import Any
 
-from absl import logging
-from flax.training import train_state
 import jax
 import jax.numpy as jnp
-from jax import lax
-from jax.experimental import multihost_utils
 import ml_collections
 import numpy as np
 import optax
 import orbax.checkpoint as ocp
+from absl import logging
+from flax.training import train_state
+from jax import lax
+from jax.experimental import multihost_utils
 
-from bn_repro import analysis
-from bn_repro import batch_norm
-from bn_repro import data
-from bn_repro import models
-from bn_repro import parallel
-from bn_repro import validation
-from bn_repro.models import common
+from bn_repro import analysis, batch_norm, data, models, parallel, validation
 from bn_repro.errors import UserError
 from bn_repro.metrics import MetricWriter, NullWriter, read_metrics, write_json
+from bn_repro.models import common
 
 CONFIG_FILE = "config.json"
 STATUS_FILE = "status.json"
@@ -49,9 +44,17 @@ PERCENTILES = (15, 50, 85)
 POPULATION_SEED_OFFSET = 1_000_003
 
 # Settings that may change between a run and its resumption.
-RESUMABLE_CHANGES = ("num_steps", "log_every", "eval_every", "checkpoint_every",
-                     "tensorboard", "num_devices", "steps_per_call", "profile_start_step",
-                     "profile_num_steps")
+RESUMABLE_CHANGES = (
+  "num_steps",
+  "log_every",
+  "eval_every",
+  "checkpoint_every",
+  "tensorboard",
+  "num_devices",
+  "steps_per_call",
+  "profile_start_step",
+  "profile_num_steps",
+)
 
 
 class TrainState(train_state.TrainState):
@@ -66,8 +69,9 @@ class Diverged(Exception):
     super().__init__(f"diverged at step {step}")
 
 
-def make_optimizer(config: ml_collections.ConfigDict,
-                   steps_per_epoch: float) -> optax.GradientTransformation:
+def make_optimizer(
+  config: ml_collections.ConfigDict, steps_per_epoch: float
+) -> optax.GradientTransformation:
   """SGD (with momentum if > 0), L2 weight decay on kernels, exponential learning-rate decay.
 
   Weight decay adds weight_decay * w to the gradient of every `kernel` (not to BN's
@@ -77,13 +81,17 @@ def make_optimizer(config: ml_collections.ConfigDict,
   o = config.optimizer
   lr: Any = o.learning_rate
   if o.lr_decay_epochs > 0 and o.lr_decay_rate != 1.0:
-    lr = optax.exponential_decay(o.learning_rate,
-                                 transition_steps=max(1, round(o.lr_decay_epochs * steps_per_epoch)),
-                                 decay_rate=o.lr_decay_rate, staircase=True)
+    lr = optax.exponential_decay(
+      o.learning_rate,
+      transition_steps=max(1, round(o.lr_decay_epochs * steps_per_epoch)),
+      decay_rate=o.lr_decay_rate,
+      staircase=True,
+    )
   parts = []
   if o.weight_decay > 0:
     kernels = lambda params: jax.tree_util.tree_map_with_path(
-        lambda path, _: getattr(path[-1], "key", None) == "kernel", params)
+      lambda path, _: getattr(path[-1], "key", None) == "kernel", params
+    )
     parts.append(optax.add_decayed_weights(o.weight_decay, mask=kernels))
   parts.append(optax.sgd(lr, momentum=o.momentum or None))
   return optax.chain(*parts)
@@ -94,15 +102,16 @@ def preprocess(images: jax.Array, dtype: Any) -> jax.Array:
   return images.astype(dtype) * (1.0 / 255.0)
 
 
-def create_train_state(config, model, sample_images: np.ndarray,
-                       steps_per_epoch: float) -> TrainState:
+def create_train_state(
+  config, model, sample_images: np.ndarray, steps_per_epoch: float
+) -> TrainState:
   rng = jax.random.PRNGKey(config.seed)
   variables = model.init(rng, preprocess(jnp.asarray(sample_images), jnp.float32), train=False)
   return TrainState.create(
-      apply_fn=model.apply,
-      params=variables["params"],
-      batch_stats=variables.get("batch_stats", {}),
-      tx=make_optimizer(config, steps_per_epoch),
+    apply_fn=model.apply,
+    params=variables["params"],
+    batch_stats=variables.get("batch_stats", {}),
+    tx=make_optimizer(config, steps_per_epoch),
   )
 
 
@@ -120,8 +129,16 @@ def train_rngs(key: jax.Array) -> dict[str, jax.Array]:
 # Per-device functions (SPMD, collectives over parallel.AXIS).
 
 
-def train_step(state: TrainState, images, labels, *, dtype, sync_batch_stats: bool,
-               seed: Any, update_scale: Any = None):
+def train_step(
+  state: TrainState,
+  images,
+  labels,
+  *,
+  dtype,
+  sync_batch_stats: bool,
+  seed: Any,
+  update_scale: Any = None,
+):
   """One SGD step on this device's share of the global batch.
 
   The dropout key is a pure function of (seed, step, device), so it needs no
@@ -130,30 +147,38 @@ def train_step(state: TrainState, images, labels, *, dtype, sync_batch_stats: bo
   built for learning rate 1, which is the same SGD for a constant per-run factor).
   """
   x = preprocess(images, dtype)
-  rng = jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(seed), state.step),
-                           lax.axis_index(parallel.AXIS))
+  rng = jax.random.fold_in(
+    jax.random.fold_in(jax.random.PRNGKey(seed), state.step), lax.axis_index(parallel.AXIS)
+  )
 
   def loss_fn(params):
     logits, updates = state.apply_fn(
-        {"params": params, "batch_stats": state.batch_stats}, x, train=True,
-        mutable=["batch_stats"], rngs=train_rngs(rng))
+      {"params": params, "batch_stats": state.batch_stats},
+      x,
+      train=True,
+      mutable=["batch_stats"],
+      rngs=train_rngs(rng),
+    )
     loss = cross_entropy(logits, labels).mean()
     return loss, (logits, updates.get("batch_stats", state.batch_stats))
 
-  (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-      state.params)
+  (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   grads = parallel.pmean(grads)
   if sync_batch_stats:  # per-device BN: average the population statistics
     batch_stats = jax.tree.map(
-        lambda v: parallel.pmean(v) if jnp.issubdtype(v.dtype, jnp.floating) else v,
-        batch_stats)
+      lambda v: parallel.pmean(v) if jnp.issubdtype(v.dtype, jnp.floating) else v, batch_stats
+    )
   if update_scale is None:
     state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
   else:
     updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
     updates = jax.tree.map(lambda u: u * update_scale, updates)
-    state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
-                          opt_state=opt_state, batch_stats=batch_stats)
+    state = state.replace(
+      step=state.step + 1,
+      params=optax.apply_updates(state.params, updates),
+      opt_state=opt_state,
+      batch_stats=batch_stats,
+    )
   accuracy = jnp.mean(jnp.argmax(logits, -1) == labels)
   return state, parallel.pmean(jnp.stack([loss, accuracy]))
 
@@ -171,8 +196,9 @@ def train_chunk(state, dataset, batches, *, dtype, sync_batch_stats, seed):
       images, labels = dataset[0][batch], dataset[1][batch]
     else:
       images, labels = batch
-    return train_step(state, images, labels, dtype=dtype, sync_batch_stats=sync_batch_stats,
-                      seed=seed)
+    return train_step(
+      state, images, labels, dtype=dtype, sync_batch_stats=sync_batch_stats, seed=seed
+    )
 
   state, metrics = lax.scan(body, state, batches)
   return state, metrics, all_finite(state)
@@ -192,13 +218,17 @@ def recompute_population(state, images, labels, indices, *, dtype):
     idx, i = batch
     # Dropout and noise stay on, as in the training steps whose statistics this replaces.
     _, updates = state.apply_fn(
-        {"params": state.params, "batch_stats": batch_stats},
-        preprocess(images[idx], dtype), train=True, mutable=["batch_stats"],
-        rngs=train_rngs(jax.random.fold_in(jax.random.PRNGKey(0), i)))
+      {"params": state.params, "batch_stats": batch_stats},
+      preprocess(images[idx], dtype),
+      train=True,
+      mutable=["batch_stats"],
+      rngs=train_rngs(jax.random.fold_in(jax.random.PRNGKey(0), i)),
+    )
     return updates["batch_stats"], None
 
-  batch_stats, _ = lax.scan(body, batch_norm.reset_population(state.batch_stats),
-                            (indices, jnp.arange(len(indices))))
+  batch_stats, _ = lax.scan(
+    body, batch_norm.reset_population(state.batch_stats), (indices, jnp.arange(len(indices)))
+  )
   return state.replace(batch_stats=batch_stats)
 
 
@@ -211,13 +241,17 @@ def evaluate(state, images, labels, mask, *, dtype, probe_unit: int):
   def body(sums, batch):
     x, y, m = batch
     logits, inter = state.apply_fn(
-        {"params": state.params, "batch_stats": state.batch_stats},
-        preprocess(x, dtype), train=False, mutable=["intermediates"])
+      {"params": state.params, "batch_stats": state.batch_stats},
+      preprocess(x, dtype),
+      train=False,
+      mutable=["intermediates"],
+    )
     correct = (jnp.argmax(logits, -1) == y).astype(jnp.float32)
     k = min(5, logits.shape[-1])
     top5 = jnp.any(lax.top_k(logits, k)[1] == y[:, None], axis=-1).astype(jnp.float32)
-    sums = sums + jnp.stack([jnp.sum(correct * m), jnp.sum(top5 * m),
-                             jnp.sum(cross_entropy(logits, y) * m), jnp.sum(m)])
+    sums = sums + jnp.stack(
+      [jnp.sum(correct * m), jnp.sum(top5 * m), jnp.sum(cross_entropy(logits, y) * m), jnp.sum(m)]
+    )
     probe = inter.get("intermediates", {}).get(models.PROBE)
     probe = probe[0][:, probe_unit].astype(jnp.float32) if probe else jnp.zeros_like(m)
     return sums, probe
@@ -246,9 +280,13 @@ class InMemoryFeed:
     # The first eval_train_examples training examples, evaluated like the eval set
     # (population statistics, no dropout): the train side of the train-test gap.
     n_train_eval = min(config.eval_train_examples, len(train_ds))
-    self.train_eval_data = (self._eval_layout(data.ArrayDataset(
-        train_ds.images[:n_train_eval], train_ds.labels[:n_train_eval]))
-                            if n_train_eval else None)
+    self.train_eval_data = (
+      self._eval_layout(
+        data.ArrayDataset(train_ds.images[:n_train_eval], train_ds.labels[:n_train_eval])
+      )
+      if n_train_eval
+      else None
+    )
 
   def _eval_layout(self, ds: data.ArrayDataset):
     """Every example once, padding with mask 0; layout [device, batch index, example]."""
@@ -285,13 +323,20 @@ class StreamFeed:
 
   def __init__(self, config, devs):
     self.config, self.devs = config, devs
-    kw = dict(global_batch=config.batch_size, image_size=config.data.image_size,
-              seed=config.seed, distortion=config.data.distortion,
-              process_index=jax.process_index(), process_count=jax.process_count())
-    self.train_stream = data.StreamingImages(config.data, split=config.data.train_split,
-                                             train=True, **kw)
-    self.eval_stream = data.StreamingImages(config.data, split=config.data.eval_split,
-                                            train=False, **kw)
+    kw = dict(
+      global_batch=config.batch_size,
+      image_size=config.data.image_size,
+      seed=config.seed,
+      distortion=config.data.distortion,
+      process_index=jax.process_index(),
+      process_count=jax.process_count(),
+    )
+    self.train_stream = data.StreamingImages(
+      config.data, split=config.data.train_split, train=True, **kw
+    )
+    self.eval_stream = data.StreamingImages(
+      config.data, split=config.data.eval_split, train=False, **kw
+    )
     self.num_train = len(self.train_stream)
     size = config.data.image_size
     self.sample_images = np.zeros((2, size, size, 3), np.uint8)
@@ -300,9 +345,10 @@ class StreamFeed:
   def _to_devices(self, *arrays):
     """[step, local batch, ...] host arrays to [device, step, per-device batch, ...]."""
     n = len(self.devs)
-    return parallel.shard(tuple(
-        np.swapaxes(a.reshape((a.shape[0], n, -1) + a.shape[2:]), 0, 1) for a in arrays),
-        self.devs)
+    return parallel.shard(
+      tuple(np.swapaxes(a.reshape((a.shape[0], n, -1) + a.shape[2:]), 0, 1) for a in arrays),
+      self.devs,
+    )
 
   def train_inputs(self, start: int, steps: int):
     if self._next != start:
@@ -310,8 +356,9 @@ class StreamFeed:
       self._it = self.train_stream.batches(start)
     batches = [next(self._it) for _ in range(steps)]
     self._next = start + steps
-    return (), self._to_devices(np.stack([b[0] for b in batches]),
-                                np.stack([b[1] for b in batches]))
+    return (), self._to_devices(
+      np.stack([b[0] for b in batches]), np.stack([b[1] for b in batches])
+    )
 
   def eval_inputs(self, train: bool = False):
     if train:  # validation refuses eval_train_examples for streamed datasets
@@ -333,8 +380,13 @@ class Trainer:
   dataset streamed from tfds (`data.name` in STREAMED).
   """
 
-  def __init__(self, config: ml_collections.ConfigDict, train_ds: data.ArrayDataset | None,
-               eval_ds: data.ArrayDataset | None, devs):
+  def __init__(
+    self,
+    config: ml_collections.ConfigDict,
+    train_ds: data.ArrayDataset | None,
+    eval_ds: data.ArrayDataset | None,
+    devs,
+  ):
     self.config = config
     self.devs = devs
     dtype = common.DTYPES[config.dtype]
@@ -342,32 +394,53 @@ class Trainer:
     sync = config.model.use_bn and not config.bn.cross_device
     backend = config.parallel
     self._train = parallel.data_parallel(
-        lambda *a: train_chunk(*a, dtype=dtype, sync_batch_stats=sync, seed=config.seed), devs,
-        donate_argnums=(0,), backend=backend)
+      lambda *a: train_chunk(*a, dtype=dtype, sync_batch_stats=sync, seed=config.seed),
+      devs,
+      donate_argnums=(0,),
+      backend=backend,
+    )
     self._population = parallel.data_parallel(
-        lambda *a: recompute_population(*a, dtype=dtype), devs, donate_argnums=(0,),
-        backend=backend)
+      lambda *a: recompute_population(*a, dtype=dtype), devs, donate_argnums=(0,), backend=backend
+    )
     self._eval = parallel.data_parallel(
-        lambda *a: evaluate(*a, dtype=dtype, probe_unit=config.model.probe_unit), devs,
-        backend=backend)
+      lambda *a: evaluate(*a, dtype=dtype, probe_unit=config.model.probe_unit),
+      devs,
+      backend=backend,
+    )
     self._compiled: dict[int, Any] = {}
     self.compile_seconds = 0.0
-    self.feed = (InMemoryFeed(config, train_ds, eval_ds, devs) if train_ds is not None
-                 else StreamFeed(config, devs))
+    self.feed = (
+      InMemoryFeed(config, train_ds, eval_ds, devs)
+      if train_ds is not None
+      else StreamFeed(config, devs)
+    )
     self.num_train = self.feed.num_train
-    self._ics = (analysis.ics_probe(config, models.build(config, axis_name=None, dtype=dtype),
-                                    train_ds, preprocess=preprocess, loss=cross_entropy,
-                                    rngs=train_rngs(jax.random.PRNGKey(config.seed + 17)))
-                 if config.ics_probe and train_ds is not None else None)
+    self._ics = (
+      analysis.ics_probe(
+        config,
+        models.build(config, axis_name=None, dtype=dtype),
+        train_ds,
+        preprocess=preprocess,
+        loss=cross_entropy,
+        rngs=train_rngs(jax.random.PRNGKey(config.seed + 17)),
+      )
+      if config.ics_probe and train_ds is not None
+      else None
+    )
 
   def init_state(self, sample_images: np.ndarray | None = None) -> TrainState:
     sample_images = self.feed.sample_images if sample_images is None else sample_images
-    state = create_train_state(self.config, self.model, sample_images,
-                               self.num_train / self.config.batch_size)
-    _, inter = jax.eval_shape(lambda: self.model.apply(
+    state = create_train_state(
+      self.config, self.model, sample_images, self.num_train / self.config.batch_size
+    )
+    _, inter = jax.eval_shape(
+      lambda: self.model.apply(
         {"params": state.params, "batch_stats": state.batch_stats},
-        preprocess(jnp.asarray(sample_images), jnp.float32), train=False,
-        mutable=["intermediates"]))
+        preprocess(jnp.asarray(sample_images), jnp.float32),
+        train=False,
+        mutable=["intermediates"],
+      )
+    )
     self.has_probe = models.PROBE in inter.get("intermediates", {})
     return state
 
@@ -378,16 +451,18 @@ class Trainer:
       t = time.perf_counter()
       # Compiled ahead of time to time compilation apart; a multi-process pmap compiles
       # on its first call instead (its AOT path expects global arrays).
-      self._compiled[steps] = (self._train.lower(*args).compile() if jax.process_count() == 1
-                               else self._train)
+      self._compiled[steps] = (
+        self._train.lower(*args).compile() if jax.process_count() == 1 else self._train
+      )
       self.compile_seconds += time.perf_counter() - t
     state, metrics, finite = self._compiled[steps](*args)
     return state, np.asarray(metrics[0]), bool(finite[0])
 
   def recompute_population(self, state):
     """Algorithm 2 over bn.population_batches training batches (in-memory datasets)."""
-    idx = self.feed.indices(self.config.seed + POPULATION_SEED_OFFSET, 0,
-                            self.config.bn.population_batches)
+    idx = self.feed.indices(
+      self.config.seed + POPULATION_SEED_OFFSET, 0, self.config.bn.population_batches
+    )
     return self._population(state, *self.feed.dataset, idx)
 
   def evaluate(self, state) -> dict[str, float]:
@@ -412,8 +487,11 @@ class Trainer:
           probes, mask = (np.asarray(x) for x in multihost_utils.process_allgather((probes, mask)))
         values.append(probes.reshape(-1)[mask.reshape(-1) > 0])
     correct, top5, loss, count = totals
-    out = {f"{prefix}/accuracy": correct / count, f"{prefix}/top5": top5 / count,
-           f"{prefix}/loss": loss / count}
+    out = {
+      f"{prefix}/accuracy": correct / count,
+      f"{prefix}/top5": top5 / count,
+      f"{prefix}/loss": loss / count,
+    }
     if probe:
       for p, v in zip(PERCENTILES, np.percentile(np.concatenate(values), PERCENTILES)):
         out[f"probe/p{p}"] = float(v)
@@ -446,13 +524,18 @@ def _check_saved_config(workdir: str, config: ml_collections.ConfigDict) -> None
   flat_saved = flat_config(ml_collections.ConfigDict(saved))
   flat_new = flat_config(config)
   # Fields only one side has come from a newer or older version of the code, not the user.
-  differ = sorted(k for k in set(flat_saved) & set(flat_new)
-                  if k not in RESUMABLE_CHANGES and flat_saved[k] != flat_new[k])
+  differ = sorted(
+    k
+    for k in set(flat_saved) & set(flat_new)
+    if k not in RESUMABLE_CHANGES and flat_saved[k] != flat_new[k]
+  )
   if differ:
     detail = ", ".join(f"{k} ({flat_saved.get(k)!r} -> {flat_new.get(k)!r})" for k in differ)
-    raise UserError(f"workdir {workdir} holds a run with a different config: {detail}; "
-                    "use a new --workdir, rerun with the saved config, or pass --allow_config_change",
-                    field="--workdir")
+    raise UserError(
+      f"workdir {workdir} holds a run with a different config: {detail}; "
+      "use a new --workdir, rerun with the saved config, or pass --allow_config_change",
+      field="--workdir",
+    )
 
 
 def checkpoint_manager(workdir: str) -> ocp.CheckpointManager:
@@ -467,18 +550,26 @@ def checkpoint_manager(workdir: str) -> ocp.CheckpointManager:
     os.makedirs(directory, exist_ok=True)
     me = jax.process_index()
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=3, create=False,
-        multiprocessing_options=ocp.options.MultiprocessingOptions(
-            primary_host=me, active_processes={me}))
-  return ocp.CheckpointManager(directory, options=options,
-                               item_handlers=ocp.StandardCheckpointHandler())
+      max_to_keep=3,
+      create=False,
+      multiprocessing_options=ocp.options.MultiprocessingOptions(
+        primary_host=me, active_processes={me}
+      ),
+    )
+  return ocp.CheckpointManager(
+    directory, options=options, item_handlers=ocp.StandardCheckpointHandler()
+  )
 
 
 def to_checkpoint(state: TrainState, config) -> dict:
   step = int(state.step)
-  return {"step": step, "params": state.params, "batch_stats": state.batch_stats,
-          "opt_state": state.opt_state,
-          "data_position": {"seed": config.seed, "examples": step * config.batch_size}}
+  return {
+    "step": step,
+    "params": state.params,
+    "batch_stats": state.batch_stats,
+    "opt_state": state.opt_state,
+    "data_position": {"seed": config.seed, "examples": step * config.batch_size},
+  }
 
 
 def is_due(step: int, every: int, last: int) -> bool:
@@ -527,8 +618,11 @@ class _StopSignals:
     if self.requested is not None:
       raise KeyboardInterrupt
     self.requested = signum
-    logging.warning("Signal %d: saving a checkpoint at the end of this chunk, then stopping "
-                    "(send it again to stop at once)", signum)
+    logging.warning(
+      "Signal %d: saving a checkpoint at the end of this chunk, then stopping "
+      "(send it again to stop at once)",
+      signum,
+    )
 
   def agreed(self) -> int | None:
     """The pending signal as all processes see it: with several processes, a signal that
@@ -557,15 +651,19 @@ def _exclusive_workdir(workdir: str):
     os.makedirs(workdir, exist_ok=True)
     fd = os.open(os.path.join(workdir, LOCK_FILE), os.O_RDWR | os.O_CREAT, 0o644)
   except OSError as e:
-    raise UserError(f"cannot write to {workdir} ({e.strerror}); choose a writable --workdir",
-                    field="--workdir") from None
+    raise UserError(
+      f"cannot write to {workdir} ({e.strerror}); choose a writable --workdir", field="--workdir"
+    ) from None
   try:
     try:
       fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
       owner = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
-      raise UserError(f"{workdir} is in use by another run (pid {owner}); wait for it to "
-                      "finish or use another --workdir", field="--workdir") from None
+      raise UserError(
+        f"{workdir} is in use by another run (pid {owner}); wait for it to "
+        "finish or use another --workdir",
+        field="--workdir",
+      ) from None
     os.ftruncate(fd, 0)
     os.pwrite(fd, str(os.getpid()).encode(), 0)
     yield
@@ -575,14 +673,18 @@ def _exclusive_workdir(workdir: str):
 
 def _check_disk(workdir: str, state: TrainState) -> None:
   """Refuses to start when the workdir cannot hold a few checkpoints."""
-  nbytes = sum(np.asarray(x).nbytes for x in jax.tree.leaves(
-      (state.params, state.opt_state, state.batch_stats)))
+  nbytes = sum(
+    np.asarray(x).nbytes
+    for x in jax.tree.leaves((state.params, state.opt_state, state.batch_stats))
+  )
   need = 4 * nbytes + (16 << 20)
   free = shutil.disk_usage(workdir).free
   if free < need:
-    raise UserError(f"{workdir} has {free >> 20} MiB free but checkpoints need about "
-                    f"{need >> 20} MiB; free space or choose another --workdir",
-                    field="--workdir")
+    raise UserError(
+      f"{workdir} has {free >> 20} MiB free but checkpoints need about "
+      f"{need >> 20} MiB; free space or choose another --workdir",
+      field="--workdir",
+    )
 
 
 def _paths(tree: Any) -> dict[str, Any]:
@@ -595,7 +697,9 @@ def _compatibility_problems(metadata: Any, template: Any) -> list[str]:
   """Differences in structure, shape or dtype between a checkpoint and the model's state."""
   saved, wanted = _paths(metadata), _paths(template)
   problems = [f"{k} missing from the checkpoint" for k in sorted(set(wanted) - set(saved))]
-  problems += [f"{k} in the checkpoint but not in the model" for k in sorted(set(saved) - set(wanted))]
+  problems += [
+    f"{k} in the checkpoint but not in the model" for k in sorted(set(saved) - set(wanted))
+  ]
   for k in sorted(set(saved) & set(wanted)):
     shape_saved = tuple(getattr(saved[k], "shape", ()) or ())
     shape_wanted = tuple(np.shape(wanted[k]))
@@ -609,31 +713,42 @@ def _restore(mgr: ocp.CheckpointManager, template: dict, fallback: bool) -> tupl
   steps = sorted(mgr.all_steps(), reverse=True)
   for step in steps:
     older = [s for s in steps if s < step]
-    hint = (f"rerun with --fallback_checkpoint to resume from an older one (steps {older})"
-            if older else "delete it to start over")
+    hint = (
+      f"rerun with --fallback_checkpoint to resume from an older one (steps {older})"
+      if older
+      else "delete it to start over"
+    )
     try:
       problems = _compatibility_problems(mgr.item_metadata(step).tree, template)
       if not problems:
         return step, mgr.restore(step, args=ocp.args.StandardRestore(template))
-      reason = "it was written by a different model: " + "; ".join(problems[:3]) + (
-          f"; and {len(problems) - 3} more" if len(problems) > 3 else "")
+      reason = (
+        "it was written by a different model: "
+        + "; ".join(problems[:3])
+        + (f"; and {len(problems) - 3} more" if len(problems) > 3 else "")
+      )
       hint = "use a new --workdir for a different model"
     except Exception as e:  # pylint: disable=broad-except  # corrupt or truncated files
       reason = f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]}"
     where = os.path.join(str(mgr.directory), str(step))
     if not fallback:
-      raise UserError(f"checkpoint {where} cannot be restored: {reason}; {hint}",
-                      field="--workdir")
+      raise UserError(f"checkpoint {where} cannot be restored: {reason}; {hint}", field="--workdir")
     logging.warning("Checkpoint %s cannot be restored (%s); trying the previous one", where, reason)
   if steps:
-    raise UserError(f"no checkpoint in {mgr.directory} can be restored; delete them to start over",
-                    field="--workdir")
+    raise UserError(
+      f"no checkpoint in {mgr.directory} can be restored; delete them to start over",
+      field="--workdir",
+    )
   return 0, None
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
-                       fallback_checkpoint: bool = False,
-                       allow_config_change: bool = False) -> dict[str, Any]:
+def train_and_evaluate(
+  config: ml_collections.ConfigDict,
+  workdir: str,
+  *,
+  fallback_checkpoint: bool = False,
+  allow_config_change: bool = False,
+) -> dict[str, Any]:
   """Trains `config` in `workdir`, resuming from its latest checkpoint; returns the last metrics.
 
   Raises UserError for bad input (before anything is written), Diverged when the
@@ -662,8 +777,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   state = trainer.init_state()
 
   primary = jax.process_index() == 0  # the one process that writes the workdir
-  with (_exclusive_workdir(workdir) if primary else contextlib.nullcontext()), \
-       _StopSignals() as signals:
+  with (
+    _exclusive_workdir(workdir) if primary else contextlib.nullcontext(),
+    _StopSignals() as signals,
+  ):
     if primary:
       _check_disk(workdir, state)
     mgr = checkpoint_manager(workdir)
@@ -674,28 +791,39 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         write_json(os.path.join(workdir, STATUS_FILE), {"status": "running", "step": start})
       writer = MetricWriter(workdir, tensorboard=config.tensorboard) if primary else NullWriter()
       if restored is not None:
-        state = state.replace(step=restored["step"], params=restored["params"],
-                              batch_stats=restored["batch_stats"],
-                              opt_state=restored["opt_state"])
+        state = state.replace(
+          step=restored["step"],
+          params=restored["params"],
+          batch_stats=restored["batch_stats"],
+          opt_state=restored["opt_state"],
+        )
         logging.info("Resumed from the checkpoint at step %d in %s", start, workdir)
       writer.truncate_after(start if restored is not None else -1)  # lines past the checkpoint
       try:
-        return _loop(trainer, parallel.replicate(state, devs), start, mgr, writer, signals,
-                     workdir)
+        return _loop(trainer, parallel.replicate(state, devs), start, mgr, writer, signals, workdir)
       finally:
         writer.close()
         trainer.close()
     except OSError as e:
-      raise UserError(f"writing to {workdir} failed ({e.strerror or e}); the last checkpoint "
-                      f"is step {mgr.latest_step()}; fix it and rerun to resume",
-                      field="--workdir") from None
+      raise UserError(
+        f"writing to {workdir} failed ({e.strerror or e}); the last checkpoint "
+        f"is step {mgr.latest_step()}; fix it and rerun to resume",
+        field="--workdir",
+      ) from None
     finally:
       mgr.wait_until_finished()
       mgr.close()
 
 
-def _loop(trainer: Trainer, state, start: int, mgr, writer: MetricWriter,
-          signals: _StopSignals, workdir: str) -> dict[str, Any]:
+def _loop(
+  trainer: Trainer,
+  state,
+  start: int,
+  mgr,
+  writer: MetricWriter,
+  signals: _StopSignals,
+  workdir: str,
+) -> dict[str, Any]:
   """Chunks of steps between log / eval / checkpoint points, from `start` to the end."""
   config = trainer.config
   primary = jax.process_index() == 0
@@ -703,13 +831,15 @@ def _loop(trainer: Trainer, state, start: int, mgr, writer: MetricWriter,
   last: dict[str, Any] = {}
   step = start
   # Figure 3's "steps to reach accuracy X": written once, at the first eval that gets there.
-  target_open = primary and config.target_accuracy > 0 and not any(
-      "target/reached" in e for e in (read_metrics(workdir) if start else []))
+  target_open = (
+    primary
+    and config.target_accuracy > 0
+    and not any("target/reached" in e for e in (read_metrics(workdir) if start else []))
+  )
 
   def save():
     if primary:
-      mgr.save(step, args=ocp.args.StandardSave(
-          to_checkpoint(parallel.unreplicate(state), config)))
+      mgr.save(step, args=ocp.args.StandardSave(to_checkpoint(parallel.unreplicate(state), config)))
 
   def set_status(**status):
     if primary:
@@ -727,8 +857,9 @@ def _loop(trainer: Trainer, state, start: int, mgr, writer: MetricWriter,
       compile_before = trainer.compile_seconds
       state, chunk, finite = trainer.train(state, step, stop - step)
       elapsed = time.perf_counter() - t - (trainer.compile_seconds - compile_before)
-      bad = np.flatnonzero(~np.isfinite(chunk[:, 0]) |
-                           ((config.max_loss > 0) & (chunk[:, 0] > config.max_loss)))
+      bad = np.flatnonzero(
+        ~np.isfinite(chunk[:, 0]) | ((config.max_loss > 0) & (chunk[:, 0] > config.max_loss))
+      )
       if bad.size:
         raise Diverged(step + int(bad[0]) + 1)
       if not finite:  # the last update made parameters or BN statistics NaN/Inf
@@ -736,9 +867,13 @@ def _loop(trainer: Trainer, state, start: int, mgr, writer: MetricWriter,
       step = stop
       scalars: dict[str, Any] = {}
       if is_due(step, config.log_every, config.num_steps):
-        scalars.update({"train/loss": float(chunk[:, 0].mean()),
-                        "train/accuracy": float(chunk[:, 1].mean()),
-                        "steps_per_sec": len(chunk) / max(elapsed, 1e-9)})
+        scalars.update(
+          {
+            "train/loss": float(chunk[:, 0].mean()),
+            "train/accuracy": float(chunk[:, 1].mean()),
+            "steps_per_sec": len(chunk) / max(elapsed, 1e-9),
+          }
+        )
         if trainer.compile_seconds > compile_before:
           scalars["compile_seconds"] = trainer.compile_seconds - compile_before
       if is_due(step, config.eval_every, config.num_steps):
@@ -751,9 +886,13 @@ def _loop(trainer: Trainer, state, start: int, mgr, writer: MetricWriter,
         writer.write(step, scalars)
         last = scalars | {"step": step}
         rate = (step - start) / max(time.perf_counter() - t_start - trainer.compile_seconds, 1e-9)
-        logging.info("step %d/%d  %s  ETA %s", step, config.num_steps,
-                     "  ".join(f"{k} {v:.4g}" for k, v in scalars.items()),
-                     _format_eta((config.num_steps - step) / max(rate, 1e-9)))
+        logging.info(
+          "step %d/%d  %s  ETA %s",
+          step,
+          config.num_steps,
+          "  ".join(f"{k} {v:.4g}" for k, v in scalars.items()),
+          _format_eta((config.num_steps - step) / max(rate, 1e-9)),
+        )
       stop_signal = signals.agreed()
       if is_due(step, config.checkpoint_every, config.num_steps) or stop_signal:
         save()

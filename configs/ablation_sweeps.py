@@ -29,13 +29,25 @@ from bn_repro import sweep as sw
 BASE = "mnist_mlp.py:bn_sigmoid"  # relative to this file
 STEPS = 5_000
 SEEDS = (0, 1)
-ALIASES = {"model.use_bn": "bn", "seed": "seed", "bn.virtual_batch_size": "ghost",
-           "bn.renorm": "renorm", "bn.noise_mean": "noise", "bn.freeze_step": "freeze",
-           "bn.population": "pop", "model.bn_position": "place", "model.init_std": "a",
-           "model.dropout_rate": "dropout"}
+ALIASES = {
+  "model.use_bn": "bn",
+  "seed": "seed",
+  "bn.virtual_batch_size": "ghost",
+  "bn.renorm": "renorm",
+  "bn.noise_mean": "noise",
+  "bn.freeze_step": "freeze",
+  "bn.population": "pop",
+  "model.bn_position": "place",
+  "model.init_std": "a",
+  "model.dropout_rate": "dropout",
+}
 # Batch Renormalization's warm-up, scaled from Ioffe (2017)'s 5k/40k/25k steps to STEPS.
-RENORM = {"bn.renorm": True, "bn.renorm_start": 500, "bn.renorm_rmax_end": 4_000,
-          "bn.renorm_dmax_end": 2_500}
+RENORM = {
+  "bn.renorm": True,
+  "bn.renorm_start": 500,
+  "bn.renorm_rmax_end": 4_000,
+  "bn.renorm_dmax_end": 2_500,
+}
 # Noisy BN: per-step feature offsets in [-1, 1], gains in [1, 2], per-value spread 0.5.
 NOISE = {"bn.noise_mean": 1.0, "bn.noise_scale": 2.0, "bn.noise_std": 0.5}
 
@@ -46,55 +58,91 @@ def _bn(**fields):
 
 def variants() -> sw.Sweep:
   return sw.Sweep(
-      base=BASE,
-      grid=sw.product(sw.concat(
-          [_bn(), {"model.use_bn": False},
-           _bn(**{"bn.virtual_batch_size": 6}), _bn(**{"bn.virtual_batch_size": 20}),
-           _bn(**RENORM), _bn(**NOISE), _bn(**{"bn.freeze_step": 1_000}),
-           _bn(**{"bn.population": "average", "bn.unbiased": True}),
-           _bn(**{"model.bn_position": "after_act"}), _bn(**{"model.bn_position": "u"})]),
-          sw.axis("seed", SEEDS)),
-      fixed={"num_steps": STEPS, "max_loss": 1e3},
-      aliases=dict(ALIASES, **{"bn.renorm_start": "rstart", "bn.renorm_rmax_end": "rmax_end",
-                               "bn.renorm_dmax_end": "dmax_end", "bn.noise_scale": "nscale",
-                               "bn.noise_std": "nstd", "bn.unbiased": "unbiased"}),
-      description="MNIST MLP (sigmoid, lr 0.5): plain BN vs its variants and no BN")
+    base=BASE,
+    grid=sw.product(
+      sw.concat(
+        [
+          _bn(),
+          {"model.use_bn": False},
+          _bn(**{"bn.virtual_batch_size": 6}),
+          _bn(**{"bn.virtual_batch_size": 20}),
+          _bn(**RENORM),
+          _bn(**NOISE),
+          _bn(**{"bn.freeze_step": 1_000}),
+          _bn(**{"bn.population": "average", "bn.unbiased": True}),
+          _bn(**{"model.bn_position": "after_act"}),
+          _bn(**{"model.bn_position": "u"}),
+        ]
+      ),
+      sw.axis("seed", SEEDS),
+    ),
+    fixed={"num_steps": STEPS, "max_loss": 1e3},
+    aliases=dict(
+      ALIASES,
+      **{
+        "bn.renorm_start": "rstart",
+        "bn.renorm_rmax_end": "rmax_end",
+        "bn.renorm_dmax_end": "dmax_end",
+        "bn.noise_scale": "nscale",
+        "bn.noise_std": "nstd",
+        "bn.unbiased": "unbiased",
+      },
+    ),
+    description="MNIST MLP (sigmoid, lr 0.5): plain BN vs its variants and no BN",
+  )
 
 
 def ics() -> sw.Sweep:
   return sw.Sweep(
-      base=BASE,
-      grid=sw.product(sw.concat([_bn(), _bn(**NOISE), {"model.use_bn": False}]),
-                      sw.axis("seed", SEEDS)),
-      fixed={"num_steps": STEPS, "ics_probe": True, "max_loss": 1e3},
-      aliases=dict(ALIASES, **{"bn.noise_scale": "nscale", "bn.noise_std": "nstd"}),
-      description="Internal covariate shift (Santurkar et al. 2018, Def. 2.1): BN, noisy BN, "
-                  "no BN")
+    base=BASE,
+    grid=sw.product(
+      sw.concat([_bn(), _bn(**NOISE), {"model.use_bn": False}]), sw.axis("seed", SEEDS)
+    ),
+    fixed={"num_steps": STEPS, "ics_probe": True, "max_loss": 1e3},
+    aliases=dict(ALIASES, **{"bn.noise_scale": "nscale", "bn.noise_std": "nstd"}),
+    description="Internal covariate shift (Santurkar et al. 2018, Def. 2.1): BN, noisy BN, no BN",
+  )
 
 
 def weight_scale() -> sw.Sweep:
   return sw.Sweep(
-      base=BASE,
-      grid=sw.product(sw.axis("model.use_bn", (True, False)),
-                      sw.axis("model.init_std", (0.1, 1.0, 10.0)), sw.axis("seed", SEEDS)),
-      fixed={"num_steps": STEPS, "max_loss": 1e3},
-      aliases=ALIASES,
-      description="Initial weights scaled by a (N(0, a^2/fan_in)), BN on/off (Sec. 3.3)")
+    base=BASE,
+    grid=sw.product(
+      sw.axis("model.use_bn", (True, False)),
+      sw.axis("model.init_std", (0.1, 1.0, 10.0)),
+      sw.axis("seed", SEEDS),
+    ),
+    fixed={"num_steps": STEPS, "max_loss": 1e3},
+    aliases=ALIASES,
+    description="Initial weights scaled by a (N(0, a^2/fan_in)), BN on/off (Sec. 3.3)",
+  )
 
 
 def regularization() -> sw.Sweep:
   return sw.Sweep(
-      base=BASE,
-      grid=sw.product(sw.axis("model.use_bn", (True, False)),
-                      sw.axis("model.dropout_rate", (0.0, 0.3)), sw.axis("seed", SEEDS)),
-      fixed={"num_steps": 3 * STEPS, "eval_train_examples": 8_000, "eval_every": 500,
-             "max_loss": 1e3},
-      aliases=ALIASES,
-      description="Dropout on/off x BN on/off: final accuracy and train-test gap (Sec. 3.4)")
+    base=BASE,
+    grid=sw.product(
+      sw.axis("model.use_bn", (True, False)),
+      sw.axis("model.dropout_rate", (0.0, 0.3)),
+      sw.axis("seed", SEEDS),
+    ),
+    fixed={
+      "num_steps": 3 * STEPS,
+      "eval_train_examples": 8_000,
+      "eval_every": 500,
+      "max_loss": 1e3,
+    },
+    aliases=ALIASES,
+    description="Dropout on/off x BN on/off: final accuracy and train-test gap (Sec. 3.4)",
+  )
 
 
-SWEEPS = {"variants": variants, "ics": ics, "weight_scale": weight_scale,
-          "regularization": regularization}
+SWEEPS = {
+  "variants": variants,
+  "ics": ics,
+  "weight_scale": weight_scale,
+  "regularization": regularization,
+}
 
 
 def get_sweep(name: str) -> sw.Sweep:

@@ -53,21 +53,60 @@ def get_config(variant: str = "bn_x30") -> ml_collections.ConfigDict:
   """Full-size BN-Inception / Inception at 224x224 on ImageNet."""
   c = ml_collections.ConfigDict()
   c.seed = 0
-  c.model = ml_collections.ConfigDict(dict(
-      name="inception", num_classes=1000, nonlinearity="relu", use_bn=True, dropout_rate=0.4,
-      use_lrn=True, width_multiplier=1.0, modules=("3a", "3b", "3c", "4a", "4b", "4c", "4d",
-                                                     "4e", "5a", "5b"),
-      stem="imagenet", stem_stride=1, separable_stem=True, pool_proj_4cd=128, init_std=2**0.5,
-      init_fan_in=True, probe_unit=0, conv_impl="auto"))
-  c.bn = ml_collections.ConfigDict(dict(
-      epsilon=1e-3, decay=0.9997, population="ema", population_batches=100, unbiased=False,
-      cross_device=True, **models.bn_variant_defaults()))
-  c.data = ml_collections.ConfigDict(dict(
-      name="imagenet2012", source="tfds", tfds_data_dir="", idx_dir="", train_split="train",
-      eval_split="validation", image_size=224, distortion=1.0))
-  c.optimizer = ml_collections.ConfigDict(dict(
-      name="sgd", base_learning_rate=BASE_LR, learning_rate=BASE_LR, momentum=0.9,
-      weight_decay=4e-5, lr_decay_rate=0.94, lr_decay_epochs=2.0))
+  c.model = ml_collections.ConfigDict(
+    dict(
+      name="inception",
+      num_classes=1000,
+      nonlinearity="relu",
+      use_bn=True,
+      dropout_rate=0.4,
+      use_lrn=True,
+      width_multiplier=1.0,
+      modules=("3a", "3b", "3c", "4a", "4b", "4c", "4d", "4e", "5a", "5b"),
+      stem="imagenet",
+      stem_stride=1,
+      separable_stem=True,
+      pool_proj_4cd=128,
+      init_std=2**0.5,
+      init_fan_in=True,
+      probe_unit=0,
+      conv_impl="auto",
+    )
+  )
+  c.bn = ml_collections.ConfigDict(
+    dict(
+      epsilon=1e-3,
+      decay=0.9997,
+      population="ema",
+      population_batches=100,
+      unbiased=False,
+      cross_device=True,
+      **models.bn_variant_defaults(),
+    )
+  )
+  c.data = ml_collections.ConfigDict(
+    dict(
+      name="imagenet2012",
+      source="tfds",
+      tfds_data_dir="",
+      idx_dir="",
+      train_split="train",
+      eval_split="validation",
+      image_size=224,
+      distortion=1.0,
+    )
+  )
+  c.optimizer = ml_collections.ConfigDict(
+    dict(
+      name="sgd",
+      base_learning_rate=BASE_LR,
+      learning_rate=BASE_LR,
+      momentum=0.9,
+      weight_decay=4e-5,
+      lr_decay_rate=0.94,
+      lr_decay_epochs=2.0,
+    )
+  )
   c.batch_size = 256
   c.eval_batch_size = 400
   c.num_steps = 4_000_000

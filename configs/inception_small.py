@@ -19,8 +19,10 @@ import ml_collections
 
 from configs import inception_imagenet
 
-DATASETS = {"mnist": dict(name="mnist", train_split="train", eval_split="test"),
-            "cifar10": dict(name="cifar10", train_split="train", eval_split="test")}
+DATASETS = {
+  "mnist": dict(name="mnist", train_split="train", eval_split="test"),
+  "cifar10": dict(name="cifar10", train_split="train", eval_split="test"),
+}
 
 
 def get_config(variant: str = "bn_x5") -> ml_collections.ConfigDict:
@@ -28,8 +30,9 @@ def get_config(variant: str = "bn_x5") -> ml_collections.ConfigDict:
   paper_variant, _, dataset = variant.partition(",")
   dataset = dataset or "mnist"
   if dataset not in DATASETS:
-    raise ValueError(f"unknown dataset {dataset!r} in variant {variant!r}; "
-                     f"choose one of {', '.join(DATASETS)}")
+    raise ValueError(
+      f"unknown dataset {dataset!r} in variant {variant!r}; choose one of {', '.join(DATASETS)}"
+    )
   c = inception_imagenet.get_config("inception")  # the baseline's fields, then the variant's
   c.model.num_classes = 10
   c.model.width_multiplier = 0.125
@@ -39,9 +42,11 @@ def get_config(variant: str = "bn_x5") -> ml_collections.ConfigDict:
   c.model.separable_stem = False
   c.bn.epsilon = 1e-5
   c.bn.decay = 0.99
-  c.data = ml_collections.ConfigDict(dict(
-      source="tfds", tfds_data_dir="", idx_dir="", image_size=0, distortion=1.0,
-      **DATASETS[dataset]))
+  c.data = ml_collections.ConfigDict(
+    dict(
+      source="tfds", tfds_data_dir="", idx_dir="", image_size=0, distortion=1.0, **DATASETS[dataset]
+    )
+  )
   c.optimizer.base_learning_rate = 0.01
   c.optimizer.weight_decay = 4e-5
   c.optimizer.lr_decay_epochs = 2.0

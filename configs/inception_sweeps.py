@@ -21,9 +21,10 @@ VARIANTS = inception_imagenet.VARIANTS
 
 def _five(base_file: str, description: str) -> sw.Sweep:
   return sw.Sweep(
-      base=f"{base_file}:inception",
-      grid=sw.axis(sw.CONFIG_KEY, [f"{base_file}:{v}" for v in VARIANTS]),
-      description=description)
+    base=f"{base_file}:inception",
+    grid=sw.axis(sw.CONFIG_KEY, [f"{base_file}:{v}" for v in VARIANTS]),
+    description=description,
+  )
 
 
 def small_five() -> sw.Sweep:

@@ -28,8 +28,9 @@ VARIANTS = ("bn_sigmoid", "nobn_sigmoid", "bn_relu", "nobn_relu", "bn_tanh", "no
 def get_config(variant: str = "bn_sigmoid") -> ml_collections.ConfigDict:
   """Paper preset; `variant` is '<bn|nobn>_<sigmoid|relu|tanh>'."""
   if variant not in VARIANTS:
-    raise ValueError(f"unknown variant {variant!r} of configs/mnist_mlp.py; "
-                     f"choose one of {', '.join(VARIANTS)}")
+    raise ValueError(
+      f"unknown variant {variant!r} of configs/mnist_mlp.py; choose one of {', '.join(VARIANTS)}"
+    )
   bn, nonlinearity = variant.split("_")
   c = ml_collections.ConfigDict()
   c.seed = 0
@@ -42,7 +43,9 @@ def get_config(variant: str = "bn_sigmoid") -> ml_collections.ConfigDict:
   c.model.use_bn = bn == "bn"
   c.model.init_std = 1.0  # weights ~ N(0, init_std^2 / fan_in) when init_fan_in
   c.model.init_fan_in = True
-  c.model.bn_position = "wu"  # "wu": g(BN(Wu)) (paper) | "after_act": BN(g(Wu+b)) | "u": g(W BN(u)+b)
+  c.model.bn_position = (
+    "wu"  # "wu": g(BN(Wu)) (paper) | "after_act": BN(g(Wu+b)) | "u": g(W BN(u)+b)
+  )
   c.model.dropout_rate = 0.0  # dropout after each hidden layer
   c.model.probe_unit = 0  # which unit of the last hidden layer Figure 1(b, c) tracks
 

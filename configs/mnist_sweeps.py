@@ -34,40 +34,48 @@ programs of 4 seeds side by side, the fastest on 2 cores):
 from bn_repro import sweep as sw
 
 BASE = "mnist_mlp.py:bn_sigmoid"  # relative to this file
-ALIASES = {"model.use_bn": "bn", "model.nonlinearity": "nonlinearity",
-           "optimizer.learning_rate": "lr", "seed": "seed"}
+ALIASES = {
+  "model.use_bn": "bn",
+  "model.nonlinearity": "nonlinearity",
+  "optimizer.learning_rate": "lr",
+  "seed": "seed",
+}
 LEARNING_RATES = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0)
 SEEDS = (0, 1, 2)
 
 
 def lr_grid() -> sw.Sweep:
   return sw.Sweep(
-      base=BASE,
-      grid=sw.product(
-          sw.axis("model.nonlinearity", ("sigmoid", "relu")),
-          sw.axis("model.use_bn", (True, False)),
-          sw.axis("optimizer.learning_rate", LEARNING_RATES),
-          sw.axis("seed", SEEDS)),
-      fixed={"max_loss": 1e3},
-      aliases=ALIASES,
-      description="MNIST MLP: final accuracy vs learning rate, sigmoid/ReLU x BN on/off, "
-                  "3 seeds (Sec. 3.3 and 4.2.1 claims)")
+    base=BASE,
+    grid=sw.product(
+      sw.axis("model.nonlinearity", ("sigmoid", "relu")),
+      sw.axis("model.use_bn", (True, False)),
+      sw.axis("optimizer.learning_rate", LEARNING_RATES),
+      sw.axis("seed", SEEDS),
+    ),
+    fixed={"max_loss": 1e3},
+    aliases=ALIASES,
+    description="MNIST MLP: final accuracy vs learning rate, sigmoid/ReLU x BN on/off, "
+    "3 seeds (Sec. 3.3 and 4.2.1 claims)",
+  )
 
 
 def figure1() -> sw.Sweep:
   return sw.Sweep(
-      base=BASE,
-      grid=sw.axis("model.use_bn", (True, False)),
-      aliases=ALIASES,
-      description="MNIST MLP, sigmoid, with and without BN at the paper preset (Figure 1)")
+    base=BASE,
+    grid=sw.axis("model.use_bn", (True, False)),
+    aliases=ALIASES,
+    description="MNIST MLP, sigmoid, with and without BN at the paper preset (Figure 1)",
+  )
 
 
 def seeds() -> sw.Sweep:
   return sw.Sweep(
-      base=BASE,
-      grid=sw.axis("seed", range(8)),
-      aliases=ALIASES,
-      description="MNIST MLP, sigmoid with BN at the paper preset, 8 seeds (spread over seeds)")
+    base=BASE,
+    grid=sw.axis("seed", range(8)),
+    aliases=ALIASES,
+    description="MNIST MLP, sigmoid with BN at the paper preset, 8 seeds (spread over seeds)",
+  )
 
 
 SWEEPS = {"lr_grid": lr_grid, "figure1": figure1, "seeds": seeds}

@@ -38,8 +38,9 @@ def get_config(variant: str = "bn") -> ml_collections.ConfigDict:
   bn, _, sequence = variant.partition(",")
   sequence = sequence or "rows"
   if bn not in ("bn", "nobn") or sequence not in SEQUENCES:
-    raise ValueError(f"unknown variant {variant!r} of configs/seq_mnist.py; choose "
-                     "'<bn|nobn>[,<rows|pixels>]'")
+    raise ValueError(
+      f"unknown variant {variant!r} of configs/seq_mnist.py; choose '<bn|nobn>[,<rows|pixels>]'"
+    )
   c = mnist_mlp.get_config(f"{bn}_tanh")
   c.model = ml_collections.ConfigDict()
   c.model.name = "lstm"

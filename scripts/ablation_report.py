@@ -26,11 +26,11 @@ import os
 import shlex
 import sys
 import tempfile
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
-from absl import app
-from absl import flags
 import numpy as np
+from absl import app, flags
 
 _SCRIPTS = os.path.dirname(os.path.abspath(__file__))
 if os.path.dirname(_SCRIPTS) not in sys.path:
@@ -44,8 +44,9 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string("variants", None, "Sweep dir of configs/ablation_sweeps.py:variants.")
 flags.DEFINE_string("ics", None, "Sweep dir of configs/ablation_sweeps.py:ics.")
 flags.DEFINE_string("weight_scale", None, "Sweep dir of configs/ablation_sweeps.py:weight_scale.")
-flags.DEFINE_string("regularization", None,
-                    "Sweep dir of configs/ablation_sweeps.py:regularization.")
+flags.DEFINE_string(
+  "regularization", None, "Sweep dir of configs/ablation_sweeps.py:regularization."
+)
 flags.DEFINE_string("report_dir", None, "Output directory (created if needed).")
 
 ACC = "eval/accuracy"
@@ -57,7 +58,8 @@ def _sweep_report():
   """scripts/sweep_report.py as a module: its sweep reader and tables."""
   if "sweep_report" not in sys.modules:
     spec = importlib.util.spec_from_file_location(
-        "sweep_report", os.path.join(_SCRIPTS, "sweep_report.py"))
+      "sweep_report", os.path.join(_SCRIPTS, "sweep_report.py")
+    )
     module = importlib.util.module_from_spec(spec)
     sys.modules["sweep_report"] = module
     spec.loader.exec_module(module)
@@ -67,6 +69,7 @@ def _sweep_report():
 @dataclasses.dataclass
 class Setting:
   """The points of one setting (all seeds): label and each seed's metric events."""
+
   label: str
   fields: dict[str, Any]
   runs: list[list[dict[str, Any]]]  # per seed: metrics.jsonl events
@@ -106,10 +109,12 @@ def load_settings(sweep_dir: str, label: Callable[[dict[str, Any]], str]) -> lis
   settings = []
   for group in sr.group_points(res, drop=(SEED,)):
     dirs = [os.path.join(sweep_dir, p.name) for p in group.points]
-    runs = [read_metrics(d) if os.path.isfile(os.path.join(d, "metrics.jsonl")) else []
-            for d in dirs]
-    settings.append(Setting(label(group.fields), group.fields, runs,
-                            [p.status for p in group.points], dirs))
+    runs = [
+      read_metrics(d) if os.path.isfile(os.path.join(d, "metrics.jsonl")) else [] for d in dirs
+    ]
+    settings.append(
+      Setting(label(group.fields), group.fields, runs, [p.status for p in group.points], dirs)
+    )
   if not any(any(r) for s in settings for r in s.runs):
     raise UserError(f"{sweep_dir}: no point has metrics yet; run the sweep first")
   return settings
@@ -123,7 +128,8 @@ def _pm(mean: float, std: float) -> str:
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
   return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + [
-      "| " + " | ".join(r) + " |" for r in rows]
+    "| " + " | ".join(r) + " |" for r in rows
+  ]
 
 
 def _status(s: Setting) -> str:
@@ -133,8 +139,10 @@ def _status(s: Setting) -> str:
 
 def _plt():
   import matplotlib  # pylint: disable=g-import-not-at-top
+
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+
   return plt
 
 
@@ -156,13 +164,18 @@ def variant_label(fields: dict[str, Any]) -> str:
   if fields.get("bn.population") == "average":
     return "Algorithm 2 statistics"
   if "model.bn_position" in fields:
-    return {"after_act": "BN after g", "u": "BN of u"}.get(fields["model.bn_position"],
-                                                           fields["model.bn_position"])
+    return {"after_act": "BN after g", "u": "BN of u"}.get(
+      fields["model.bn_position"], fields["model.bn_position"]
+    )
   return "BN (paper)"
 
 
-def _accuracy_curves(settings: Sequence[Setting], path: str, title: str,
-                     style: Callable[[Setting], dict[str, Any]] = lambda s: {}) -> None:
+def _accuracy_curves(
+  settings: Sequence[Setting],
+  path: str,
+  title: str,
+  style: Callable[[Setting], dict[str, Any]] = lambda s: {},
+) -> None:
   plt = _plt()
   fig, ax = plt.subplots(figsize=(7, 4.5))
   for s in settings:
@@ -188,18 +201,27 @@ def _accuracy_table(settings: Sequence[Setting]) -> list[str]:
   rows = []
   for s in settings:
     best = max((max(series(e, ACC)[1], default=math.nan) for e in s.runs if e), default=math.nan)
-    rows.append([s.label] + [_pm(*s.at(ACC, t)[:2]) for t in ACCURACY_STEPS]
-                + [_pm(*s.at(ACC)[:2]), _pm(best, math.nan), _status(s)])
-  return _table(["setting"] + [f"acc @ {t}" for t in ACCURACY_STEPS]
-                + ["final acc", "best (any seed)", "runs"], rows)
+    rows.append(
+      [s.label]
+      + [_pm(*s.at(ACC, t)[:2]) for t in ACCURACY_STEPS]
+      + [_pm(*s.at(ACC)[:2]), _pm(best, math.nan), _status(s)]
+    )
+  return _table(
+    ["setting"] + [f"acc @ {t}" for t in ACCURACY_STEPS] + ["final acc", "best (any seed)", "runs"],
+    rows,
+  )
 
 
 def report_variants(sweep_dir: str, out: str) -> tuple[list[str], list[str]]:
   settings = load_settings(sweep_dir, variant_label)
   path = os.path.join(out, "variants.png")
   _accuracy_curves(settings, path, "MNIST MLP (sigmoid): BN variants")
-  md = (["## BN variants", "", f"Sweep: `{sweep_dir}`; figure: `variants.png`.", ""]
-        + _accuracy_table(settings))
+  md = [
+    "## BN variants",
+    "",
+    f"Sweep: `{sweep_dir}`; figure: `variants.png`.",
+    "",
+  ] + _accuracy_table(settings)
   return md, [path]
 
 
@@ -254,16 +276,19 @@ def report_ics(sweep_dir: str, out: str) -> tuple[list[str], list[str]]:
       rel = [np.median(series(e, f"ics/{layer}/rel")[1]) for e in s.runs if e]
       cos = [np.median(series(e, f"ics/{layer}/cos")[1]) for e in s.runs if e]
       cells.append(f"{np.mean(rel):.3f} / {np.mean(cos):.3f}")
-    drifts = [figure1.run_drift(figure1.load_run(d))["p50"]
-              for d, events in zip(s.dirs, s.runs) if events]
+    drifts = [
+      figure1.run_drift(figure1.load_run(d))["p50"] for d, events in zip(s.dirs, s.runs) if events
+    ]
     cells += [f"{np.mean(drifts):.2f}", _pm(*s.at(ACC)[:2])]
     rows.append(cells)
-  md = ["## Internal covariate shift", "",
-        f"Sweep: `{sweep_dir}`; figure: `ics.png`. Per layer: median over evaluations of "
-        "||G − G'||/||G|| / median cos(G, G') (mean over seeds; 0 / 1 = no shift). Drift: "
-        "(max − min of the probe's median) / mean(p85 − p15) over the run (Figure 1's probe).",
-        ""] + _table(["setting"] + [f"{l}: rel / cos" for l in shown]
-                     + ["probe drift", "final acc"], rows)
+  md = [
+    "## Internal covariate shift",
+    "",
+    f"Sweep: `{sweep_dir}`; figure: `ics.png`. Per layer: median over evaluations of "
+    "||G − G'||/||G|| / median cos(G, G') (mean over seeds; 0 / 1 = no shift). Drift: "
+    "(max − min of the probe's median) / mean(p85 − p15) over the run (Figure 1's probe).",
+    "",
+  ] + _table(["setting"] + [f"{l}: rel / cos" for l in shown] + ["probe drift", "final acc"], rows)
   return md, [path]
 
 
@@ -275,10 +300,18 @@ def scale_label(fields: dict[str, Any]) -> str:
 def report_weight_scale(sweep_dir: str, out: str) -> tuple[list[str], list[str]]:
   settings = load_settings(sweep_dir, scale_label)
   path = os.path.join(out, "weight_scale.png")
-  _accuracy_curves(settings, path, "Initial weights scaled by a: BN (solid) vs no BN (dashed)",
-                   style=lambda s: {"linestyle": "-" if s.fields.get("model.use_bn") else "--"})
-  md = (["## Scale of the initial weights", "", f"Sweep: `{sweep_dir}`; figure: "
-         "`weight_scale.png`. Weights ~ N(0, a²/fan_in).", ""] + _accuracy_table(settings))
+  _accuracy_curves(
+    settings,
+    path,
+    "Initial weights scaled by a: BN (solid) vs no BN (dashed)",
+    style=lambda s: {"linestyle": "-" if s.fields.get("model.use_bn") else "--"},
+  )
+  md = [
+    "## Scale of the initial weights",
+    "",
+    f"Sweep: `{sweep_dir}`; figure: `weight_scale.png`. Weights ~ N(0, a²/fan_in).",
+    "",
+  ] + _accuracy_table(settings)
   return md, [path]
 
 
@@ -297,8 +330,10 @@ def report_regularization(sweep_dir: str, out: str) -> tuple[list[str], list[str
       a, b = series(events, ACC)[1], series(events, TRAIN_ACC)[1]
       if a and b and status == "done":
         gaps.append(b[-1] - a[-1])
-    g = (float(np.mean(gaps)) if gaps else math.nan,
-         float(np.std(gaps, ddof=1)) if len(gaps) > 1 else math.nan)
+    g = (
+      float(np.mean(gaps)) if gaps else math.nan,
+      float(np.std(gaps, ddof=1)) if len(gaps) > 1 else math.nan,
+    )
     test.append(t[0])
     gap.append(g[0])
     rows.append([s.label, _pm(*train[:2]), _pm(*t[:2]), _pm(*g), _status(s)])
@@ -317,15 +352,23 @@ def report_regularization(sweep_dir: str, out: str) -> tuple[list[str], list[str
   path = os.path.join(out, "regularization.png")
   fig.savefig(path, dpi=120)
   plt.close(fig)
-  md = ["## Regularization", "", f"Sweep: `{sweep_dir}`; figure: `regularization.png`. Train "
-        "accuracy: the training examples evaluated like the eval set (population statistics, "
-        "no dropout).", ""] + _table(
-            ["setting", "final train acc", "final eval acc", "gap", "runs"], rows)
+  md = [
+    "## Regularization",
+    "",
+    f"Sweep: `{sweep_dir}`; figure: `regularization.png`. Train "
+    "accuracy: the training examples evaluated like the eval set (population statistics, "
+    "no dropout).",
+    "",
+  ] + _table(["setting", "final train acc", "final eval acc", "gap", "runs"], rows)
   return md, [path]
 
 
-REPORTS = {"variants": report_variants, "ics": report_ics, "weight_scale": report_weight_scale,
-           "regularization": report_regularization}
+REPORTS = {
+  "variants": report_variants,
+  "ics": report_ics,
+  "weight_scale": report_weight_scale,
+  "regularization": report_regularization,
+}
 
 
 _fail = functools.partial(cli.report, "ablation_report")
@@ -341,8 +384,10 @@ def main(argv: Sequence[str]) -> int:
     return _fail("--report_dir: required")
   for name, d in given.items():
     if not os.path.isfile(os.path.join(d, "sweep.json")):
-      return _fail(f"--{name}={d}: not a sweep dir (no sweep.json); run "
-                   f"python -m bn_repro.sweep --sweep=configs/ablation_sweeps.py:{name} first")
+      return _fail(
+        f"--{name}={d}: not a sweep dir (no sweep.json); run "
+        f"python -m bn_repro.sweep --sweep=configs/ablation_sweeps.py:{name} first"
+      )
   md = ["# Ablations", "", f"`{shlex.join([sys.executable] + sys.argv)}`", ""]
   try:
     os.makedirs(FLAGS.report_dir, exist_ok=True)

@@ -36,8 +36,7 @@ import statistics
 import sys
 import time
 
-from absl import app
-from absl import flags
+from absl import app, flags
 
 _SCRIPTS = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(_SCRIPTS))
@@ -47,28 +46,33 @@ _IDX_DIR = flags.DEFINE_string("idx_dir", "", "IDX directory with t10k files; ''
 _STEPS = flags.DEFINE_integer("steps", 500, "Steps per timed loop.")
 _REPEATS = flags.DEFINE_integer("repeats", 9, "Interleaved rounds.")
 _JSON = flags.DEFINE_bool("json", False, "Print one JSON object instead of the table.")
-_FIGURE1 = flags.DEFINE_bool("figure1", False,
-                             "Also time the whole Figure 1 reproduction (2 x 50,000 steps).")
-_PROFILE = flags.DEFINE_bool("profile", False,
-                             "Also print the XLA operations of one step and their time.")
+_FIGURE1 = flags.DEFINE_bool(
+  "figure1", False, "Also time the whole Figure 1 reproduction (2 x 50,000 steps)."
+)
+_PROFILE = flags.DEFINE_bool(
+  "profile", False, "Also print the XLA operations of one step and their time."
+)
 _INCEPTION = flags.DEFINE_bool("inception", True, "Also time the small BN-Inception.")
 
 
 def _datasets(idx_dir: str):
   import numpy as np  # pylint: disable=g-import-not-at-top
+
   from bn_repro import data  # pylint: disable=g-import-not-at-top
+
   if idx_dir:
     cfg = _config("bn_sigmoid", idx_dir).data
     return data.load_splits(cfg)
   rng = np.random.default_rng(0)
   make = lambda n: data.ArrayDataset(
-      rng.integers(0, 256, (n, 28, 28, 1), dtype=np.uint8),
-      rng.integers(0, 10, n).astype(np.int32))
+    rng.integers(0, 256, (n, 28, 28, 1), dtype=np.uint8), rng.integers(0, 10, n).astype(np.int32)
+  )
   return make(8000), make(2000)
 
 
 def _config(variant: str, idx_dir: str):
   from configs import mnist_mlp  # pylint: disable=g-import-not-at-top
+
   c = mnist_mlp.get_config(variant)
   c.num_devices = 1
   c.data.source = "idx"
@@ -82,9 +86,9 @@ class Ours:
 
   def __init__(self, variant, train_ds, eval_ds, steps):
     from bn_repro import parallel, train  # pylint: disable=g-import-not-at-top
+
     self.trainer = train.Trainer(_config(variant, ""), train_ds, eval_ds, parallel.devices(1))
-    self.state = parallel.replicate(self.trainer.init_state(train_ds.images[:2]),
-                                    self.trainer.devs)
+    self.state = parallel.replicate(self.trainer.init_state(train_ds.images[:2]), self.trainer.devs)
     self.steps, self.pos = steps, 0
     t = time.perf_counter()
     self.run()
@@ -105,6 +109,7 @@ class Floor:
     import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
     import numpy as np  # pylint: disable=g-import-not-at-top
     from jax import lax  # pylint: disable=g-import-not-at-top
+
     rng = np.random.default_rng(0)
     idx = rng.integers(0, len(train_ds), (steps, 60))
     self.x = jnp.asarray(train_ds.images[idx].reshape(steps, 60, -1), jnp.float32) / 255
@@ -133,6 +138,7 @@ class Floor:
 
   def run(self):
     import jax  # pylint: disable=g-import-not-at-top
+
     self.w = jax.block_until_ready(self.fn(self.w, self.x))
 
 
@@ -153,8 +159,9 @@ class PerStep:
         for _ in range(3):
           x = nn.Dense(100, use_bias=not use_bn)(x)
           if use_bn:
-            x = nn.BatchNorm(use_running_average=not train, momentum=0.99,
-                             use_fast_variance=False)(x)
+            x = nn.BatchNorm(use_running_average=not train, momentum=0.99, use_fast_variance=False)(
+              x
+            )
           x = nn.sigmoid(x)
         return nn.Dense(10)(x)
 
@@ -166,9 +173,14 @@ class PerStep:
     @jax.jit
     def step(params, stats, opt, x, y):
       def loss_fn(p):
-        logits, upd = net.apply({"params": p, "batch_stats": stats}, x.astype(jnp.float32) / 255,
-                                train=True, mutable=["batch_stats"])
+        logits, upd = net.apply(
+          {"params": p, "batch_stats": stats},
+          x.astype(jnp.float32) / 255,
+          train=True,
+          mutable=["batch_stats"],
+        )
         return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), upd
+
       (loss, upd), g = jax.value_and_grad(loss_fn, has_aux=True)(params)
       updates, opt = tx.update(g, opt)
       return optax.apply_updates(params, updates), upd.get("batch_stats", {}), opt, loss
@@ -179,16 +191,19 @@ class PerStep:
     t = time.perf_counter()
     self._one()
     self.compile_seconds = time.perf_counter() - t
-    self.compiled = step.lower(self.params, self.stats, self.opt, self.images[:60],
-                               self.labels[:60]).compile()  # the program the loop runs
+    self.compiled = step.lower(
+      self.params, self.stats, self.opt, self.images[:60], self.labels[:60]
+    ).compile()  # the program the loop runs
 
   def _one(self):
     idx = self.rng.integers(0, len(self.images), 60)
     self.params, self.stats, self.opt, self.loss = self.step(
-        self.params, self.stats, self.opt, self.images[idx], self.labels[idx])
+      self.params, self.stats, self.opt, self.images[idx], self.labels[idx]
+    )
 
   def run(self):
     import jax  # pylint: disable=g-import-not-at-top
+
     for _ in range(self.steps):
       self._one()
     jax.block_until_ready(self.loss)
@@ -199,6 +214,7 @@ class Batched:
 
   def __init__(self, train_ds, eval_ds, steps, runs, spread=True):
     from bn_repro import batched, parallel  # pylint: disable=g-import-not-at-top
+
     configs = []
     for seed in range(runs):
       c = _config("bn_sigmoid", "")
@@ -225,6 +241,7 @@ class SmallInception:
   def __init__(self, train_ds, eval_ds, steps, conv_impl="auto"):
     from bn_repro import parallel, train  # pylint: disable=g-import-not-at-top
     from configs import inception_small  # pylint: disable=g-import-not-at-top
+
     c = inception_small.get_config("bn_x5")
     c.model.conv_impl = conv_impl
     c.num_devices = 1
@@ -245,15 +262,28 @@ def figure1_wall_seconds(idx_dir: str) -> float:
   evals every 250, as the script trains them), and the figure."""
   import subprocess  # pylint: disable=g-import-not-at-top
   import tempfile  # pylint: disable=g-import-not-at-top
+
   with tempfile.TemporaryDirectory() as tmp:
     t = time.perf_counter()
     proc = subprocess.run(
-        [os.path.join(_SCRIPTS, "figure1.sh"), os.path.join(tmp, "fig1"),
-         "--config.data.source=idx", f"--config.data.idx_dir={os.path.abspath(idx_dir)}",
-         "--config.data.train_split=test[:8000]", "--config.data.eval_split=test[8000:]"],
-        cwd=os.path.dirname(_SCRIPTS), capture_output=True, text=True,
-        env=dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep +  # its `python`
-                 os.environ.get("PATH", "")))
+      [
+        os.path.join(_SCRIPTS, "figure1.sh"),
+        os.path.join(tmp, "fig1"),
+        "--config.data.source=idx",
+        f"--config.data.idx_dir={os.path.abspath(idx_dir)}",
+        "--config.data.train_split=test[:8000]",
+        "--config.data.eval_split=test[8000:]",
+      ],
+      cwd=os.path.dirname(_SCRIPTS),
+      capture_output=True,
+      text=True,
+      env=dict(
+        os.environ,
+        PATH=os.path.dirname(sys.executable)
+        + os.pathsep  # its `python`
+        + os.environ.get("PATH", ""),
+      ),
+    )
     if proc.returncode:
       last = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
       raise SystemExit(f"benchmark: scripts/figure1.sh exited {proc.returncode}: {last}")
@@ -274,7 +304,9 @@ def step_profile(runner, steps: int) -> dict:
   import glob  # pylint: disable=g-import-not-at-top
   import gzip  # pylint: disable=g-import-not-at-top
   import tempfile  # pylint: disable=g-import-not-at-top
+
   import jax  # pylint: disable=g-import-not-at-top
+
   with tempfile.TemporaryDirectory() as tmp:
     jax.profiler.start_trace(tmp, create_perfetto_trace=True)
     t = time.perf_counter()
@@ -292,8 +324,12 @@ def step_profile(runner, steps: int) -> dict:
       count[e["name"]] += 1
   per_step = {k: v / steps for k, v in total.items() if count[k] == steps}
   top = sorted(per_step.items(), key=lambda kv: -kv[1])[:PROFILE_TOP]
-  return {"us_per_step": wall / steps * 1e6, "ops_us_per_step": sum(per_step.values()),
-          "ops_per_step": len(per_step), "top": [[k, v] for k, v in top]}
+  return {
+    "us_per_step": wall / steps * 1e6,
+    "ops_us_per_step": sum(per_step.values()),
+    "ops_per_step": len(per_step),
+    "top": [[k, v] for k, v in top],
+  }
 
 
 def _peak_mb(compiled) -> float:
@@ -301,8 +337,8 @@ def _peak_mb(compiled) -> float:
   temporaries at their largest: Compiled.memory_analysis)."""
   m = compiled.memory_analysis()
   peak = getattr(m, "peak_memory_in_bytes", 0) or (
-      m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes -
-      m.alias_size_in_bytes)
+    m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes - m.alias_size_in_bytes
+  )
   return peak / 2**20
 
 
@@ -312,11 +348,19 @@ def _time(runner) -> float:
   return runner.steps / (time.perf_counter() - t)
 
 
-def measure(idx_dir: str, steps: int, repeats: int, with_figure1: bool = False,
-            with_profile: bool = False, with_inception: bool = True) -> dict:
+def measure(
+  idx_dir: str,
+  steps: int,
+  repeats: int,
+  with_figure1: bool = False,
+  with_profile: bool = False,
+  with_inception: bool = True,
+) -> dict:
   import jax  # pylint: disable=g-import-not-at-top
   import torch_reference  # pylint: disable=g-import-not-at-top
+
   from bn_repro.models import conv  # pylint: disable=g-import-not-at-top
+
   train_ds, eval_ds = _datasets(idx_dir)
   floor = Floor(train_ds, steps)
   loops = {"floor": floor}
@@ -326,21 +370,25 @@ def measure(idx_dir: str, steps: int, repeats: int, with_figure1: bool = False,
   torch = torch_reference.available()
   if torch:
     for bn in ("bn", "nobn"):
-      loops[f"torch_{bn}"] = torch_reference.MlpLoop(bn == "bn", train_ds.images,
-                                                     train_ds.labels, steps)
+      loops[f"torch_{bn}"] = torch_reference.MlpLoop(
+        bn == "bn", train_ds.images, train_ds.labels, steps
+      )
   runs = 8
   # As many run-steps per round as ours_bn takes, so both loops last about as long.
   loops["batched_8_runs"] = Batched(train_ds, eval_ds, max(1, steps // runs), runs)
-  loops["batched_8_runs_1_device"] = Batched(train_ds, eval_ds, max(1, steps // runs), runs,
-                                             spread=False)
+  loops["batched_8_runs_1_device"] = Batched(
+    train_ds, eval_ds, max(1, steps // runs), runs, spread=False
+  )
   inception_steps = max(1, steps // 50)
   if with_inception:
     loops["small_bn_inception"] = SmallInception(train_ds, eval_ds, inception_steps)
-    loops["small_bn_inception_xla_conv"] = SmallInception(train_ds, eval_ds, inception_steps,
-                                                          conv_impl="xla")
+    loops["small_bn_inception_xla_conv"] = SmallInception(
+      train_ds, eval_ds, inception_steps, conv_impl="xla"
+    )
   if with_inception and torch:
     loops["torch_small_bn_inception"] = torch_reference.InceptionLoop(
-        train_ds.images, train_ds.labels, inception_steps)
+      train_ds.images, train_ds.labels, inception_steps
+    )
   for r in loops.values():  # warm-up round
     r.run()
   rates = {k: [] for k in loops}
@@ -364,44 +412,54 @@ def measure(idx_dir: str, steps: int, repeats: int, with_figure1: bool = False,
     batched[f"{name}compile_seconds"] = done.compile_seconds
     batched[f"{name}devices"] = done.shards
   result = {
-      "device": str(jax.devices()[0].device_kind), "steps": steps, "repeats": repeats,
-      "xla_flags": os.environ.get("XLA_FLAGS", ""),
-      "steps_per_sec_rounds": rates,
-      "compile_seconds": {k: getattr(r, "compile_seconds", None) for k, r in loops.items()
-                          if not k.startswith("torch_small")},
-      "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-      "peak_memory_mb": peak_mb,
+    "device": str(jax.devices()[0].device_kind),
+    "steps": steps,
+    "repeats": repeats,
+    "xla_flags": os.environ.get("XLA_FLAGS", ""),
+    "steps_per_sec_rounds": rates,
+    "compile_seconds": {
+      k: getattr(r, "compile_seconds", None)
+      for k, r in loops.items()
+      if not k.startswith("torch_small")
+    },
+    "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    "peak_memory_mb": peak_mb,
   }
   if with_inception:
     small = loops.pop("small_bn_inception")
     xla_conv = loops.pop("small_bn_inception_xla_conv")
     result["small_bn_inception"] = {
-        "images_per_sec": best.pop("small_bn_inception") * small.batch, "batch": small.batch,
-        "compile_seconds": small.compile_seconds,
-        "conv_impl": conv.resolve("auto"),
-        "xla_conv_images_per_sec": best.pop("small_bn_inception_xla_conv") * xla_conv.batch,
-        "xla_conv_compile_seconds": xla_conv.compile_seconds,
-        "vs_xla_conv": ratio("small_bn_inception", "small_bn_inception_xla_conv")}
+      "images_per_sec": best.pop("small_bn_inception") * small.batch,
+      "batch": small.batch,
+      "compile_seconds": small.compile_seconds,
+      "conv_impl": conv.resolve("auto"),
+      "xla_conv_images_per_sec": best.pop("small_bn_inception_xla_conv") * xla_conv.batch,
+      "xla_conv_compile_seconds": xla_conv.compile_seconds,
+      "vs_xla_conv": ratio("small_bn_inception", "small_bn_inception_xla_conv"),
+    }
   if with_inception and torch:
     t_inc = loops.pop("torch_small_bn_inception")
     result["small_bn_inception"].update(
-        torch_images_per_sec=best.pop("torch_small_bn_inception") * t_inc.batch,
-        params=t_inc.num_params, torch_version=torch_reference.version(),
-        vs_torch=ratio("small_bn_inception", "torch_small_bn_inception"))
+      torch_images_per_sec=best.pop("torch_small_bn_inception") * t_inc.batch,
+      params=t_inc.num_params,
+      torch_version=torch_reference.version(),
+      vs_torch=ratio("small_bn_inception", "torch_small_bn_inception"),
+    )
   result["steps_per_sec"] = best
   result["ratio_to_floor"] = {k: ratio(k, "floor") for k in best}
   result["batched"] = batched
   result["speedup_over_per_step"] = {
-      bn: ratio(f"ours_{bn}", f"per_step_{bn}") for bn in ("bn", "nobn")}
+    bn: ratio(f"ours_{bn}", f"per_step_{bn}") for bn in ("bn", "nobn")
+  }
   if torch:
     result["speedup_over_torch"] = {bn: ratio(f"ours_{bn}", f"torch_{bn}") for bn in ("bn", "nobn")}
   if with_profile:
-    result["profile"] = {k: step_profile(loops[k], steps)
-                         for k in ("floor", "ours_bn", "ours_nobn")}
+    result["profile"] = {
+      k: step_profile(loops[k], steps) for k in ("floor", "ours_bn", "ours_nobn")
+    }
   if with_figure1:
     wall = figure1_wall_seconds(idx_dir)
-    result["figure1"] = {"wall_seconds": wall,
-                         "floor_seconds": 2 * 50_000 / best["floor"]}
+    result["figure1"] = {"wall_seconds": wall, "floor_seconds": 2 * 50_000 / best["floor"]}
   return result
 
 
@@ -411,12 +469,15 @@ def main(argv):
     print("benchmark: --figure1 needs --idx_dir (the MNIST IDX files)", file=sys.stderr)
     sys.exit(2)
   if _PROFILE.value:  # read when the CPU backend starts, i.e. before jax's first use
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
-                               " --xla_cpu_enable_xprof_traceme=true").strip()
+    os.environ["XLA_FLAGS"] = (
+      os.environ.get("XLA_FLAGS", "") + " --xla_cpu_enable_xprof_traceme=true"
+    ).strip()
   from bn_repro import parallel  # pylint: disable=g-import-not-at-top
+
   parallel.add_cpu_devices()  # for the batched runs, as the sweep runner's --batched does
-  res = measure(_IDX_DIR.value, _STEPS.value, _REPEATS.value, _FIGURE1.value, _PROFILE.value,
-                _INCEPTION.value)
+  res = measure(
+    _IDX_DIR.value, _STEPS.value, _REPEATS.value, _FIGURE1.value, _PROFILE.value, _INCEPTION.value
+  )
   if _JSON.value:
     print(json.dumps(res, indent=2))
   else:
@@ -425,47 +486,61 @@ def main(argv):
 
 def print_table(res: dict) -> None:
   """measure()'s result as the table the docstring describes."""
-  print(f"MNIST MLP 784-100-100-100-10, batch 60, sigmoid, {res['steps']} steps per loop, "
-        f"{res['repeats']} interleaved rounds (steps/s: the fastest; ratios: median of "
-        f"same-round ratios), one {res['device']} device, "
-        f"XLA_FLAGS={res['xla_flags']!r}")
+  print(
+    f"MNIST MLP 784-100-100-100-10, batch 60, sigmoid, {res['steps']} steps per loop, "
+    f"{res['repeats']} interleaved rounds (steps/s: the fastest; ratios: median of "
+    f"same-round ratios), one {res['device']} device, "
+    f"XLA_FLAGS={res['xla_flags']!r}"
+  )
   print(f"{'loop':<16}{'steps/s':>10}{'vs floor':>10}{'compile s':>11}{'peak MiB':>10}")
   for k, v in res["steps_per_sec"].items():
     c, m = res["compile_seconds"].get(k), res["peak_memory_mb"].get(k)
-    print(f"{k:<16}{v:>10.0f}{res['ratio_to_floor'][k]:>10.2f}"
-          f"{'-' if c is None else format(c, '.2f'):>11}{'-' if m is None else format(m, '.1f'):>10}")
+    print(
+      f"{k:<16}{v:>10.0f}{res['ratio_to_floor'][k]:>10.2f}"
+      f"{'-' if c is None else format(c, '.2f'):>11}{'-' if m is None else format(m, '.1f'):>10}"
+    )
   for bn, s in res["speedup_over_per_step"].items():
     print(f"ours/per-step ({bn}): {s:.2f}x")
   for bn, s in res.get("speedup_over_torch", {}).items():
     print(f"ours/PyTorch eager ({bn}): {s:.2f}x")
   b = res["batched"]
-  print(f"{b['runs']} seeds batched in one program over {b['devices']} CPU device(s): "
-        f"{b['run_steps_per_sec']:.0f} run-steps/s vs {b['sequential_run_steps_per_sec']:.0f} one "
-        f"after another: {b['speedup']:.2f}x (compile {b['compile_seconds']:.1f} s, peak "
-        f"{res['peak_memory_mb']['batched_8_runs']:.1f} MiB a device); on one device: "
-        f"{b['one_device_run_steps_per_sec']:.0f} run-steps/s, {b['one_device_speedup']:.2f}x "
-        f"(peak {res['peak_memory_mb']['batched_8_runs_1_device']:.1f} MiB)")
+  print(
+    f"{b['runs']} seeds batched in one program over {b['devices']} CPU device(s): "
+    f"{b['run_steps_per_sec']:.0f} run-steps/s vs {b['sequential_run_steps_per_sec']:.0f} one "
+    f"after another: {b['speedup']:.2f}x (compile {b['compile_seconds']:.1f} s, peak "
+    f"{res['peak_memory_mb']['batched_8_runs']:.1f} MiB a device); on one device: "
+    f"{b['one_device_run_steps_per_sec']:.0f} run-steps/s, {b['one_device_speedup']:.2f}x "
+    f"(peak {res['peak_memory_mb']['batched_8_runs_1_device']:.1f} MiB)"
+  )
   si = res.get("small_bn_inception")
   if si:
-    line = (f"small BN-Inception (bn_x5, 28x28, batch {si['batch']}): "
-            f"{si['images_per_sec']:.0f} images/s forward+backward with {si['conv_impl']} "
-            f"convolutions (compile {si['compile_seconds']:.1f} s, peak "
-            f"{res['peak_memory_mb']['small_bn_inception']:.1f} MiB); XLA's convolutions "
-            f"{si['xla_conv_images_per_sec']:.0f} images/s (ours {si['vs_xla_conv']:.2f}x, "
-            f"compile {si['xla_conv_compile_seconds']:.1f} s)")
+    line = (
+      f"small BN-Inception (bn_x5, 28x28, batch {si['batch']}): "
+      f"{si['images_per_sec']:.0f} images/s forward+backward with {si['conv_impl']} "
+      f"convolutions (compile {si['compile_seconds']:.1f} s, peak "
+      f"{res['peak_memory_mb']['small_bn_inception']:.1f} MiB); XLA's convolutions "
+      f"{si['xla_conv_images_per_sec']:.0f} images/s (ours {si['vs_xla_conv']:.2f}x, "
+      f"compile {si['xla_conv_compile_seconds']:.1f} s)"
+    )
     if "torch_images_per_sec" in si:
-      line += (f"; PyTorch {si['torch_version']} eager {si['torch_images_per_sec']:.0f} images/s "
-               f"(ours {si['vs_torch']:.2f}x), {si['params']:,} parameters in both")
+      line += (
+        f"; PyTorch {si['torch_version']} eager {si['torch_images_per_sec']:.0f} images/s "
+        f"(ours {si['vs_torch']:.2f}x), {si['params']:,} parameters in both"
+      )
     print(line)
   if "figure1" in res:
     f1 = res["figure1"]
-    print(f"Figure 1 reproduction (scripts/figure1.sh: 2 x 50,000 steps, evals every 250, the "
-          f"figure): {f1['wall_seconds']:.1f} s wall; the floor's matmuls alone for the "
-          f"100,000 steps in this process: {f1['floor_seconds']:.1f} s")
+    print(
+      f"Figure 1 reproduction (scripts/figure1.sh: 2 x 50,000 steps, evals every 250, the "
+      f"figure): {f1['wall_seconds']:.1f} s wall; the floor's matmuls alone for the "
+      f"100,000 steps in this process: {f1['floor_seconds']:.1f} s"
+    )
   for k, p in res.get("profile", {}).items():
-    print(f"profile {k} (traced, so slower): {p['us_per_step']:.0f} us/step, "
-          f"{p['ops_per_step']} XLA operations per step taking {p['ops_us_per_step']:.0f} us "
-          f"between them; slowest:")
+    print(
+      f"profile {k} (traced, so slower): {p['us_per_step']:.0f} us/step, "
+      f"{p['ops_per_step']} XLA operations per step taking {p['ops_us_per_step']:.0f} us "
+      f"between them; slowest:"
+    )
     for name, us in p["top"]:
       print(f"    {us:7.1f} us  {name}")
   print(f"peak RSS of the process: {res['peak_rss_mb']:.0f} MB")

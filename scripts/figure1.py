@@ -20,11 +20,11 @@ import json
 import math
 import os
 import sys
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
-from absl import app
-from absl import flags
 import numpy as np
+from absl import app, flags
 
 # Make `bn_repro` importable when run as `python scripts/figure1.py`.
 _REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -33,9 +33,11 @@ if _REPO_ROOT not in sys.path:
 
 from bn_repro import cli  # pylint: disable=g-import-not-at-top,wrong-import-position
 from bn_repro.errors import UserError  # pylint: disable=g-import-not-at-top,wrong-import-position
-from bn_repro.metrics import METRICS_FILE  # pylint: disable=g-import-not-at-top,wrong-import-position
-from bn_repro.metrics import read_metrics  # pylint: disable=g-import-not-at-top,wrong-import-position
-from bn_repro.metrics import series  # pylint: disable=g-import-not-at-top,wrong-import-position
+from bn_repro.metrics import (
+  METRICS_FILE,  # pylint: disable=g-import-not-at-top,wrong-import-position
+  read_metrics,  # pylint: disable=g-import-not-at-top,wrong-import-position
+  series,  # pylint: disable=g-import-not-at-top,wrong-import-position
+)
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("bn", None, "Run dir of the net trained with BN.")
@@ -46,19 +48,30 @@ flags.DEFINE_integer("max_step", None, "Only use events with step <= max_step.")
 ACC_KEY = "eval/accuracy"
 PROBE_KEYS = {"p15": "probe/p15", "p50": "probe/p50", "p85": "probe/p85"}
 EVAL_KEYS = (ACC_KEY,) + tuple(PROBE_KEYS.values())
-CSV_COLUMNS = ("step", "bn_accuracy", "nobn_accuracy", "bn_p15", "bn_p50",
-               "bn_p85", "nobn_p15", "nobn_p50", "nobn_p85")
+CSV_COLUMNS = (
+  "step",
+  "bn_accuracy",
+  "nobn_accuracy",
+  "bn_p15",
+  "bn_p50",
+  "bn_p85",
+  "nobn_p15",
+  "nobn_p50",
+  "nobn_p85",
+)
 DRIFT_DEFINITION = (
-    "Drift of a percentile = (max − min of that percentile over the eval "
-    "steps) / (mean over the eval steps of p85 − p15), using the steps where "
-    "all three percentiles are finite: how far it moves during training in "
-    "units of the distribution's own width (small = the distribution stays "
-    "put).")
+  "Drift of a percentile = (max − min of that percentile over the eval "
+  "steps) / (mean over the eval steps of p85 − p15), using the steps where "
+  "all three percentiles are finite: how far it moves during training in "
+  "units of the distribution's own width (small = the distribution stays "
+  "put)."
+)
 
 
 @dataclasses.dataclass
 class Run:
   """Eval series of one run dir (values keyed by step)."""
+
   path: str
   steps: list[int]
   accuracy: dict[int, float]
@@ -122,12 +135,13 @@ def load_run(run_dir: str, max_step: int | None = None) -> Run:
     return {s: _to_float(v, key, metrics_path) for s, v in zip(steps, values)}
 
   run = Run(
-      path=run_dir,
-      steps=sorted({e["step"] for e in evals}),
-      accuracy=by_step(ACC_KEY),
-      p15=by_step(PROBE_KEYS["p15"]),
-      p50=by_step(PROBE_KEYS["p50"]),
-      p85=by_step(PROBE_KEYS["p85"]))
+    path=run_dir,
+    steps=sorted({e["step"] for e in evals}),
+    accuracy=by_step(ACC_KEY),
+    p15=by_step(PROBE_KEYS["p15"]),
+    p50=by_step(PROBE_KEYS["p50"]),
+    p85=by_step(PROBE_KEYS["p85"]),
+  )
   config_path = os.path.join(run_dir, "config.json")
   if os.path.isfile(config_path):
     try:
@@ -143,8 +157,7 @@ def load_run(run_dir: str, max_step: int | None = None) -> Run:
   return run
 
 
-def drift(p15: Sequence[float], p50: Sequence[float],
-          p85: Sequence[float]) -> dict[str, float]:
+def drift(p15: Sequence[float], p50: Sequence[float], p85: Sequence[float]) -> dict[str, float]:
   """(max − min) of each percentile / mean(p85 − p15), over aligned steps.
 
   Only steps where all three values are finite count. NaN if there are none or
@@ -165,13 +178,11 @@ def drift(p15: Sequence[float], p50: Sequence[float],
 
 def run_drift(run: Run) -> dict[str, float]:
   """`drift` of a run's probe percentiles over its eval steps."""
-  steps = [s for s in run.steps
-           if all(s in run.percentile(n) for n in PROBE_KEYS)]
+  steps = [s for s in run.steps if all(s in run.percentile(n) for n in PROBE_KEYS)]
   return drift(*[[run.percentile(n)[s] for s in steps] for n in PROBE_KEYS])
 
 
-def select_steps(steps: Iterable[int], max_all: int = 25,
-                 target: int = 20) -> list[int]:
+def select_steps(steps: Iterable[int], max_all: int = 25, target: int = 20) -> list[int]:
   """All steps if <= max_all, else ~target log-spaced ones incl. first/last."""
   steps = sorted(set(steps))
   if len(steps) <= max_all:
@@ -212,29 +223,30 @@ def summarize(run: Run) -> dict[str, Any]:
   finite = [s for s in acc_steps if math.isfinite(run.accuracy[s])]
   best_step = max(finite, key=lambda s: (run.accuracy[s], -s)) if finite else None
   return {
-      "final_step": final_step,
-      "final_accuracy": run.accuracy[final_step] if acc_steps else None,
-      "best_step": best_step,
-      "best_accuracy": run.accuracy[best_step] if finite else None,
-      "drift": run_drift(run),
+    "final_step": final_step,
+    "final_accuracy": run.accuracy[final_step] if acc_steps else None,
+    "best_step": best_step,
+    "best_accuracy": run.accuracy[best_step] if finite else None,
+    "drift": run_drift(run),
   }
 
 
 def summary_table(bn: Run, nobn: Run) -> str:
   """Markdown summary table (one row per net) plus the drift definition."""
   lines = [
-      "| net | final accuracy | at step | best accuracy | at step "
-      "| drift p15 | drift p50 | drift p85 |",
-      "|---|---|---|---|---|---|---|---|",
+    "| net | final accuracy | at step | best accuracy | at step "
+    "| drift p15 | drift p50 | drift p85 |",
+    "|---|---|---|---|---|---|---|---|",
   ]
   for run, use_bn in ((bn, True), (nobn, False)):
     s = summarize(run)
     d = s["drift"]
     lines.append(
-        f"| {_label(run, use_bn)} | {_fmt(s['final_accuracy'], '.4f')} "
-        f"| {_fmt(s['final_step'], 'd')} | {_fmt(s['best_accuracy'], '.4f')} "
-        f"| {_fmt(s['best_step'], 'd')} | {_fmt(d['p15'], '.3f')} "
-        f"| {_fmt(d['p50'], '.3f')} | {_fmt(d['p85'], '.3f')} |")
+      f"| {_label(run, use_bn)} | {_fmt(s['final_accuracy'], '.4f')} "
+      f"| {_fmt(s['final_step'], 'd')} | {_fmt(s['best_accuracy'], '.4f')} "
+      f"| {_fmt(s['best_step'], 'd')} | {_fmt(d['p15'], '.3f')} "
+      f"| {_fmt(d['p50'], '.3f')} | {_fmt(d['p85'], '.3f')} |"
+    )
   return "\n".join(lines) + "\n\n" + DRIFT_DEFINITION + "\n"
 
 
@@ -242,18 +254,19 @@ def make_table(bn: Run, nobn: Run) -> str:
   """The figure1.md text: accuracy at a subset of steps, then the summary."""
   steps = select_steps(set(bn.accuracy) | set(nobn.accuracy))
   lines = [
-      "# Figure 1: MNIST MLP with and without batch normalization",
-      "",
-      f"Runs: with BN `{bn.path}`, without BN `{nobn.path}`.",
-      "",
-      "## Test accuracy",
-      "",
-      f"| step | {_label(bn, True)} | {_label(nobn, False)} |",
-      "|---:|---:|---:|",
+    "# Figure 1: MNIST MLP with and without batch normalization",
+    "",
+    f"Runs: with BN `{bn.path}`, without BN `{nobn.path}`.",
+    "",
+    "## Test accuracy",
+    "",
+    f"| step | {_label(bn, True)} | {_label(nobn, False)} |",
+    "|---:|---:|---:|",
   ]
   for s in steps:
-    lines.append(f"| {s} | {_fmt(bn.accuracy.get(s), '.4f')} "
-                 f"| {_fmt(nobn.accuracy.get(s), '.4f')} |")
+    lines.append(
+      f"| {s} | {_fmt(bn.accuracy.get(s), '.4f')} | {_fmt(nobn.accuracy.get(s), '.4f')} |"
+    )
   lines += ["", "## Summary", "", summary_table(bn, nobn)]
   return "\n".join(lines)
 
@@ -266,11 +279,19 @@ def csv_rows(bn: Run, nobn: Run) -> list[list[str]]:
 
   rows = [list(CSV_COLUMNS)]
   for s in sorted(set(bn.steps) | set(nobn.steps)):
-    rows.append([
-        str(s), cell(bn.accuracy, s), cell(nobn.accuracy, s),
-        cell(bn.p15, s), cell(bn.p50, s), cell(bn.p85, s),
-        cell(nobn.p15, s), cell(nobn.p50, s), cell(nobn.p85, s)
-    ])
+    rows.append(
+      [
+        str(s),
+        cell(bn.accuracy, s),
+        cell(nobn.accuracy, s),
+        cell(bn.p15, s),
+        cell(bn.p50, s),
+        cell(bn.p85, s),
+        cell(nobn.p15, s),
+        cell(nobn.p50, s),
+        cell(nobn.p85, s),
+      ]
+    )
   return rows
 
 
@@ -283,8 +304,7 @@ def _xy(values: dict[int, float]) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _percentile_ylim(*runs: Run) -> tuple[float, float] | None:
-  vals = [v for r in runs for n in PROBE_KEYS for v in r.percentile(n).values()
-          if math.isfinite(v)]
+  vals = [v for r in runs for n in PROBE_KEYS for v in r.percentile(n).values() if math.isfinite(v)]
   if not vals:
     return None
   lo, hi = min(vals), max(vals)
@@ -301,8 +321,9 @@ def _unit_name(run: Run) -> str:
 
 def _draw_accuracy(ax, bn: Run, nobn: Run) -> None:
   for run, use_bn, style in ((bn, True, "-"), (nobn, False, "--")):
-    ax.plot(*_xy(run.accuracy), style, color="black" if use_bn else "gray",
-            label=_label(run, use_bn))
+    ax.plot(
+      *_xy(run.accuracy), style, color="black" if use_bn else "gray", label=_label(run, use_bn)
+    )
   ax.set_title("(a) Test accuracy")
   ax.set_xlabel("training step")
   ax.set_ylabel("test accuracy")
@@ -310,15 +331,18 @@ def _draw_accuracy(ax, bn: Run, nobn: Run) -> None:
   ax.legend(loc="lower right")
 
 
-def _draw_percentiles(ax, run: Run, use_bn: bool, panel: str,
-                      ylim: tuple[float, float] | None) -> None:
+def _draw_percentiles(
+  ax, run: Run, use_bn: bool, panel: str, ylim: tuple[float, float] | None
+) -> None:
   styles = {"p15": ("C0", ":"), "p50": ("C3", "-"), "p85": ("C0", "--")}
   for name in ("p85", "p50", "p15"):
     color, style = styles[name]
-    ax.plot(*_xy(run.percentile(name)), style, color=color,
-            label=f"{name[1:]}th percentile")
-  ax.set_title(f"({panel}) {'With' if use_bn else 'Without'} BN: "
-               f"input to {_unit_name(run)}, last hidden layer", fontsize=10)
+    ax.plot(*_xy(run.percentile(name)), style, color=color, label=f"{name[1:]}th percentile")
+  ax.set_title(
+    f"({panel}) {'With' if use_bn else 'Without'} BN: "
+    f"input to {_unit_name(run)}, last hidden layer",
+    fontsize=10,
+  )
   ax.set_xlabel("training step")
   ax.set_ylabel(f"{run.nonlinearity or 'sigmoid'} input")
   if ylim is not None:
@@ -330,14 +354,15 @@ def _draw_percentiles(ax, run: Run, use_bn: bool, panel: str,
 def draw_figure(bn: Run, nobn: Run, out_dir: str) -> list[str]:
   """Writes figure1.png (a|b|c) and figure1{a,b,c}.png; returns their paths."""
   import matplotlib  # pylint: disable=g-import-not-at-top
+
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 
   ylim = _percentile_ylim(bn, nobn)
   panels = {
-      "a": lambda ax: _draw_accuracy(ax, bn, nobn),
-      "b": lambda ax: _draw_percentiles(ax, nobn, False, "b", ylim),
-      "c": lambda ax: _draw_percentiles(ax, bn, True, "c", ylim),
+    "a": lambda ax: _draw_accuracy(ax, bn, nobn),
+    "b": lambda ax: _draw_percentiles(ax, nobn, False, "b", ylim),
+    "c": lambda ax: _draw_percentiles(ax, bn, True, "c", ylim),
   }
   paths = []
   fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
@@ -378,8 +403,10 @@ def main(argv: Sequence[str]) -> int:
   bn, nobn = runs["bn"], runs["nobn"]
   for run, name, want in ((bn, "bn", True), (nobn, "nobn", False)):
     if run.use_bn is not None and run.use_bn != want:
-      print(f"warning: --{name}={run.path} has model.use_bn={run.use_bn} in "
-            "config.json", file=sys.stderr)
+      print(
+        f"warning: --{name}={run.path} has model.use_bn={run.use_bn} in config.json",
+        file=sys.stderr,
+      )
   try:
     os.makedirs(out, exist_ok=True)
   except OSError as e:

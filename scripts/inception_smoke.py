@@ -13,8 +13,7 @@ import os
 import sys
 import time
 
-from absl import app
-from absl import flags
+from absl import app, flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -27,23 +26,31 @@ def main(argv):
   del argv
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
+
   from bn_repro import data, parallel, train  # pylint: disable=g-import-not-at-top
   from configs import inception_imagenet  # pylint: disable=g-import-not-at-top
 
   rng = np.random.default_rng(0)
   n = 2 * _BATCH.value
-  ds = data.ArrayDataset(rng.integers(0, 256, (n, 224, 224, 3), dtype=np.uint8),
-                         rng.integers(0, 1000, n).astype(np.int32))
+  ds = data.ArrayDataset(
+    rng.integers(0, 256, (n, 224, 224, 3), dtype=np.uint8),
+    rng.integers(0, 1000, n).astype(np.int32),
+  )
   devs = parallel.devices(0)
-  print(f"{'variant':<15}{'logits':>12}{'params':>12}{'loss':>9}{'finite':>8}"
-        f"{'compile s':>11}{'step s':>8}  ({len(devs)} x {devs[0].device_kind}, {_DTYPE.value})")
+  print(
+    f"{'variant':<15}{'logits':>12}{'params':>12}{'loss':>9}{'finite':>8}"
+    f"{'compile s':>11}{'step s':>8}  ({len(devs)} x {devs[0].device_kind}, {_DTYPE.value})"
+  )
   for variant in _VARIANTS.value or inception_imagenet.VARIANTS:
     c = inception_imagenet.get_config(variant)
     c.batch_size, c.eval_batch_size, c.dtype = _BATCH.value, _BATCH.value, _DTYPE.value
     trainer = train.Trainer(c, ds, ds, devs)
     state = trainer.init_state(ds.images[:2])
-    logits = jax.eval_shape(lambda s=state: trainer.model.apply(
-        {"params": s.params, "batch_stats": s.batch_stats}, ds.images[:_BATCH.value] / 255.0))
+    logits = jax.eval_shape(
+      lambda s=state: trainer.model.apply(
+        {"params": s.params, "batch_stats": s.batch_stats}, ds.images[: _BATCH.value] / 255.0
+      )
+    )
     params = sum(x.size for x in jax.tree.leaves(state.params))
     state = parallel.replicate(state, devs)
     t = time.perf_counter()
@@ -55,8 +62,10 @@ def main(argv):
     evals = trainer.evaluate(state)
     loss = float(metrics[0, 0])
     ok = finite and np.isfinite(loss) and np.isfinite(evals["eval/loss"])
-    print(f"{variant:<15}{str(logits.shape):>12}{params:>12,}{loss:>9.3f}{str(bool(ok)):>8}"
-          f"{trainer.compile_seconds:>11.1f}{step:>8.2f}")
+    print(
+      f"{variant:<15}{str(logits.shape):>12}{params:>12,}{loss:>9.3f}{str(bool(ok)):>8}"
+      f"{trainer.compile_seconds:>11.1f}{step:>8.2f}"
+    )
     del first, metrics2
 
 

@@ -35,8 +35,11 @@ HEADER = ("statistics", "batches", "examples", "eval accuracy", "eval loss", "ch
 
 def _precise_bn(argv) -> None:
   parser = runs.argument_parser(__doc__.splitlines()[0])
-  parser.add_argument("--batches", default="1,10,100,1000",
-                      help="comma-separated numbers of training batches Algorithm 2 averages")
+  parser.add_argument(
+    "--batches",
+    default="1,10,100,1000",
+    help="comma-separated numbers of training batches Algorithm 2 averages",
+  )
   args = parser.parse_args(argv)
   batches = runs.positive_ints(args.batches, "--batches")
   out = runs.output_dir(args.out, args.workdir, "precise_bn")
@@ -52,19 +55,36 @@ def _precise_bn(argv) -> None:
     if n == max(batches):
       largest = state
   batch_size = run.config.batch_size
-  table = runs.markdown_table(HEADER, [
-      (r["statistics"], r["batches"] or "—", r["batches"] and r["batches"] * batch_size or "—",
-       r["eval/accuracy"], r["eval/loss"], r["eval/accuracy"] - stored["eval/accuracy"])
-      for r in rows])
-  print(f"{args.workdir} at step {run.step}, Algorithm 2 "
-        f"{'with' if args.unbiased else 'without'} m/(m-1), batch m = {batch_size}:\n\n{table}")
+  table = runs.markdown_table(
+    HEADER,
+    [
+      (
+        r["statistics"],
+        r["batches"] or "—",
+        r["batches"] and r["batches"] * batch_size or "—",
+        r["eval/accuracy"],
+        r["eval/loss"],
+        r["eval/accuracy"] - stored["eval/accuracy"],
+      )
+      for r in rows
+    ],
+  )
+  print(
+    f"{args.workdir} at step {run.step}, Algorithm 2 "
+    f"{'with' if args.unbiased else 'without'} m/(m-1), batch m = {batch_size}:\n\n{table}"
+  )
 
-  source = {"workdir": os.path.abspath(args.workdir), "step": run.step,
-            "batches": max(batches), "unbiased": args.unbiased}
+  source = {
+    "workdir": os.path.abspath(args.workdir),
+    "step": run.step,
+    "batches": max(batches),
+    "unbiased": args.unbiased,
+  }
   runs.save_run(run_dir, run, largest, source)
-  write_json(os.path.join(out, RESULTS_FILE),
-             {"source": source, "batch_size": batch_size, "rows": rows, "run": run_dir,
-              "table": table})
+  write_json(
+    os.path.join(out, RESULTS_FILE),
+    {"source": source, "batch_size": batch_size, "rows": rows, "run": run_dir, "table": table},
+  )
   print(f"\nWrote {os.path.join(out, RESULTS_FILE)} and {run_dir}")
 
 

@@ -40,11 +40,11 @@ import math
 import os
 import shlex
 import sys
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
-from absl import app
-from absl import flags
 import numpy as np
+from absl import app, flags
 
 # Make `bn_repro` importable when run as `python scripts/sweep_report.py`.
 _SCRIPTS = os.path.dirname(os.path.abspath(__file__))
@@ -57,12 +57,17 @@ from bn_repro.metrics import read_metrics  # pylint: disable=wrong-import-positi
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("sweep_dir", None, "Sweep directory (holds sweep.json).")
-flags.DEFINE_string("out_dir", None, "Where to write the tables, figures and REPORT.md "
-                    "(default: the sweep dir).")
+flags.DEFINE_string(
+  "out_dir", None, "Where to write the tables, figures and REPORT.md (default: the sweep dir)."
+)
 flags.DEFINE_float("target_accuracy", 0.95, "Eval accuracy whose first step is reported.")
-flags.DEFINE_float("figure1_lr", 0.5, "With several BN/no-BN sigmoid pairs, Figure 1 uses the "
-                   "smallest seed and the learning rate closest to this (log scale; 0.5 is "
-                   "the configs/mnist_mlp.py preset).")
+flags.DEFINE_float(
+  "figure1_lr",
+  0.5,
+  "With several BN/no-BN sigmoid pairs, Figure 1 uses the "
+  "smallest seed and the learning rate closest to this (log scale; 0.5 is "
+  "the configs/mnist_mlp.py preset).",
+)
 
 LR_FIELD = "optimizer.learning_rate"
 SEED_FIELD = "seed"
@@ -90,6 +95,7 @@ def _figure1():
 @dataclasses.dataclass
 class PointResult:
   """One point of the sweep: its settings, status and eval summary."""
+
   name: str
   fields: dict[str, Any]  # grid values (dotted field -> value)
   command: str
@@ -152,28 +158,40 @@ def load_sweep(sweep_dir: str, target: float) -> SweepResults:
     raise UserError(f"{sweep_dir} is not a directory", field="--sweep_dir")
   path = os.path.join(sweep_dir, SWEEP_FILE)
   if not os.path.isfile(path):
-    raise UserError(f"{path} does not exist; is this a sweep dir (python -m bn_repro.sweep)?",
-                    field="--sweep_dir")
+    raise UserError(
+      f"{path} does not exist; is this a sweep dir (python -m bn_repro.sweep)?", field="--sweep_dir"
+    )
   record = _read_json(path)
   if not isinstance(record.get("points"), list) or not all(
-      isinstance(p, dict) and isinstance(p.get("name"), str) for p in record["points"]):
+    isinstance(p, dict) and isinstance(p.get("name"), str) for p in record["points"]
+  ):
     raise UserError(f"{path} has no list of named points", field="--sweep_dir")
   points = [_load_point(sweep_dir, p, target) for p in record["points"]]
   grid_fields = []
   for p in points:
     grid_fields += [f for f in p.fields if f not in grid_fields]
-  return SweepResults(spec=record.get("sweep", "?"), description=record.get("description", ""),
-                      record=record, aliases=record.get("aliases") or {},
-                      grid_fields=grid_fields, points=points)
+  return SweepResults(
+    spec=record.get("sweep", "?"),
+    description=record.get("description", ""),
+    record=record,
+    aliases=record.get("aliases") or {},
+    grid_fields=grid_fields,
+    points=points,
+  )
 
 
 def _load_point(sweep_dir: str, entry: dict[str, Any], target: float) -> PointResult:
   figure1 = _figure1()
   d = os.path.join(sweep_dir, entry["name"])
   fields = dict(entry.get("fields") or {})
-  p = PointResult(name=entry["name"], fields=fields, command=entry.get("command", ""),
-                  config={}, status="pending",
-                  config_spec=str(entry.get("config") or fields.get("config") or ""))
+  p = PointResult(
+    name=entry["name"],
+    fields=fields,
+    command=entry.get("command", ""),
+    config={},
+    status="pending",
+    config_spec=str(entry.get("config") or fields.get("config") or ""),
+  )
   if not os.path.isdir(d):
     return p
   if os.path.isfile(os.path.join(d, "config.json")):
@@ -195,15 +213,20 @@ def _load_point(sweep_dir: str, entry: dict[str, Any], target: float) -> PointRe
   if not any(ACC_KEY in e for e in events):
     return p
   p.run = figure1.load_run(d)
-  p.top5 = {e["step"]: float(e[TOP5_KEY]) for e in events
-            if isinstance(e.get("step"), int) and isinstance(e.get(TOP5_KEY), (int, float))
-            and not isinstance(e.get(TOP5_KEY), bool)}
+  p.top5 = {
+    e["step"]: float(e[TOP5_KEY])
+    for e in events
+    if isinstance(e.get("step"), int)
+    and isinstance(e.get(TOP5_KEY), (int, float))
+    and not isinstance(e.get(TOP5_KEY), bool)
+  }
   s = figure1.summarize(p.run)
   p.best_step, p.best_accuracy = s["best_step"], s["best_accuracy"]
   if p.status == "done":
     p.final_step, p.final_accuracy = s["final_step"], s["final_accuracy"]
-  p.steps_to_target = next((step for step in sorted(p.run.accuracy)
-                            if p.run.accuracy[step] >= target), None)
+  p.steps_to_target = next(
+    (step for step in sorted(p.run.accuracy) if p.run.accuracy[step] >= target), None
+  )
   return p
 
 
@@ -232,16 +255,28 @@ def _fmt(value: Any, spec: str = ".4f") -> str:
   return format(value, spec) if isinstance(value, float) else str(value)
 
 
-POINT_COLUMNS = ("status", "status_step", "final_step", "final_accuracy", "best_step",
-                 "best_accuracy", "steps_to_target", "diverged_at", "error")
+POINT_COLUMNS = (
+  "status",
+  "status_step",
+  "final_step",
+  "final_accuracy",
+  "best_step",
+  "best_accuracy",
+  "steps_to_target",
+  "diverged_at",
+  "error",
+)
 
 
 def point_rows(res: SweepResults) -> list[list[str]]:
   """results.csv: header, then one row per point in sweep order."""
   rows = [["name"] + [res.alias(f) for f in res.grid_fields] + list(POINT_COLUMNS)]
   for p in res.points:
-    rows.append([p.name] + [_cell(p.fields.get(f)) for f in res.grid_fields] +
-                [_cell(getattr(p, c)) for c in POINT_COLUMNS])
+    rows.append(
+      [p.name]
+      + [_cell(p.fields.get(f)) for f in res.grid_fields]
+      + [_cell(getattr(p, c)) for c in POINT_COLUMNS]
+    )
   return rows
 
 
@@ -255,13 +290,17 @@ def _mean_std(values: Sequence[float]) -> tuple[float | None, float | None]:
 @dataclasses.dataclass
 class Group:
   """Points that differ only in their seed."""
+
   key: tuple
   fields: dict[str, Any]
   points: list[PointResult]
 
   def finals(self) -> list[float]:
-    return [p.final_accuracy for p in self.points
-            if p.final_accuracy is not None and math.isfinite(p.final_accuracy)]
+    return [
+      p.final_accuracy
+      for p in self.points
+      if p.final_accuracy is not None and math.isfinite(p.final_accuracy)
+    ]
 
   def count(self, status: str) -> int:
     return sum(p.status == status for p in self.points)
@@ -277,9 +316,18 @@ def group_points(res: SweepResults, drop: Sequence[str]) -> list[Group]:
   return list(groups.values())
 
 
-AGGREGATE_COLUMNS = ("n", "done", "diverged", "other", "final_accuracy_mean",
-                     "final_accuracy_std", "best_accuracy_mean", "best_accuracy_std",
-                     "steps_to_target_mean", "reached_target")
+AGGREGATE_COLUMNS = (
+  "n",
+  "done",
+  "diverged",
+  "other",
+  "final_accuracy_mean",
+  "final_accuracy_std",
+  "best_accuracy_mean",
+  "best_accuracy_std",
+  "steps_to_target_mean",
+  "reached_target",
+)
 
 
 def aggregate(group: Group) -> dict[str, Any]:
@@ -289,10 +337,18 @@ def aggregate(group: Group) -> dict[str, Any]:
   best_mean, best_std = _mean_std(best)
   reached = [p.steps_to_target for p in group.points if p.steps_to_target is not None]
   n, done, div = len(group.points), group.count("done"), group.count("diverged")
-  return {"n": n, "done": done, "diverged": div, "other": n - done - div,
-          "final_accuracy_mean": final_mean, "final_accuracy_std": final_std,
-          "best_accuracy_mean": best_mean, "best_accuracy_std": best_std,
-          "steps_to_target_mean": _mean_std(reached)[0], "reached_target": len(reached)}
+  return {
+    "n": n,
+    "done": done,
+    "diverged": div,
+    "other": n - done - div,
+    "final_accuracy_mean": final_mean,
+    "final_accuracy_std": final_std,
+    "best_accuracy_mean": best_mean,
+    "best_accuracy_std": best_std,
+    "steps_to_target_mean": _mean_std(reached)[0],
+    "reached_target": len(reached),
+  }
 
 
 def aggregate_rows(res: SweepResults, groups: Sequence[Group]) -> list[list[str]]:
@@ -323,36 +379,61 @@ def _pm(mean: float | None, std: float | None) -> str:
 def _md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
   esc = lambda s: str(s).replace("|", "\\|")
   return ["| " + " | ".join(map(esc, header)) + " |", "|" + "---|" * len(header)] + [
-      "| " + " | ".join(map(esc, r)) + " |" for r in rows]
+    "| " + " | ".join(map(esc, r)) + " |" for r in rows
+  ]
 
 
 def aggregate_markdown(res: SweepResults, groups: Sequence[Group], target: float) -> list[str]:
   fields = [f for f in res.grid_fields if f != SEED_FIELD]
   header = [res.alias(f) for f in fields] + [
-      "n", "done / diverged / other", "final accuracy (mean ± std)", "best accuracy",
-      f"steps to {target:g} (mean; reached)"]
+    "n",
+    "done / diverged / other",
+    "final accuracy (mean ± std)",
+    "best accuracy",
+    f"steps to {target:g} (mean; reached)",
+  ]
   rows = []
   for g in groups:
     a = aggregate(g)
-    rows.append([_fmt_field(g.fields.get(f)) for f in fields] + [
-        str(a["n"]), f"{a['done']} / {a['diverged']} / {a['other']}",
+    rows.append(
+      [_fmt_field(g.fields.get(f)) for f in fields]
+      + [
+        str(a["n"]),
+        f"{a['done']} / {a['diverged']} / {a['other']}",
         _pm(a["final_accuracy_mean"], a["final_accuracy_std"]),
         _pm(a["best_accuracy_mean"], a["best_accuracy_std"]),
-        f"{_fmt(a['steps_to_target_mean'], '.0f')}; {a['reached_target']}/{a['n']}"])
+        f"{_fmt(a['steps_to_target_mean'], '.0f')}; {a['reached_target']}/{a['n']}",
+      ]
+    )
   return _md_table(header, rows)
 
 
 def points_markdown(res: SweepResults, target: float) -> list[str]:
-  header = ["point"] + [res.alias(f) for f in res.grid_fields] + [
-      "status", "final accuracy (step)", "best accuracy (step)", f"steps to {target:g}",
-      "diverged at"]
+  header = (
+    ["point"]
+    + [res.alias(f) for f in res.grid_fields]
+    + [
+      "status",
+      "final accuracy (step)",
+      "best accuracy (step)",
+      f"steps to {target:g}",
+      "diverged at",
+    ]
+  )
   rows = []
   for p in res.points:
     status = p.status + (f": {p.error}" if p.error else "")
-    rows.append([p.name] + [_fmt_field(p.fields.get(f)) for f in res.grid_fields] + [
-        status, f"{_fmt(p.final_accuracy)} ({_fmt(p.final_step)})",
-        f"{_fmt(p.best_accuracy)} ({_fmt(p.best_step)})", _fmt(p.steps_to_target),
-        _fmt(p.diverged_at)])
+    rows.append(
+      [p.name]
+      + [_fmt_field(p.fields.get(f)) for f in res.grid_fields]
+      + [
+        status,
+        f"{_fmt(p.final_accuracy)} ({_fmt(p.final_step)})",
+        f"{_fmt(p.best_accuracy)} ({_fmt(p.best_step)})",
+        _fmt(p.steps_to_target),
+        _fmt(p.diverged_at),
+      ]
+    )
   return _md_table(header, rows)
 
 
@@ -401,6 +482,7 @@ def lr_lines(res: SweepResults) -> list[LrLine]:
 def draw_lr_sensitivity(lines: Sequence[LrLine], path: str) -> None:
   """Final accuracy vs learning rate (log x): mean ± std over seeds; x = diverged."""
   import matplotlib  # pylint: disable=g-import-not-at-top
+
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 
@@ -412,13 +494,11 @@ def draw_lr_sensitivity(lines: Sequence[LrLine], path: str) -> None:
     std = np.array([0.0 if s is None else s for _, s in stats])
     color = f"C{k}"
     style = "-" if line.fields.get(BN_FIELD, True) else "--"
-    ax.errorbar(line.lrs, mean, yerr=std, fmt="o" + style, color=color, capsize=3,
-                label=line.label)
+    ax.errorbar(line.lrs, mean, yerr=std, fmt="o" + style, color=color, capsize=3, label=line.label)
     ax.fill_between(line.lrs, mean - std, mean + std, color=color, alpha=0.12)
     diverged = [lr for lr, g in zip(line.lrs, line.groups) if g.count("diverged")]
     if diverged:
-      ax.plot(diverged, [-0.04 - 0.025 * k] * len(diverged), "x", color=color, markersize=9,
-              mew=2)
+      ax.plot(diverged, [-0.04 - 0.025 * k] * len(diverged), "x", color=color, markersize=9, mew=2)
       marked = True
   if marked:
     ax.plot([], [], "x", color="gray", markersize=9, mew=2, label="diverged (≥ 1 seed)")
@@ -460,21 +540,34 @@ def lr_claims(lines: Sequence[LrLine], target: float) -> tuple[str, str]:
   """Our numbers for the paper's two learning-rate / nonlinearity claims."""
   highest, best = [], []
   for line in lines:
-    stable = [lr for lr, g in zip(line.lrs, line.groups)
-              if g.points and g.count("done") == len(g.points)]
-    good = [lr for lr, g in zip(line.lrs, line.groups)
-            if g.finals() and _mean_std(g.finals())[0] >= target]
+    stable = [
+      lr for lr, g in zip(line.lrs, line.groups) if g.points and g.count("done") == len(g.points)
+    ]
+    good = [
+      lr
+      for lr, g in zip(line.lrs, line.groups)
+      if g.finals() and _mean_std(g.finals())[0] >= target
+    ]
     highest.append(f"{line.label}: {max(stable):g}" if stable else f"{line.label}: none")
     highest[-1] += f" (≥ {target:g} up to {max(good):g})" if good else f" (never ≥ {target:g})"
-    means = [(m, lr) for lr, g in zip(line.lrs, line.groups)
-             for m in [_mean_std(g.finals())[0]] if m is not None]
+    means = [
+      (m, lr)
+      for lr, g in zip(line.lrs, line.groups)
+      for m in [_mean_std(g.finals())[0]]
+      if m is not None
+    ]
     if line.groups[0].points[0].value(NONLINEARITY_FIELD) == "sigmoid" and means:
       m, lr = max(means)
       best.append(f"{line.label}: {m:.4f} (lr {lr:g})")
-  higher = ("Highest learning rate at which every seed finished without diverging "
-            f"(and the highest whose mean final accuracy is ≥ {target:g}): " + "; ".join(highest))
-  sigmoid = ("Best mean final accuracy over learning rates, sigmoid nets: " + "; ".join(best)
-             if best else "No finished sigmoid points.")
+  higher = (
+    "Highest learning rate at which every seed finished without diverging "
+    f"(and the highest whose mean final accuracy is ≥ {target:g}): " + "; ".join(highest)
+  )
+  sigmoid = (
+    "Best mean final accuracy over learning rates, sigmoid nets: " + "; ".join(best)
+    if best
+    else "No finished sigmoid points."
+  )
   return higher, sigmoid
 
 
@@ -502,10 +595,18 @@ def figure1_pair(res: SweepResults, lr_hint: float) -> tuple[PointResult, PointR
   With several such pairs: both done first, then the smallest seed, then the learning
   rate closest to `lr_hint` on a log scale, then sweep order.
   """
-  sigmoid = [(p, _flat(p.config)) for p in res.points
-             if p.run is not None and p.config and p.value(NONLINEARITY_FIELD) == "sigmoid"]
-  pairs = [(bn, nobn) for bn, fb in sigmoid if fb.get(BN_FIELD) is True
-           for nobn, fn in sigmoid if fn.get(BN_FIELD) is False and _differ(fb, fn) == {BN_FIELD}]
+  sigmoid = [
+    (p, _flat(p.config))
+    for p in res.points
+    if p.run is not None and p.config and p.value(NONLINEARITY_FIELD) == "sigmoid"
+  ]
+  pairs = [
+    (bn, nobn)
+    for bn, fb in sigmoid
+    if fb.get(BN_FIELD) is True
+    for nobn, fn in sigmoid
+    if fn.get(BN_FIELD) is False and _differ(fb, fn) == {BN_FIELD}
+  ]
   if not pairs:
     return None
 
@@ -514,8 +615,12 @@ def figure1_pair(res: SweepResults, lr_hint: float) -> tuple[PointResult, PointR
     lr = bn.value(LR_FIELD) or lr_hint
     seed = bn.value(SEED_FIELD) or 0
     both_done = all(p.status == "done" for p in pair)
-    return (not both_done, seed, abs(math.log(lr / lr_hint)) if lr > 0 else math.inf,
-            res.points.index(bn))
+    return (
+      not both_done,
+      seed,
+      abs(math.log(lr / lr_hint)) if lr > 0 else math.inf,
+      res.points.index(bn),
+    )
 
   return min(pairs, key=rank)
 
@@ -525,14 +630,18 @@ def figure1_claims(bn: PointResult, nobn: PointResult) -> tuple[str, str]:
   steps = [s for s in sorted(set(bn.run.accuracy) & set(nobn.run.accuracy)) if s > 0]
   ahead = sum(bn.run.accuracy[s] > nobn.run.accuracy[s] for s in steps)
   sb, sn = figure1.summarize(bn.run), figure1.summarize(nobn.run)
-  acc = (f"BN ahead at {ahead} of {len(steps)} common eval steps after step 0; last eval "
-         f"(step {_fmt(sb['final_step'])} / {_fmt(sn['final_step'])}): "
-         f"{_fmt(sb['final_accuracy'])} with BN vs {_fmt(sn['final_accuracy'])} without")
+  acc = (
+    f"BN ahead at {ahead} of {len(steps)} common eval steps after step 0; last eval "
+    f"(step {_fmt(sb['final_step'])} / {_fmt(sn['final_step'])}): "
+    f"{_fmt(sb['final_accuracy'])} with BN vs {_fmt(sn['final_accuracy'])} without"
+  )
   db, dn = sb["drift"], sn["drift"]
-  drift = ("drift (range / mean 15–85 width) of p15, p50, p85: with BN "
-           f"{_fmt(db['p15'], '.2f')}, {_fmt(db['p50'], '.2f')}, {_fmt(db['p85'], '.2f')}; "
-           f"without {_fmt(dn['p15'], '.2f')}, {_fmt(dn['p50'], '.2f')}, "
-           f"{_fmt(dn['p85'], '.2f')}")
+  drift = (
+    "drift (range / mean 15–85 width) of p15, p50, p85: with BN "
+    f"{_fmt(db['p15'], '.2f')}, {_fmt(db['p50'], '.2f')}, {_fmt(db['p85'], '.2f')}; "
+    f"without {_fmt(dn['p15'], '.2f')}, {_fmt(dn['p50'], '.2f')}, "
+    f"{_fmt(dn['p85'], '.2f')}"
+  )
   return acc, drift
 
 
@@ -542,18 +651,18 @@ def figure1_claims(bn: PointResult, nobn: PointResult) -> tuple[str, str]:
 BASELINE = "inception"
 # variant -> (the paper's name, its steps to 72.2% in millions (None: never), its max top-1).
 PAPER_VARIANTS = {
-    "inception": ("Inception", 31.0, 0.722),
-    "bn_baseline": ("BN-Baseline", 13.3, 0.727),
-    "bn_x5": ("BN-x5", 2.1, 0.730),
-    "bn_x30": ("BN-x30", 2.7, 0.748),
-    "bn_x5_sigmoid": ("BN-x5-Sigmoid", None, 0.698),
+  "inception": ("Inception", 31.0, 0.722),
+  "bn_baseline": ("BN-Baseline", 13.3, 0.727),
+  "bn_x5": ("BN-x5", 2.1, 0.730),
+  "bn_x30": ("BN-x30", 2.7, 0.748),
+  "bn_x5_sigmoid": ("BN-x5-Sigmoid", None, 0.698),
 }
 PAPER_TARGET = 0.722  # Inception's max top-1: Figure 3's target
 NEVER = "never"
 
 
 def variant_of(p: PointResult) -> str | None:
-  """"configs/inception_small.py:bn_x30,cifar10" -> "bn_x30"; None if not a paper variant."""
+  """ "configs/inception_small.py:bn_x30,cifar10" -> "bn_x30"; None if not a paper variant."""
   _, sep, variant = p.config_spec.rpartition(":")
   variant = variant.partition(",")[0]
   return variant if sep and variant in PAPER_VARIANTS else None
@@ -568,6 +677,7 @@ def paper_speedup(variant: str) -> float | None:
 @dataclasses.dataclass
 class VariantRow:
   """One variant's Figure 3 numbers (ours)."""
+
   variant: str
   point: PointResult
   steps: int | None  # first eval step at or above Inception's best accuracy
@@ -612,21 +722,40 @@ def figure3(res: SweepResults) -> Figure3 | None:
   best = first[BASELINE].best_accuracy
   reach = {}
   for v, p in first.items():
-    reach[v] = None if p.run is None or best is None else next(
-        (s for s in sorted(p.run.accuracy) if p.run.accuracy[s] >= best), None)
+    reach[v] = (
+      None
+      if p.run is None or best is None
+      else next((s for s in sorted(p.run.accuracy) if p.run.accuracy[s] >= best), None)
+    )
   base_steps = reach[BASELINE]
-  rows = [VariantRow(v, first[v], reach[v],
-                     base_steps / reach[v] if base_steps is not None and reach[v] else None)
-          for v in PAPER_VARIANTS if v in first]
+  rows = [
+    VariantRow(
+      v, first[v], reach[v], base_steps / reach[v] if base_steps is not None and reach[v] else None
+    )
+    for v in PAPER_VARIANTS
+    if v in first
+  ]
   classes = [p.value("model.num_classes") for p in res.points]
   classes = [c for c in classes if isinstance(c, int) and c > 0]
   return Figure3(best, rows, list(res.points), classes[0] if classes else None)
 
 
-FIGURE3_COLUMNS = ("variant", "model", "point", "status", "diverged_at",
-                   "baseline_best_accuracy", "steps_to_baseline_best", "speedup",
-                   "max_accuracy", "max_accuracy_step", "top5_at_max",
-                   "paper_steps_to_72.2_millions", "paper_max_accuracy", "paper_speedup")
+FIGURE3_COLUMNS = (
+  "variant",
+  "model",
+  "point",
+  "status",
+  "diverged_at",
+  "baseline_best_accuracy",
+  "steps_to_baseline_best",
+  "speedup",
+  "max_accuracy",
+  "max_accuracy_step",
+  "top5_at_max",
+  "paper_steps_to_72.2_millions",
+  "paper_max_accuracy",
+  "paper_speedup",
+)
 
 
 def figure3_rows(fig: Figure3) -> list[list[str]]:
@@ -634,11 +763,24 @@ def figure3_rows(fig: Figure3) -> list[list[str]]:
   rows = [list(FIGURE3_COLUMNS)]
   for r in fig.rows:
     paper_steps = PAPER_VARIANTS[r.variant][1]
-    rows.append([r.variant, r.name, r.point.name, r.point.status, _cell(r.point.diverged_at),
-                 _cell(fig.baseline_best), NEVER if r.never else _cell(r.steps),
-                 _cell(r.speedup), _cell(r.point.best_accuracy), _cell(r.point.best_step),
-                 _cell(r.top5_at_max), NEVER if paper_steps is None else _cell(paper_steps),
-                 _cell(PAPER_VARIANTS[r.variant][2]), _cell(paper_speedup(r.variant))])
+    rows.append(
+      [
+        r.variant,
+        r.name,
+        r.point.name,
+        r.point.status,
+        _cell(r.point.diverged_at),
+        _cell(fig.baseline_best),
+        NEVER if r.never else _cell(r.steps),
+        _cell(r.speedup),
+        _cell(r.point.best_accuracy),
+        _cell(r.point.best_step),
+        _cell(r.top5_at_max),
+        NEVER if paper_steps is None else _cell(paper_steps),
+        _cell(PAPER_VARIANTS[r.variant][2]),
+        _cell(paper_speedup(r.variant)),
+      ]
+    )
   return rows
 
 
@@ -648,22 +790,43 @@ def _times(value: float | None) -> str:
 
 def figure3_markdown(fig: Figure3) -> list[str]:
   """Figure 3's table, ours next to the paper's."""
-  header = ["model", "point", "status", f"steps to {_fmt(fig.baseline_best)} (Inception's best)",
-            "speed-up", "max accuracy (step)", "top-5 at max", "paper: steps to 72.2%",
-            "paper: max top-1", "paper: speed-up"]
+  header = [
+    "model",
+    "point",
+    "status",
+    f"steps to {_fmt(fig.baseline_best)} (Inception's best)",
+    "speed-up",
+    "max accuracy (step)",
+    "top-5 at max",
+    "paper: steps to 72.2%",
+    "paper: max top-1",
+    "paper: speed-up",
+  ]
   rows = []
   for r in fig.rows:
     p = r.point
     status = p.status + (f" at step {p.diverged_at}" if p.diverged_at is not None else "")
     paper_steps = PAPER_VARIANTS[r.variant][1]
-    rows.append([r.name, f"`{p.name}`", status, NEVER if r.never else _fmt(r.steps),
-                 _times(r.speedup), f"{_fmt(p.best_accuracy)} ({_fmt(p.best_step)})",
-                 _fmt(r.top5_at_max), NEVER if paper_steps is None else f"{paper_steps:.1f}M",
-                 f"{100 * PAPER_VARIANTS[r.variant][2]:.1f}%", _times(paper_speedup(r.variant))])
+    rows.append(
+      [
+        r.name,
+        f"`{p.name}`",
+        status,
+        NEVER if r.never else _fmt(r.steps),
+        _times(r.speedup),
+        f"{_fmt(p.best_accuracy)} ({_fmt(p.best_step)})",
+        _fmt(r.top5_at_max),
+        NEVER if paper_steps is None else f"{paper_steps:.1f}M",
+        f"{100 * PAPER_VARIANTS[r.variant][2]:.1f}%",
+        _times(paper_speedup(r.variant)),
+      ]
+    )
   return _md_table(header, rows) + [
-      "", "Steps: the first eval step whose accuracy is at or above Inception's best eval "
-      "accuracy (the paper: 72.2%, Inception's max); speed-up: Inception's steps / the "
-      "variant's. Paper numbers from Figure 3 (BN-x30's 74.8% after 6M steps)."]
+    "",
+    "Steps: the first eval step whose accuracy is at or above Inception's best eval "
+    "accuracy (the paper: 72.2%, Inception's max); speed-up: Inception's steps / the "
+    "variant's. Paper numbers from Figure 3 (BN-x30's 74.8% after 6M steps).",
+  ]
 
 
 def figure3_claims(fig: Figure3) -> tuple[str, str, str]:
@@ -684,32 +847,49 @@ def figure3_claims(fig: Figure3) -> tuple[str, str, str]:
       elif not base.steps or not r.steps:
         parts.append(f"{r.name}: {r.steps} steps")
       else:
-        parts.append(f"{r.name}: {r.steps} steps ({r.steps / base.steps:.2f} of Inception's; "
-                     f"{r.speedup:.2f}× fewer)")
-    fewer = (f"Inception's best {_fmt(fig.baseline_best)} first at step {base.steps}. "
-             + ("; ".join(parts) if parts else "No BN variant in this sweep") + ".")
+        parts.append(
+          f"{r.name}: {r.steps} steps ({r.steps / base.steps:.2f} of Inception's; "
+          f"{r.speedup:.2f}× fewer)"
+        )
+    fewer = (
+      f"Inception's best {_fmt(fig.baseline_best)} first at step {base.steps}. "
+      + ("; ".join(parts) if parts else "No BN variant in this sweep")
+      + "."
+    )
   sig = fig.row("bn_x5_sigmoid")
   if sig is None:
     sigmoid = "BN-x5-Sigmoid is not in this sweep."
   elif sig.point.best_accuracy is None:
     sigmoid = "BN-x5-Sigmoid has no eval yet."
   elif fig.num_classes is None:
-    sigmoid = (f"BN-x5-Sigmoid max accuracy {_fmt(sig.point.best_accuracy)} (step "
-               f"{sig.point.best_step}); chance unknown (no model.num_classes).")
+    sigmoid = (
+      f"BN-x5-Sigmoid max accuracy {_fmt(sig.point.best_accuracy)} (step "
+      f"{sig.point.best_step}); chance unknown (no model.num_classes)."
+    )
   else:
     chance = 1 / fig.num_classes
     ratio = sig.point.best_accuracy / chance
     verdict = "learns" if ratio >= 2 else "does not clearly learn (under 2× chance)"
-    sigmoid = (f"BN-x5-Sigmoid max accuracy {_fmt(sig.point.best_accuracy)} (step "
-               f"{sig.point.best_step}) = {ratio:.1f}× chance (1/{fig.num_classes} = "
-               f"{chance:.4f}): {verdict}.")
+    sigmoid = (
+      f"BN-x5-Sigmoid max accuracy {_fmt(sig.point.best_accuracy)} (step "
+      f"{sig.point.best_step}) = {ratio:.1f}× chance (1/{fig.num_classes} = "
+      f"{chance:.4f}): {verdict}."
+    )
   diverged = [p for p in fig.points if p.status == "diverged"]
   if diverged:
-    div = "Diverged: " + "; ".join(
+    div = (
+      "Diverged: "
+      + "; ".join(
         f"{PAPER_VARIANTS[variant_of(p)][0]} (`{p.name}`) at step {_fmt(p.diverged_at)}"
-        + (f", last eval {_fmt(p.run.accuracy[max(p.run.accuracy)])} at step "
-           f"{max(p.run.accuracy)}" if p.run is not None and p.run.accuracy else "")
-        for p in diverged) + "."
+        + (
+          f", last eval {_fmt(p.run.accuracy[max(p.run.accuracy)])} at step {max(p.run.accuracy)}"
+          if p.run is not None and p.run.accuracy
+          else ""
+        )
+        for p in diverged
+      )
+      + "."
+    )
   else:
     div = f"None of the {len(fig.points)} points diverged."
   return fewer, sigmoid, div
@@ -719,6 +899,7 @@ def draw_figure2(fig3: Figure3, path: str) -> None:
   """Eval accuracy vs step, one line per variant; dashed: Inception's best; o: first step
   at or above it; x: diverged."""
   import matplotlib  # pylint: disable=g-import-not-at-top
+
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 
@@ -730,16 +911,27 @@ def draw_figure2(fig3: Figure3, path: str) -> None:
     color = f"C{list(PAPER_VARIANTS).index(r.variant)}"
     steps = sorted(run.accuracy)
     acc = [run.accuracy[s] for s in steps]
-    ax.plot(steps, acc, "-", color=color, marker="." if len(steps) <= 50 else None,
-            label=r.name + (f" (diverged at {r.point.diverged_at})"
-                            if r.point.diverged_at is not None else ""))
+    ax.plot(
+      steps,
+      acc,
+      "-",
+      color=color,
+      marker="." if len(steps) <= 50 else None,
+      label=r.name
+      + (f" (diverged at {r.point.diverged_at})" if r.point.diverged_at is not None else ""),
+    )
     if r.steps is not None:
       ax.plot([r.steps], [run.accuracy[r.steps]], "o", color=color, mfc="none", markersize=9)
     if r.point.diverged_at is not None:
       ax.plot([steps[-1]], [acc[-1]], "x", color=color, markersize=10, mew=2)
   if fig3.baseline_best is not None:
-    ax.axhline(fig3.baseline_best, color="gray", ls="--", lw=1,
-               label=f"Inception's best ({fig3.baseline_best:.4f})")
+    ax.axhline(
+      fig3.baseline_best,
+      color="gray",
+      ls="--",
+      lw=1,
+      label=f"Inception's best ({fig3.baseline_best:.4f})",
+    )
   ax.set_xlabel("training step")
   ax.set_ylabel("eval accuracy (top-1)")
   ax.set_title("Figure 2: eval accuracy vs training step (o: first at Inception's best)")
@@ -754,28 +946,30 @@ def draw_figure2(fig3: Figure3, path: str) -> None:
 # REPORT.md.
 
 PAPER = {
-    "fig1a": "Test accuracy with BN is higher throughout training (no numbers "
-             "printed; public reproductions: about 97.5–98.2% with BN vs 97.1–97.7% without "
-             "after 50k steps).",
-    "fig1bc": "Without BN the 15th/50th/85th percentiles of a last-layer "
-              "sigmoid input drift a lot over training; with BN they are far more stable.",
-    "higher_lr": "BN allows much higher learning rates without divergence "
-                 "(BN-x5 / BN-x30 train at 5x / 30x Inception's rate, which diverges "
-                 "without BN; Sec. 3.3, 4.2.1).",
-    "sigmoid": "BN makes saturating nonlinearities trainable (BN-x5-Sigmoid reaches "
-               "69.8% top-1; Inception with sigmoid and no BN stays at chance; Sec. 4.2.1).",
-    "fig2": "Figure 2: BN-x5 and BN-x30 pass Inception's best (72.2%) long before Inception "
-            "gets there; BN-x30 ends highest (74.8%).",
-    "fig3_fewer": "BN variants reach Inception's best (72.2%) in a fraction of its 31.0M steps: "
-                  + "; ".join(f"{PAPER_VARIANTS[v][0]} {PAPER_VARIANTS[v][1]:.1f}M "
-                              f"({PAPER_VARIANTS[v][1] / PAPER_VARIANTS[BASELINE][1]:.3f}; "
-                              f"{paper_speedup(v):.2f}× fewer)"
-                              for v in ("bn_baseline", "bn_x5", "bn_x30"))
-                  + "; BN-x5-Sigmoid never (Figure 3).",
-    "fig3_sigmoid": "BN-x5-Sigmoid learns: 69.8% max top-1, though it never reaches 72.2%; "
-                    "Inception with sigmoid and no BN never beats chance (1/1000; Sec. 4.2.1).",
-    "fig3_diverged": "The five variants all train (Figure 2); Inception without BN at BN-x5's "
-                     "learning rate diverges to \"machine infinity\" (Sec. 4.2.1).",
+  "fig1a": "Test accuracy with BN is higher throughout training (no numbers "
+  "printed; public reproductions: about 97.5–98.2% with BN vs 97.1–97.7% without "
+  "after 50k steps).",
+  "fig1bc": "Without BN the 15th/50th/85th percentiles of a last-layer "
+  "sigmoid input drift a lot over training; with BN they are far more stable.",
+  "higher_lr": "BN allows much higher learning rates without divergence "
+  "(BN-x5 / BN-x30 train at 5x / 30x Inception's rate, which diverges "
+  "without BN; Sec. 3.3, 4.2.1).",
+  "sigmoid": "BN makes saturating nonlinearities trainable (BN-x5-Sigmoid reaches "
+  "69.8% top-1; Inception with sigmoid and no BN stays at chance; Sec. 4.2.1).",
+  "fig2": "Figure 2: BN-x5 and BN-x30 pass Inception's best (72.2%) long before Inception "
+  "gets there; BN-x30 ends highest (74.8%).",
+  "fig3_fewer": "BN variants reach Inception's best (72.2%) in a fraction of its 31.0M steps: "
+  + "; ".join(
+    f"{PAPER_VARIANTS[v][0]} {PAPER_VARIANTS[v][1]:.1f}M "
+    f"({PAPER_VARIANTS[v][1] / PAPER_VARIANTS[BASELINE][1]:.3f}; "
+    f"{paper_speedup(v):.2f}× fewer)"
+    for v in ("bn_baseline", "bn_x5", "bn_x30")
+  )
+  + "; BN-x5-Sigmoid never (Figure 3).",
+  "fig3_sigmoid": "BN-x5-Sigmoid learns: 69.8% max top-1, though it never reaches 72.2%; "
+  "Inception with sigmoid and no BN never beats chance (1/1000; Sec. 4.2.1).",
+  "fig3_diverged": "The five variants all train (Figure 2); Inception without BN at BN-x5's "
+  'learning rate diverges to "machine infinity" (Sec. 4.2.1).',
 }
 
 
@@ -785,8 +979,10 @@ def _environment_lines(res: SweepResults) -> list[str]:
     if p.environment is not None:
       envs.setdefault(json.dumps(p.environment, sort_keys=True), []).append(p.name)
   if not envs:
-    return ["Not recorded (no point has environment.json; points run by "
-            "`python -m bn_repro.sweep` record it)."]
+    return [
+      "Not recorded (no point has environment.json; points run by "
+      "`python -m bn_repro.sweep` record it)."
+    ]
   out = []
   for text, names in envs.items():
     e = json.loads(text)
@@ -795,25 +991,39 @@ def _environment_lines(res: SweepResults) -> list[str]:
       continue
     pk = e.get("packages", {})
     software = ", ".join(f"{k} {v}" for k, v in [("python", e.get("python"))] + sorted(pk.items()))
-    out += [f"- {len(names)} point(s) ran with: {software}",
-            f"  - hardware: {e.get('cpu')}, {e.get('cpu_count')} CPUs "
-            f"({e.get('cpus_usable')} usable), {e.get('memory_gib')} GiB; jax devices: "
-            f"{e.get('devices')} (backend {e.get('backend')}); {e.get('platform')}",
-            f"  - XLA_FLAGS: `{e.get('xla_flags') or ''}`"]
+    out += [
+      f"- {len(names)} point(s) ran with: {software}",
+      f"  - hardware: {e.get('cpu')}, {e.get('cpu_count')} CPUs "
+      f"({e.get('cpus_usable')} usable), {e.get('memory_gib')} GiB; jax devices: "
+      f"{e.get('devices')} (backend {e.get('backend')}); {e.get('platform')}",
+      f"  - XLA_FLAGS: `{e.get('xla_flags') or ''}`",
+    ]
   return out
 
 
-def make_report(res: SweepResults, target: float, pair, lines: Sequence[LrLine],
-                seeds: bool, groups: Sequence[Group], written: Sequence[str],
-                report_command: str, fig3: Figure3 | None = None) -> str:
+def make_report(
+  res: SweepResults,
+  target: float,
+  pair,
+  lines: Sequence[LrLine],
+  seeds: bool,
+  groups: Sequence[Group],
+  written: Sequence[str],
+  report_command: str,
+  fig3: Figure3 | None = None,
+) -> str:
   counts: dict[str, int] = {}
   for p in res.points:
     counts[p.status] = counts.get(p.status, 0) + 1
   out = [f"# Sweep report: `{res.spec}`", ""]
   if res.description:
     out += [res.description + ".", ""]
-  out += [f"{len(res.points)} points: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
-          + f". Written {datetime.datetime.now().isoformat(timespec='seconds')}.", ""]
+  out += [
+    f"{len(res.points)} points: "
+    + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+    + f". Written {datetime.datetime.now().isoformat(timespec='seconds')}.",
+    "",
+  ]
 
   out += ["## Paper vs. ours", ""]
   rows = []
@@ -822,13 +1032,17 @@ def make_report(res: SweepResults, target: float, pair, lines: Sequence[LrLine],
     rows += [["Figure 1(a)", PAPER["fig1a"], acc], ["Figure 1(b, c)", PAPER["fig1bc"], drift]]
   if lines:
     higher, sigmoid = lr_claims(lines, target)
-    rows += [["Learning rate", PAPER["higher_lr"], higher],
-             ["Saturating nonlinearity", PAPER["sigmoid"], sigmoid]]
+    rows += [
+      ["Learning rate", PAPER["higher_lr"], higher],
+      ["Saturating nonlinearity", PAPER["sigmoid"], sigmoid],
+    ]
   if fig3 is not None:
     fewer, sigmoid, div = figure3_claims(fig3)
-    rows += [["Figure 3: steps to Inception's best", PAPER["fig3_fewer"], fewer],
-             ["Figure 3: BN-x5-Sigmoid", PAPER["fig3_sigmoid"], sigmoid],
-             ["Figure 2: divergence", PAPER["fig3_diverged"], div]]
+    rows += [
+      ["Figure 3: steps to Inception's best", PAPER["fig3_fewer"], fewer],
+      ["Figure 3: BN-x5-Sigmoid", PAPER["fig3_sigmoid"], sigmoid],
+      ["Figure 2: divergence", PAPER["fig3_diverged"], div],
+    ]
   if rows:
     out += _md_table(["", "paper (Ioffe & Szegedy, 2015)", "ours"], rows)
   else:
@@ -838,23 +1052,55 @@ def make_report(res: SweepResults, target: float, pair, lines: Sequence[LrLine],
   if pair is not None:
     figure1 = _figure1()
     bn, nobn = pair
-    out += ["## Figure 1", "", f"Pair: `{bn.name}` (BN) and `{nobn.name}` (no BN).", "",
-            "![Figure 1](figure1.png)", "", figure1.summary_table(bn.run, nobn.run),
-            "Every eval step: [figure1.csv](figure1.csv), [figure1.md](figure1.md).", ""]
+    out += [
+      "## Figure 1",
+      "",
+      f"Pair: `{bn.name}` (BN) and `{nobn.name}` (no BN).",
+      "",
+      "![Figure 1](figure1.png)",
+      "",
+      figure1.summary_table(bn.run, nobn.run),
+      "Every eval step: [figure1.csv](figure1.csv), [figure1.md](figure1.md).",
+      "",
+    ]
   if fig3 is not None:
     used = {r.point.name for r in fig3.rows}
-    out += ["## Figures 2 and 3", "", PAPER["fig2"], "", "![Figure 2](figure2.png)", "",
-            "Figure 3 (ours next to the paper's):", ""] + figure3_markdown(fig3) + [
-            "", "As CSV: [figure3.csv](figure3.csv).", ""]
+    out += (
+      [
+        "## Figures 2 and 3",
+        "",
+        PAPER["fig2"],
+        "",
+        "![Figure 2](figure2.png)",
+        "",
+        "Figure 3 (ours next to the paper's):",
+        "",
+      ]
+      + figure3_markdown(fig3)
+      + ["", "As CSV: [figure3.csv](figure3.csv).", ""]
+    )
     extra = [p.name for p in fig3.points if p.name not in used]
     if extra:
-      out += ["Not in the table (a variant's first point in sweep order is used): "
-              + ", ".join(f"`{n}`" for n in extra) + ".", ""]
+      out += [
+        "Not in the table (a variant's first point in sweep order is used): "
+        + ", ".join(f"`{n}`" for n in extra)
+        + ".",
+        "",
+      ]
   if lines:
-    out += ["## Learning-rate sensitivity", "", "![lr sensitivity](lr_sensitivity.png)", "",
-            "Final eval accuracy of finished points, mean ± std over seeds; diverged points "
-            "(NaN/Inf or a loss above `max_loss`) have no final accuracy and are counted.",
-            ""] + lr_markdown(lines) + [""]
+    out += (
+      [
+        "## Learning-rate sensitivity",
+        "",
+        "![lr sensitivity](lr_sensitivity.png)",
+        "",
+        "Final eval accuracy of finished points, mean ± std over seeds; diverged points "
+        "(NaN/Inf or a loss above `max_loss`) have no final accuracy and are counted.",
+        "",
+      ]
+      + lr_markdown(lines)
+      + [""]
+    )
   out += ["## Results", ""]
   if seeds:
     out += ["Over seeds:", ""] + aggregate_markdown(res, groups, target) + [""]
@@ -863,13 +1109,29 @@ def make_report(res: SweepResults, target: float, pair, lines: Sequence[LrLine],
   if failed:
     out += ["Failed points:", ""] + [f"- `{p.name}`: {p.error}" for p in failed] + [""]
 
-  out += ["## Commands", "", f"In `{res.record.get('cwd', '?')}`:", "", "```sh",
-          res.record.get("runner_command", "(not recorded)"), report_command, "```", "",
-          "<details><summary>One command per point (what the runner ran)</summary>", "",
-          "```sh"] + [p.command for p in res.points] + ["```", "", "</details>", ""]
+  out += (
+    [
+      "## Commands",
+      "",
+      f"In `{res.record.get('cwd', '?')}`:",
+      "",
+      "```sh",
+      res.record.get("runner_command", "(not recorded)"),
+      report_command,
+      "```",
+      "",
+      "<details><summary>One command per point (what the runner ran)</summary>",
+      "",
+      "```sh",
+    ]
+    + [p.command for p in res.points]
+    + ["```", "", "</details>", ""]
+  )
   out += ["## Software and hardware", ""] + _environment_lines(res) + [""]
-  out += ["Files: " + ", ".join(f"[{os.path.basename(w)}]({os.path.basename(w)})"
-                                for w in written), ""]
+  out += [
+    "Files: " + ", ".join(f"[{os.path.basename(w)}]({os.path.basename(w)})" for w in written),
+    "",
+  ]
   return "\n".join(out)
 
 
@@ -880,8 +1142,9 @@ def make_report(res: SweepResults, target: float, pair, lines: Sequence[LrLine],
 _fail = functools.partial(cli.report, "sweep_report")
 
 
-def write_all(res: SweepResults, out: str, target: float, lr_hint: float,
-              report_command: str) -> list[str]:
+def write_all(
+  res: SweepResults, out: str, target: float, lr_hint: float, report_command: str
+) -> list[str]:
   """Writes every output into `out`; returns their paths."""
   written = []
 
@@ -920,13 +1183,21 @@ def write_all(res: SweepResults, out: str, target: float, lr_hint: float,
     with open(path("figure3.csv"), "w", newline="") as f:
       csv.writer(f).writerows(figure3_rows(fig3))
     with open(path("figure3.md"), "w") as f:
-      f.write("\n".join([f"# Figure 3: `{res.spec}`", "",
-                         f"Inception's best eval accuracy: {_fmt(fig3.baseline_best)}.", ""]
-                        + figure3_markdown(fig3) + [""]))
+      f.write(
+        "\n".join(
+          [
+            f"# Figure 3: `{res.spec}`",
+            "",
+            f"Inception's best eval accuracy: {_fmt(fig3.baseline_best)}.",
+            "",
+          ]
+          + figure3_markdown(fig3)
+          + [""]
+        )
+      )
   report = path("REPORT.md")
   with open(report, "w") as f:
-    f.write(make_report(res, target, pair, lines, seeds, groups, written, report_command,
-                        fig3))
+    f.write(make_report(res, target, pair, lines, seeds, groups, written, report_command, fig3))
   return written
 
 

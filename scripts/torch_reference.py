@@ -54,12 +54,14 @@ def available() -> bool:
 def version() -> str:
   """PyTorch's version string (needs PyTorch)."""
   import torch  # pylint: disable=g-import-not-at-top
+
   return torch.__version__
 
 
 def _init_gaussian_(weight, std: float, fan_in_scaled: bool):
   """N(0, std^2) or N(0, std^2 / fan_in) in place, as `common.gaussian_init`."""
   import torch  # pylint: disable=g-import-not-at-top
+
   fan_in = weight[0].numel()  # Linear [out, in], Conv [out, in, kh, kw]
   with torch.no_grad():
     weight.normal_(0.0, std / math.sqrt(fan_in) if fan_in_scaled else std)
@@ -74,12 +76,12 @@ def _nets():
   class ConvBNReLU(nn.Sequential):
     """Convolution (no bias) -> BatchNorm2d -> ReLU, as ConvBN + the nonlinearity."""
 
-    def __init__(self, cin: int, cout: int, kernel: int, stride: int, eps: float,
-                 momentum: float):
+    def __init__(self, cin: int, cout: int, kernel: int, stride: int, eps: float, momentum: float):
       super().__init__(
-          nn.Conv2d(cin, cout, kernel, stride=stride, padding=kernel // 2, bias=False),
-          nn.BatchNorm2d(cout, eps=eps, momentum=momentum),
-          nn.ReLU(inplace=True))
+        nn.Conv2d(cin, cout, kernel, stride=stride, padding=kernel // 2, bias=False),
+        nn.BatchNorm2d(cout, eps=eps, momentum=momentum),
+        nn.ReLU(inplace=True),
+      )
 
   class InceptionModule(nn.Module):
     """1x1 | 1x1-3x3 | 1x1-3x3-3x3 | pool(-1x1) branches, concatenated over channels."""
@@ -89,17 +91,21 @@ def _nets():
       conv = functools.partial(ConvBNReLU, eps=eps, momentum=momentum)
       s = spec
       self.b1x1 = conv(cin, s.b1x1, 1, 1) if s.b1x1 else None
-      self.b3x3 = nn.Sequential(conv(cin, s.b3x3_reduce, 1, 1),
-                                conv(s.b3x3_reduce, s.b3x3, 3, s.stride))
-      self.d3x3 = nn.Sequential(conv(cin, s.d3x3_reduce, 1, 1), conv(s.d3x3_reduce, s.d3x3, 3, 1),
-                                conv(s.d3x3, s.d3x3, 3, s.stride))
+      self.b3x3 = nn.Sequential(
+        conv(cin, s.b3x3_reduce, 1, 1), conv(s.b3x3_reduce, s.b3x3, 3, s.stride)
+      )
+      self.d3x3 = nn.Sequential(
+        conv(cin, s.d3x3_reduce, 1, 1),
+        conv(s.d3x3_reduce, s.d3x3, 3, 1),
+        conv(s.d3x3, s.d3x3, 3, s.stride),
+      )
       if s.pool == "avg":
         pool = nn.AvgPool2d(3, s.stride, padding=1, count_include_pad=False)
       elif s.pool == "max":
         pool = nn.MaxPool2d(3, s.stride, padding=1)
       else:
         raise ValueError(f"pool {s.pool!r} is not 'avg' or 'max'")
-      self.pool = (nn.Sequential(pool, conv(cin, s.pool_proj, 1, 1)) if s.pool_proj else pool)
+      self.pool = nn.Sequential(pool, conv(cin, s.pool_proj, 1, 1)) if s.pool_proj else pool
       self.out_channels = s.b1x1 + s.b3x3 + s.d3x3 + (s.pool_proj or cin)
 
     def forward(self, x):
@@ -113,6 +119,7 @@ def _nets():
     def __init__(self, config):
       super().__init__()
       from bn_repro.models import inception  # pylint: disable=g-import-not-at-top
+
       m, bn = config.model, config.bn
       eps, momentum = bn.epsilon, 1.0 - bn.decay
       stem = inception.scale_channels(192, m.width_multiplier)
@@ -162,22 +169,38 @@ def _num_params(net) -> int:
 
 def _check_mlp_config(config):
   m = config.model
-  if (m.nonlinearity != "sigmoid" or m.bn_position != "wu" or m.dropout_rate or
-      config.optimizer.momentum or config.optimizer.weight_decay):
-    raise ValueError("torch_reference.MlpLoop builds only the sigmoid MLP with BN before the "
-                     "nonlinearity, no dropout, plain SGD without weight decay")
+  if (
+    m.nonlinearity != "sigmoid"
+    or m.bn_position != "wu"
+    or m.dropout_rate
+    or config.optimizer.momentum
+    or config.optimizer.weight_decay
+  ):
+    raise ValueError(
+      "torch_reference.MlpLoop builds only the sigmoid MLP with BN before the "
+      "nonlinearity, no dropout, plain SGD without weight decay"
+    )
 
 
 def _check_inception_config(config):
   m = config.model
-  if (not m.use_bn or m.nonlinearity != "relu" or m.use_lrn or m.dropout_rate or
-      m.stem != "small" or m.separable_stem):
-    raise ValueError("torch_reference.InceptionLoop builds only BN-Inception with ReLU, the "
-                     "small stem, no LRN and no dropout (configs/inception_small.py:bn_x5)")
+  if (
+    not m.use_bn
+    or m.nonlinearity != "relu"
+    or m.use_lrn
+    or m.dropout_rate
+    or m.stem != "small"
+    or m.separable_stem
+  ):
+    raise ValueError(
+      "torch_reference.InceptionLoop builds only BN-Inception with ReLU, the "
+      "small stem, no LRN and no dropout (configs/inception_small.py:bn_x5)"
+    )
 
 
 def _inception_config():
   from configs import inception_small  # pylint: disable=g-import-not-at-top
+
   config = inception_small.get_config(INCEPTION_CONFIG)
   _check_inception_config(config)
   return config
@@ -186,8 +209,10 @@ def _inception_config():
 def our_inception_params() -> int:
   """Trainable parameters of bn_repro's small BN-Inception (jax.eval_shape, no allocation)."""
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+
   from bn_repro import models  # pylint: disable=g-import-not-at-top
   from bn_repro.models import inception  # pylint: disable=g-import-not-at-top
+
   model = models.build(_inception_config(), axis_name=None, dtype=jnp.float32)
   return inception.count_params(model, (1,) + INPUT_SHAPE)
 
@@ -205,13 +230,16 @@ def param_count_matches(net=None) -> tuple[int, int]:
     ValueError: if they differ, i.e. the PyTorch network is not the one our config builds.
   """
   import torch  # pylint: disable=g-import-not-at-top
+
   if net is None:
     torch.manual_seed(0)
     net = _nets()[0](_inception_config())
   ours, theirs = our_inception_params(), _num_params(net)
   if ours != theirs:
-    raise ValueError(f"PyTorch small BN-Inception has {theirs:,} trainable parameters, "
-                     f"bn_repro's ({INCEPTION_CONFIG}) {ours:,}: the two networks differ")
+    raise ValueError(
+      f"PyTorch small BN-Inception has {theirs:,} trainable parameters, "
+      f"bn_repro's ({INCEPTION_CONFIG}) {ours:,}: the two networks differ"
+    )
   return ours, theirs
 
 
@@ -223,6 +251,7 @@ class _EagerLoop:
   def _one(self):
     import torch  # pylint: disable=g-import-not-at-top
     import torch.nn.functional as F  # pylint: disable=g-import-not-at-top
+
     idx = self.rng.integers(0, len(self.images), self.batch)
     x = torch.from_numpy(self.images[idx]).float().div_(255.0)
     y = torch.from_numpy(self.labels[idx])
@@ -263,7 +292,9 @@ class MlpLoop(_EagerLoop):
       steps: steps per `run()`.
     """
     import torch  # pylint: disable=g-import-not-at-top
+
     from configs import mnist_mlp  # pylint: disable=g-import-not-at-top
+
     config = mnist_mlp.get_config("bn_sigmoid" if use_bn else "nobn_sigmoid")
     _check_mlp_config(config)
     torch.manual_seed(0)
@@ -276,6 +307,7 @@ class MlpLoop(_EagerLoop):
     self.rng = np.random.default_rng(0)
     self.steps, self.batch = steps, config.batch_size
     self._one()
+
 
 class InceptionLoop(_EagerLoop):
   """The small BN-Inception's eager PyTorch training loop: `steps` steps of batch 32 per `run()`.
@@ -303,6 +335,7 @@ class InceptionLoop(_EagerLoop):
       steps: steps per `run()`.
     """
     import torch  # pylint: disable=g-import-not-at-top
+
     config = _inception_config()
     o = config.optimizer
     torch.manual_seed(0)
@@ -312,9 +345,14 @@ class InceptionLoop(_EagerLoop):
     # Conv and Linear weights are the only parameters with more than one dimension.
     decayed = [p for p in self.net.parameters() if p.ndim > 1]
     others = [p for p in self.net.parameters() if p.ndim <= 1]
-    self.opt = torch.optim.SGD([{"params": decayed, "weight_decay": o.weight_decay},
-                                {"params": others, "weight_decay": 0.0}],
-                               lr=o.learning_rate, momentum=o.momentum)
+    self.opt = torch.optim.SGD(
+      [
+        {"params": decayed, "weight_decay": o.weight_decay},
+        {"params": others, "weight_decay": 0.0},
+      ],
+      lr=o.learning_rate,
+      momentum=o.momentum,
+    )
     self.steps, self.batch = steps, config.batch_size
     self.sched = None
     if o.lr_decay_epochs > 0 and o.lr_decay_rate != 1.0:
@@ -325,24 +363,31 @@ class InceptionLoop(_EagerLoop):
     self.rng = np.random.default_rng(0)
     self._one()
 
+
 def main():
   if not available():
     print("torch_reference: PyTorch is not installed", file=sys.stderr)
     sys.exit(1)
   ours, theirs = param_count_matches()
-  print(f"PyTorch {version()}; small BN-Inception ({INCEPTION_CONFIG}) trainable parameters: "
-        f"ours {ours:,}, PyTorch {theirs:,}")
+  print(
+    f"PyTorch {version()}; small BN-Inception ({INCEPTION_CONFIG}) trainable parameters: "
+    f"ours {ours:,}, PyTorch {theirs:,}"
+  )
   rng = np.random.default_rng(0)
   images = rng.integers(0, 256, (8000,) + INPUT_SHAPE, dtype=np.uint8)
   labels = rng.integers(0, 10, 8000).astype(np.int32)
-  for name, loop in (("MLP bn", MlpLoop(True, images, labels, 200)),
-                     ("MLP nobn", MlpLoop(False, images, labels, 200)),
-                     ("small BN-Inception", InceptionLoop(images, labels, 10))):
+  for name, loop in (
+    ("MLP bn", MlpLoop(True, images, labels, 200)),
+    ("MLP nobn", MlpLoop(False, images, labels, 200)),
+    ("small BN-Inception", InceptionLoop(images, labels, 10)),
+  ):
     t = time.perf_counter()
     loop.run()
     rate = loop.steps / (time.perf_counter() - t)
-    print(f"{name:<20}{rate:>8.0f} steps/s  ({rate * loop.batch:.0f} images/s, "
-          f"loss {loop.loss.item():.3f})")
+    print(
+      f"{name:<20}{rate:>8.0f} steps/s  ({rate * loop.batch:.0f} images/s, "
+      f"loss {loop.loss.item():.3f})"
+    )
 
 
 if __name__ == "__main__":

@@ -8,12 +8,11 @@ import sys
 
 import numpy as np
 import pytest
+from test_train import set_fields
 
 from bn_repro import sweep as sw
 from bn_repro import validation
-from configs import ablation_sweeps
-from configs import mnist_mlp
-from test_train import set_fields
+from configs import ablation_sweeps, mnist_mlp
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "scripts", "ablation_report.py")
@@ -22,8 +21,12 @@ SCRIPT = os.path.join(ROOT, "scripts", "ablation_report.py")
 def write_sweep(root, points):
   """points: [(name, fields, status, events)] -> a sweep dir as bn_repro.sweep writes it."""
   os.makedirs(root)
-  record = {"sweep": "configs/ablation_sweeps.py:test", "description": "", "aliases": {},
-            "points": [{"name": n, "fields": f, "command": ""} for n, f, _, _ in points]}
+  record = {
+    "sweep": "configs/ablation_sweeps.py:test",
+    "description": "",
+    "aliases": {},
+    "points": [{"name": n, "fields": f, "command": ""} for n, f, _, _ in points],
+  }
   with open(os.path.join(root, "sweep.json"), "w") as fh:
     json.dump(record, fh)
   for name, _, status, events in points:
@@ -37,28 +40,61 @@ def write_sweep(root, points):
 
 
 def run(*args):
-  return subprocess.run([sys.executable, SCRIPT, *args], capture_output=True, text=True,
-                        cwd=ROOT)
+  return subprocess.run([sys.executable, SCRIPT, *args], capture_output=True, text=True, cwd=ROOT)
 
 
 def curve(accs, extra=lambda step: {}):
-  return [dict({"step": 250 * i, "eval/accuracy": a, "probe/p15": -1.0 - 0.1 * i,
-                "probe/p50": -0.1 * i, "probe/p85": 1.0 - 0.1 * i}, **extra(250 * i))
-          for i, a in enumerate(accs)]
+  return [
+    dict(
+      {
+        "step": 250 * i,
+        "eval/accuracy": a,
+        "probe/p15": -1.0 - 0.1 * i,
+        "probe/p50": -0.1 * i,
+        "probe/p85": 1.0 - 0.1 * i,
+      },
+      **extra(250 * i),
+    )
+    for i, a in enumerate(accs)
+  ]
 
 
 def test_regularization_gap_and_variants_table(tmp_path):
-  reg = write_sweep(str(tmp_path / "reg"), [
-      ("bn=on,dropout=0,seed=0", {"model.use_bn": True, "model.dropout_rate": 0.0, "seed": 0},
-       "done", curve([0.1, 0.9, 0.95], lambda s: {"train_eval/accuracy": 0.99})),
-      ("bn=on,dropout=0,seed=1", {"model.use_bn": True, "model.dropout_rate": 0.0, "seed": 1},
-       "done", curve([0.1, 0.9, 0.93], lambda s: {"train_eval/accuracy": 0.98})),
-      ("bn=off,dropout=0,seed=0", {"model.use_bn": False, "model.dropout_rate": 0.0, "seed": 0},
-       "running", curve([0.1, 0.5], lambda s: {"train_eval/accuracy": 0.6}))])
-  var = write_sweep(str(tmp_path / "var"), [
+  reg = write_sweep(
+    str(tmp_path / "reg"),
+    [
+      (
+        "bn=on,dropout=0,seed=0",
+        {"model.use_bn": True, "model.dropout_rate": 0.0, "seed": 0},
+        "done",
+        curve([0.1, 0.9, 0.95], lambda s: {"train_eval/accuracy": 0.99}),
+      ),
+      (
+        "bn=on,dropout=0,seed=1",
+        {"model.use_bn": True, "model.dropout_rate": 0.0, "seed": 1},
+        "done",
+        curve([0.1, 0.9, 0.93], lambda s: {"train_eval/accuracy": 0.98}),
+      ),
+      (
+        "bn=off,dropout=0,seed=0",
+        {"model.use_bn": False, "model.dropout_rate": 0.0, "seed": 0},
+        "running",
+        curve([0.1, 0.5], lambda s: {"train_eval/accuracy": 0.6}),
+      ),
+    ],
+  )
+  var = write_sweep(
+    str(tmp_path / "var"),
+    [
       ("bn=on,seed=0", {"model.use_bn": True, "seed": 0}, "done", curve([0.1, 0.9, 0.96])),
-      ("bn=on,ghost=6,seed=0", {"model.use_bn": True, "bn.virtual_batch_size": 6, "seed": 0},
-       "done", curve([0.1, 0.8, 0.97]))])
+      (
+        "bn=on,ghost=6,seed=0",
+        {"model.use_bn": True, "bn.virtual_batch_size": 6, "seed": 0},
+        "done",
+        curve([0.1, 0.8, 0.97]),
+      ),
+    ],
+  )
   out = tmp_path / "report"
   r = run(f"--regularization={reg}", f"--variants={var}", f"--report_dir={out}")
   assert r.returncode == 0, r.stderr
@@ -78,14 +114,30 @@ def test_regularization_gap_and_variants_table(tmp_path):
 
 def test_ics_table_reads_the_probe_metrics(tmp_path):
   def ics(rel):
-    return lambda step: {"ics/dense0/rel": 0.0, "ics/dense0/cos": 1.0,
-                         "ics/dense1/rel": rel * (1 + step / 250), "ics/dense1/cos": 1 - rel}
+    return lambda step: {
+      "ics/dense0/rel": 0.0,
+      "ics/dense0/cos": 1.0,
+      "ics/dense1/rel": rel * (1 + step / 250),
+      "ics/dense1/cos": 1 - rel,
+    }
 
-  d = write_sweep(str(tmp_path / "ics"), [
-      ("bn=on,seed=0", {"model.use_bn": True, "seed": 0}, "done", curve([0.1, 0.9, 0.95],
-                                                                         ics(0.1))),
-      ("bn=off,seed=0", {"model.use_bn": False, "seed": 0}, "done", curve([0.1, 0.5, 0.9],
-                                                                          ics(0.4)))])
+  d = write_sweep(
+    str(tmp_path / "ics"),
+    [
+      (
+        "bn=on,seed=0",
+        {"model.use_bn": True, "seed": 0},
+        "done",
+        curve([0.1, 0.9, 0.95], ics(0.1)),
+      ),
+      (
+        "bn=off,seed=0",
+        {"model.use_bn": False, "seed": 0},
+        "done",
+        curve([0.1, 0.5, 0.9], ics(0.4)),
+      ),
+    ],
+  )
   out = tmp_path / "r"
   r = run(f"--ics={d}", f"--report_dir={out}")
   assert r.returncode == 0, r.stderr
@@ -100,8 +152,10 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path):
   r = run(f"--ics={tmp_path}", f"--report_dir={out}")
   assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
   assert "not a sweep dir" in r.stderr and not out.exists()
-  no_ics = write_sweep(str(tmp_path / "plain"), [
-      ("bn=on,seed=0", {"model.use_bn": True, "seed": 0}, "done", curve([0.1, 0.9]))])
+  no_ics = write_sweep(
+    str(tmp_path / "plain"),
+    [("bn=on,seed=0", {"model.use_bn": True, "seed": 0}, "done", curve([0.1, 0.9]))],
+  )
   r = run(f"--ics={no_ics}", f"--report_dir={out}")
   assert r.returncode == 2 and "ics_probe=True" in r.stderr
   assert not os.listdir(out)

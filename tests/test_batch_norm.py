@@ -49,8 +49,15 @@ def test_algorithm1_matches_numpy(rng, shape, axes):
   np.testing.assert_allclose(mom.mean, mu, rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(mom.var, var, rtol=1e-5)
   assert float(mom.count) == np.prod([shape[a] for a in axes])
-  got = bn.normalize(jnp.asarray(x), mom.mean, mom.var, jnp.asarray(gamma, jnp.float32),
-                     jnp.asarray(beta, jnp.float32), axes=axes, epsilon=EPS)
+  got = bn.normalize(
+    jnp.asarray(x),
+    mom.mean,
+    mom.var,
+    jnp.asarray(gamma, jnp.float32),
+    jnp.asarray(beta, jnp.float32),
+    axes=axes,
+    epsilon=EPS,
+  )
   np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 
 
@@ -175,19 +182,27 @@ def test_equals_flax_batchnorm(rng, shape):
   x = rng.normal(1, 2, size=shape).astype(np.float32)
   v_ours = ours.init(jax.random.PRNGKey(0), x, use_running_average=False)
   v_theirs = theirs.init(jax.random.PRNGKey(0), x, use_running_average=True)
-  params = {"scale": rng.normal(size=shape[-1]).astype(np.float32),
-            "bias": rng.normal(size=shape[-1]).astype(np.float32)}
+  params = {
+    "scale": rng.normal(size=shape[-1]).astype(np.float32),
+    "bias": rng.normal(size=shape[-1]).astype(np.float32),
+  }
   y1, s1 = _train_apply(ours, {"params": params, "batch_stats": v_ours["batch_stats"]}, x)
-  y2, s2 = theirs.apply({"params": params, "batch_stats": v_theirs["batch_stats"]}, x,
-                        use_running_average=False, mutable=["batch_stats"])
+  y2, s2 = theirs.apply(
+    {"params": params, "batch_stats": v_theirs["batch_stats"]},
+    x,
+    use_running_average=False,
+    mutable=["batch_stats"],
+  )
   np.testing.assert_allclose(y1, y2, rtol=1e-5, atol=1e-5)
   for k in ("mean", "var"):
     np.testing.assert_allclose(s1["batch_stats"][k], s2["batch_stats"][k], rtol=1e-6)
   x2 = rng.normal(size=shape).astype(np.float32)
-  e1 = ours.apply({"params": params, "batch_stats": s1["batch_stats"]}, x2,
-                  use_running_average=True)
-  e2 = theirs.apply({"params": params, "batch_stats": s2["batch_stats"]}, x2,
-                    use_running_average=True)
+  e1 = ours.apply(
+    {"params": params, "batch_stats": s1["batch_stats"]}, x2, use_running_average=True
+  )
+  e2 = theirs.apply(
+    {"params": params, "batch_stats": s2["batch_stats"]}, x2, use_running_average=True
+  )
   np.testing.assert_allclose(e1, e2, rtol=1e-5, atol=1e-5)
 
 
@@ -216,7 +231,8 @@ def test_variance_precise_whatever_the_first_example(rng, outlier):
   np.testing.assert_allclose(mom.var, want.var(0), rtol=1e-4)
   np.testing.assert_allclose(mom.mean, want.mean(0), rtol=1e-6)
   per_device = jax.pmap(lambda v: bn.moments(v, (0,), axis_name="i"), axis_name="i")(
-      x.reshape(8, 32, 4))
+    x.reshape(8, 32, 4)
+  )
   np.testing.assert_allclose(per_device.var[0], want.var(0), rtol=1e-4)
   np.testing.assert_allclose(per_device.mean[3], want.mean(0), rtol=1e-6)
 
@@ -243,8 +259,9 @@ def test_mask_equals_statistics_of_the_selected_rows(rng):
   layer = bn_repro.BatchNorm(use_scale=False, use_bias=False)
   variables = layer.init(jax.random.PRNGKey(0), x, use_running_average=False)
   y, _ = _train_apply(layer, variables, x, mask=keep[:, None])
-  np.testing.assert_allclose(np.asarray(y)[keep], np_bn(x[keep], (0,), 1, 0, EPS)[0],
-                             rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(
+    np.asarray(y)[keep], np_bn(x[keep], (0,), 1, 0, EPS)[0], rtol=1e-4, atol=1e-4
+  )
 
 
 def test_eval_mode_leaves_statistics_untouched(rng):
@@ -253,8 +270,12 @@ def test_eval_mode_leaves_statistics_untouched(rng):
   variables = layer.init(jax.random.PRNGKey(0), x, use_running_average=False)
   _, upd = _train_apply(layer, variables, x)
   stats = upd["batch_stats"]
-  _, again = layer.apply({"params": variables["params"], "batch_stats": stats}, x,
-                         use_running_average=True, mutable=["batch_stats"])
+  _, again = layer.apply(
+    {"params": variables["params"], "batch_stats": stats},
+    x,
+    use_running_average=True,
+    mutable=["batch_stats"],
+  )
   for k in stats:
     np.testing.assert_array_equal(again["batch_stats"][k], stats[k])
 
@@ -280,8 +301,9 @@ def test_cross_device_masked_statistics_weight_by_count(rng):
   mask = np.zeros((n, 6, 1), np.float32)
   for d in range(n):
     mask[d, : d % 6 + 1] = 1
-  mom = jax.pmap(lambda v, m: bn.moments(v, (0,), axis_name="batch", mask=m),
-                 axis_name="batch")(x, mask)
+  mom = jax.pmap(lambda v, m: bn.moments(v, (0,), axis_name="batch", mask=m), axis_name="batch")(
+    x, mask
+  )
   sel = x[np.broadcast_to(mask, x.shape) > 0].reshape(-1, 2)
   np.testing.assert_allclose(mom.mean[0], sel.mean(0), rtol=1e-5)
   np.testing.assert_allclose(mom.var[0], sel.var(0), rtol=1e-4)
@@ -298,12 +320,14 @@ def test_batch_normalize_grads_equal_autodiff_nhwc_across_devices(rng, mask):
   m = np.ones((n, 2, 1, 1, 1), np.float32) if mask else None
 
   def loss(x, gamma, beta, dy, m):
-    y, _ = bn.batch_normalize(x, gamma, beta, axes=(0, 1, 2), epsilon=EPS,
-                              axis_name="batch", mask=m)
+    y, _ = bn.batch_normalize(
+      x, gamma, beta, axes=(0, 1, 2), epsilon=EPS, axis_name="batch", mask=m
+    )
     return jnp.sum(y * dy)
 
-  grads = jax.pmap(jax.grad(loss, argnums=(0, 1, 2)), axis_name="batch")(x, gamma[None].repeat(n, 0),
-                                                                         beta[None].repeat(n, 0), dy, m)
+  grads = jax.pmap(jax.grad(loss, argnums=(0, 1, 2)), axis_name="batch")(
+    x, gamma[None].repeat(n, 0), beta[None].repeat(n, 0), dy, m
+  )
 
   def global_loss(x, gamma, beta):  # one device, the concatenated batch
     flat = x.reshape(-1, 3, 3, 4)

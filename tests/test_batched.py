@@ -12,13 +12,11 @@ import sys
 import jax
 import numpy as np
 import pytest
+from test_train import synthetic, tiny_config
 
-from bn_repro import batched
-from bn_repro import parallel
-from bn_repro import train
+from bn_repro import batched, parallel, train
 from bn_repro.errors import UserError
 from bn_repro.metrics import read_metrics
-from test_train import synthetic, tiny_config
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 RUNS = [(0, 0.5), (1, 0.5), (0, 0.1)]  # (seed, learning rate)
@@ -39,8 +37,9 @@ def run_configs():
 
 
 def four_run_configs():
-  return run_configs() + [tiny_config(seed=1, **{"optimizer.learning_rate": 0.1,
-                                                 "optimizer.momentum": 0.9})]
+  return run_configs() + [
+    tiny_config(seed=1, **{"optimizer.learning_rate": 0.1, "optimizer.momentum": 0.9})
+  ]
 
 
 def test_batched_runs_equal_sequential_runs():
@@ -59,7 +58,8 @@ def test_batched_runs_equal_sequential_runs():
     want = parallel.unreplicate(s.params)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), got, want)
     assert bt.evaluate(states, r)["eval/accuracy"] == pytest.approx(
-        single.evaluate(s)["eval/accuracy"], abs=1e-6)
+      single.evaluate(s)["eval/accuracy"], abs=1e-6
+    )
 
 
 @pytest.mark.parametrize("data_devices", [1, 2])
@@ -82,9 +82,11 @@ def test_runs_spread_over_rows_of_devices_equal_the_runs_alone(data_devices):
     np.testing.assert_array_equal(metrics[:, r], m)
     np.testing.assert_array_equal(more[:, r], m2)
     for got, want in ((states.params, s.params), (states.batch_stats, s.batch_stats)):
-      jax.tree.map(np.testing.assert_array_equal,
-                   jax.tree.map(lambda x, r=r: np.asarray(x[0, r]), got),
-                   parallel.unreplicate(want))
+      jax.tree.map(
+        np.testing.assert_array_equal,
+        jax.tree.map(lambda x, r=r: np.asarray(x[0, r]), got),
+        parallel.unreplicate(want),
+      )
     assert bt.evaluate(states, r) == single.evaluate(s)
 
 
@@ -100,17 +102,29 @@ def test_run_shards_is_the_largest_divisor_that_fits_with_two_runs_a_row():
   assert parallel.run_shards(4, 8) == 1
 
 
-@pytest.mark.parametrize("xla_flags,want", [
+@pytest.mark.parametrize(
+  "xla_flags,want",
+  [
     ("", "True 1 3 3"),  # 3 CPU devices for runs; a single run still sees one
     ("--xla_force_host_platform_device_count=4", "False 4 4 3"),  # the user's count stands
-])
+  ],
+)
 def test_add_cpu_devices_adds_devices_for_runs_only(xla_flags, want):
-  code = ("import jax; from bn_repro import parallel; added = parallel.add_cpu_devices(3); "
-          "print(added, len(parallel.devices()), len(jax.local_devices()), "
-          "parallel.run_shards(6, 1))")
+  code = (
+    "import jax; from bn_repro import parallel; added = parallel.add_cpu_devices(3); "
+    "print(added, len(parallel.devices()), len(jax.local_devices()), "
+    "parallel.run_shards(6, 1))"
+  )
   env = dict(os.environ, XLA_FLAGS=xla_flags)
-  r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
-                     cwd=REPO, timeout=300, check=False)
+  r = subprocess.run(
+    [sys.executable, "-c", code],
+    capture_output=True,
+    text=True,
+    env=env,
+    cwd=REPO,
+    timeout=300,
+    check=False,
+  )
   assert r.returncode == 0 and r.stdout.split("\n")[-2] == want, r.stdout + r.stderr
 
 

@@ -32,9 +32,11 @@ def test_measure_reports_every_loop(benchmark, capsys):
   assert res["ratio_to_floor"]["floor"] == 1.0
   b = res["batched"]
   assert b["runs"] == 8 and b["run_steps_per_sec"] == 8 * max(
-      res["steps_per_sec_rounds"]["batched_8_runs"])
+    res["steps_per_sec_rounds"]["batched_8_runs"]
+  )
   assert b["one_device_run_steps_per_sec"] == 8 * max(
-      res["steps_per_sec_rounds"]["batched_8_runs_1_device"])
+    res["steps_per_sec_rounds"]["batched_8_runs_1_device"]
+  )
   assert b["devices"] == 4 and b["one_device_devices"] == 1  # 2 runs a row of conftest's 8
   assert "small_bn_inception" not in res  # with_inception=False
   assert res["compile_seconds"]["ours_bn"] > 0

@@ -5,15 +5,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from test_train import assert_trees_close, make_trainer, synthetic, tiny_config
 
 import bn_repro
-from bn_repro import analysis
+from bn_repro import analysis, parallel, validation
 from bn_repro import batch_norm as bn
-from bn_repro import parallel
-from bn_repro import validation
 from bn_repro.errors import UserError
 from bn_repro.models.mlp import MLP
-from test_train import assert_trees_close, make_trainer, synthetic, tiny_config
 
 EPS = 1e-5
 
@@ -33,11 +31,15 @@ def np_bn(x, eps=EPS):
 def init(x):
   """Parameters and population statistics away from their defaults, for a (batch, n) input."""
   n = x.shape[-1]
-  params = {"scale": np.linspace(0.5, 2.0, n, dtype=np.float32),
-            "bias": np.linspace(-1.0, 1.0, n, dtype=np.float32)}
-  stats = {"mean": np.linspace(-0.3, 0.3, n, dtype=np.float32),
-           "var": np.linspace(0.5, 3.0, n, dtype=np.float32),
-           "count": np.array(0, np.int32)}
+  params = {
+    "scale": np.linspace(0.5, 2.0, n, dtype=np.float32),
+    "bias": np.linspace(-1.0, 1.0, n, dtype=np.float32),
+  }
+  stats = {
+    "mean": np.linspace(-0.3, 0.3, n, dtype=np.float32),
+    "var": np.linspace(0.5, 3.0, n, dtype=np.float32),
+    "count": np.array(0, np.int32),
+  }
   return {"params": params, "batch_stats": stats}
 
 
@@ -45,12 +47,18 @@ def train_out(layer, variables, x, dy, **kw):
   """Training-mode output, new batch_stats, and the gradients of sum(y * dy)."""
 
   def loss(params, x):
-    y, upd = layer.apply({"params": params, "batch_stats": variables["batch_stats"]}, x,
-                         use_running_average=False, mutable=["batch_stats"], **kw)
+    y, upd = layer.apply(
+      {"params": params, "batch_stats": variables["batch_stats"]},
+      x,
+      use_running_average=False,
+      mutable=["batch_stats"],
+      **kw,
+    )
     return jnp.sum(y * dy), (y, upd["batch_stats"])
 
   (_, (y, stats)), grads = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)(
-      variables["params"], x)
+    variables["params"], x
+  )
   return y, stats, grads
 
 
@@ -78,7 +86,7 @@ def test_ghost_batches_normalize_each_sub_batch_by_itself(rng):
   layer = bn_repro.BatchNorm(virtual_batch_size=4, use_scale=False, use_bias=False, decay=0.5)
   v = layer.init(jax.random.PRNGKey(0), x, use_running_average=False)
   y, upd = layer.apply(v, x, use_running_average=False, mutable=["batch_stats"])
-  parts = [np_bn(x[i:i + 4]) for i in range(0, 12, 4)]
+  parts = [np_bn(x[i : i + 4]) for i in range(0, 12, 4)]
   np.testing.assert_allclose(y, np.concatenate([p[0] for p in parts]), rtol=1e-4, atol=1e-4)
   # The population sees the average of the ghost statistics.
   mean = np.mean([p[1] for p in parts], 0)
@@ -122,8 +130,14 @@ def test_renorm_matches_numpy_with_r_and_d_constant_in_backprop(rng):
   x = rng.normal(1.0, 2.0, (16, 4)).astype(np.float32)
   dy = rng.normal(size=(16, 4)).astype(np.float32)
   rmax, dmax = 1.5, 0.4
-  layer = bn_repro.BatchNorm(renorm=True, renorm_rmax=rmax, renorm_dmax=dmax, renorm_start=0,
-                             renorm_rmax_end=0, renorm_dmax_end=0)
+  layer = bn_repro.BatchNorm(
+    renorm=True,
+    renorm_rmax=rmax,
+    renorm_dmax=dmax,
+    renorm_start=0,
+    renorm_rmax_end=0,
+    renorm_dmax_end=0,
+  )
   v = init(x)
   y, _, (gparams, gx) = train_out(layer, v, x, dy)
   p, s = v["params"], v["batch_stats"]
@@ -162,11 +176,13 @@ def test_noise_at_neutral_values_is_plain_bn(rng):
 
 def test_noise_has_nonzero_mean_and_nonunit_variance_and_only_in_training(rng):
   x = rng.normal(size=(4096, 3)).astype(np.float32)
-  layer = bn_repro.BatchNorm(noise_mean=2.0, noise_scale=3.0, noise_std=0.5, use_scale=False,
-                             use_bias=False)
+  layer = bn_repro.BatchNorm(
+    noise_mean=2.0, noise_scale=3.0, noise_std=0.5, use_scale=False, use_bias=False
+  )
   v = layer.init(jax.random.PRNGKey(0), x, use_running_average=True)
-  draw = lambda k: layer.apply(v, x, use_running_average=False, mutable=["batch_stats"],
-                               rngs={"noise": jax.random.PRNGKey(k)})[0]
+  draw = lambda k: layer.apply(
+    v, x, use_running_average=False, mutable=["batch_stats"], rngs={"noise": jax.random.PRNGKey(k)}
+  )[0]
   y1, y2 = np.asarray(draw(1)), np.asarray(draw(2))
   assert np.max(np.abs(y1.mean(0))) > 0.1 and np.max(np.abs(y1.std(0) - 1)) > 0.1
   assert not np.allclose(y1, y2)  # redrawn with the key (every step)
@@ -215,7 +231,9 @@ def test_frozen_bn_trains_with_the_population_statistics(rng):
 # --- Validation ------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("overrides,field", [
+@pytest.mark.parametrize(
+  "overrides,field",
+  [
     ({"bn.virtual_batch_size": 5}, "config.bn.virtual_batch_size"),
     ({"bn.renorm": True, "bn.population": "average"}, "config.bn.population"),
     ({"bn.freeze_step": 10, "bn.population": "average"}, "config.bn.population"),
@@ -224,7 +242,8 @@ def test_frozen_bn_trains_with_the_population_statistics(rng):
     ({"bn.noise_scale": 0.5}, "config.bn.noise_scale"),
     ({"model.bn_position": "middle"}, "config.model.bn_position"),
     ({"model.dropout_rate": 1.0}, "config.model.dropout_rate"),
-])
+  ],
+)
 def test_bad_variant_settings_name_the_field(overrides, field):
   config = tiny_config(**overrides)
   with pytest.raises(UserError) as e:
@@ -250,17 +269,22 @@ def test_bn_after_a_linear_nonlinearity_equals_bn_before_it(rng):
   # Same kernels; the "after" net's dense biases set to arbitrary values.
   params = jax.tree.map(lambda p: p, va["params"])
   for i in range(2):
-    params[f"dense{i}"] = {"kernel": vb["params"][f"dense{i}"]["kernel"],
-                           "bias": np.full(params[f"dense{i}"]["bias"].shape, 3.0, np.float32)}
+    params[f"dense{i}"] = {
+      "kernel": vb["params"][f"dense{i}"]["kernel"],
+      "bias": np.full(params[f"dense{i}"]["bias"].shape, 3.0, np.float32),
+    }
   params["logits"] = vb["params"]["logits"]
   yb, _ = before.apply(vb, x, train=True, mutable=["batch_stats"])
-  ya, _ = after.apply({"params": params, "batch_stats": va["batch_stats"]}, x, train=True,
-                      mutable=["batch_stats"])
+  ya, _ = after.apply(
+    {"params": params, "batch_stats": va["batch_stats"]}, x, train=True, mutable=["batch_stats"]
+  )
   np.testing.assert_allclose(ya, yb, rtol=1e-4, atol=1e-4)
   # With a real nonlinearity the two placements differ.
   kw["nonlinearity"] = "sigmoid"
-  ys = [m.apply(_mlp_variables(m, x), x, train=True, mutable=["batch_stats"])[0]
-        for m in (MLP(bn_position="wu", **kw), MLP(bn_position="after_act", **kw))]
+  ys = [
+    m.apply(_mlp_variables(m, x), x, train=True, mutable=["batch_stats"])[0]
+    for m in (MLP(bn_position="wu", **kw), MLP(bn_position="after_act", **kw))
+  ]
   assert not np.allclose(ys[0], ys[1], atol=1e-3)
 
 
@@ -270,8 +294,9 @@ def test_bn_of_the_layer_input_normalizes_u(rng):
   v = _mlp_variables(model, x)
   assert v["batch_stats"]["bn0"]["mean"].shape == (16,)  # statistics of the 16 pixels
   _, upd = model.apply(v, x, train=True, mutable=["batch_stats"])
-  np.testing.assert_allclose(upd["batch_stats"]["bn0"]["mean"], 0.01 * x.reshape(32, 16).mean(0),
-                             rtol=1e-5)
+  np.testing.assert_allclose(
+    upd["batch_stats"]["bn0"]["mean"], 0.01 * x.reshape(32, 16).mean(0), rtol=1e-5
+  )
 
 
 def test_mlp_dropout_only_in_training(rng):
@@ -324,8 +349,7 @@ def test_ics_probe_in_the_trainer_uses_forward_order():
   out = trainer.evaluate(state)
   assert out["ics/dense0/l2"] == 0.0  # nothing below the first layer
   assert out["ics/dense1/l2"] > 0 and out["ics/logits/l2"] > 0
-  assert set(k.split("/")[1] for k in out if k.startswith("ics/")) == {"dense0", "dense1",
-                                                                       "logits"}
+  assert set(k.split("/")[1] for k in out if k.startswith("ics/")) == {"dense0", "dense1", "logits"}
 
 
 def test_variants_on_feature_maps_match_numpy(rng):
@@ -335,16 +359,25 @@ def test_variants_on_feature_maps_match_numpy(rng):
   v = layer.init(jax.random.PRNGKey(0), x, use_running_average=False)
   y, _ = layer.apply(v, x, use_running_average=False, mutable=["batch_stats"])
   for i in range(0, 6, 2):
-    g = x[i:i + 2].astype(np.float64)
+    g = x[i : i + 2].astype(np.float64)
     want = (g - g.mean((0, 1, 2))) / np.sqrt(g.var((0, 1, 2)) + EPS)
-    np.testing.assert_allclose(y[i:i + 2], want, rtol=1e-4, atol=1e-4)
-  layer = bn_repro.BatchNorm(renorm=True, renorm_rmax=1.2, renorm_dmax=0.1, renorm_start=0,
-                             renorm_rmax_end=0, renorm_dmax_end=0, use_scale=False,
-                             use_bias=False)
-  stats = {"mean": np.zeros(2, np.float32), "var": np.ones(2, np.float32),
-           "count": np.array(0, np.int32)}
-  y, _ = layer.apply({"batch_stats": stats}, x, use_running_average=False,
-                     mutable=["batch_stats"])
+    np.testing.assert_allclose(y[i : i + 2], want, rtol=1e-4, atol=1e-4)
+  layer = bn_repro.BatchNorm(
+    renorm=True,
+    renorm_rmax=1.2,
+    renorm_dmax=0.1,
+    renorm_start=0,
+    renorm_rmax_end=0,
+    renorm_dmax_end=0,
+    use_scale=False,
+    use_bias=False,
+  )
+  stats = {
+    "mean": np.zeros(2, np.float32),
+    "var": np.ones(2, np.float32),
+    "count": np.array(0, np.int32),
+  }
+  y, _ = layer.apply({"batch_stats": stats}, x, use_running_average=False, mutable=["batch_stats"])
   x64 = x.astype(np.float64)
   mu, var = x64.mean((0, 1, 2)), x64.var((0, 1, 2))
   r = np.clip(np.sqrt(var + EPS) / np.sqrt(1 + EPS), 1 / 1.2, 1.2)

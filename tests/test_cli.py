@@ -8,9 +8,9 @@ import sys
 
 import numpy as np
 import pytest
+from idx_files import write_mnist_dir, write_pair
 
 from bn_repro.metrics import read_metrics
-from idx_files import write_mnist_dir, write_pair
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -21,17 +21,32 @@ def tiny_idx(tmp_path_factory) -> pathlib.Path:
 
 
 def cli(workdir, *overrides, config="configs/mnist_mlp.py:bn_sigmoid"):
-  cmd = [sys.executable, "-m", "bn_repro.main", f"--config={config}", f"--workdir={workdir}",
-         *overrides]
-  return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600,
-                        env=dict(os.environ))
+  cmd = [
+    sys.executable,
+    "-m",
+    "bn_repro.main",
+    f"--config={config}",
+    f"--workdir={workdir}",
+    *overrides,
+  ]
+  return subprocess.run(
+    cmd, cwd=REPO, capture_output=True, text=True, timeout=600, env=dict(os.environ)
+  )
 
 
 def tiny(idx_dir, *extra):
-  return ("--config.data.source=idx", f"--config.data.idx_dir={idx_dir}",
-          "--config.model.hidden=(16, 16)", "--config.batch_size=16",
-          "--config.eval_batch_size=40", "--config.log_every=4", "--config.eval_every=4",
-          "--config.checkpoint_every=4", "--config.tensorboard=False", *extra)
+  return (
+    "--config.data.source=idx",
+    f"--config.data.idx_dir={idx_dir}",
+    "--config.model.hidden=(16, 16)",
+    "--config.batch_size=16",
+    "--config.eval_batch_size=40",
+    "--config.log_every=4",
+    "--config.eval_every=4",
+    "--config.checkpoint_every=4",
+    "--config.tensorboard=False",
+    *extra,
+  )
 
 
 def test_run_writes_metrics_and_checkpoints_and_resumes_exactly(tmp_path, tiny_idx):
@@ -57,29 +72,41 @@ def test_run_writes_metrics_and_checkpoints_and_resumes_exactly(tmp_path, tiny_i
 
 
 BAD_INPUT = [
-    ("unknown key", ["--config.learning_rate=0.1"],
-     "unknown config field 'learning_rate' in --config.learning_rate"),
-    ("learning rate 0", ["--config.optimizer.learning_rate=0"], "config.optimizer.learning_rate"),
-    ("negative steps", ["--config.num_steps=-5"], "config.num_steps"),
-    ("batch 0", ["--config.batch_size=0"], "config.batch_size"),
-    ("batch not divisible", ["--config.batch_size=60"], "8 devices"),
-    ("one value per statistic", ["--config.batch_size=8", "--config.bn.cross_device=False"],
-     "config.batch_size"),
-    ("too many devices", ["--config.num_devices=9"], "config.num_devices"),
-    ("bad nonlinearity", ["--config.model.nonlinearity=swish"], "config.model.nonlinearity"),
-    ("decay out of range", ["--config.bn.decay=1.0"], "config.bn.decay"),
-    ("epsilon 0", ["--config.bn.epsilon=0"], "config.bn.epsilon"),
-    ("wrong type", ["--config.num_steps=many"], "num_steps"),
-    ("unknown model", ["--config.model.name=resnet"], "config.model.name"),
-    ("unknown dataset", ["--config.data.name=svhn"], "config.data.name"),
-    ("unknown BN mode", ["--config.bn.population=median"], "config.bn.population"),
-    ("unknown backend", ["--config.parallel=xmap"], "config.parallel"),
-    ("unknown source", ["--config.data.source=web"], "config.data.source"),
-    ("bad split", ["--config.data.eval_split=test[a:b]"], "config.data.eval_split"),
-    ("overlapping splits", ["--config.data.train_split=train[:50]",
-                            "--config.data.eval_split=train[40:]"], "config.data.eval_split"),
-    ("tfds offline", ["--config.data.source=tfds", "--config.data.tfds_data_dir={tmp}/tfds"],
-     "config.data.idx_dir"),
+  (
+    "unknown key",
+    ["--config.learning_rate=0.1"],
+    "unknown config field 'learning_rate' in --config.learning_rate",
+  ),
+  ("learning rate 0", ["--config.optimizer.learning_rate=0"], "config.optimizer.learning_rate"),
+  ("negative steps", ["--config.num_steps=-5"], "config.num_steps"),
+  ("batch 0", ["--config.batch_size=0"], "config.batch_size"),
+  ("batch not divisible", ["--config.batch_size=60"], "8 devices"),
+  (
+    "one value per statistic",
+    ["--config.batch_size=8", "--config.bn.cross_device=False"],
+    "config.batch_size",
+  ),
+  ("too many devices", ["--config.num_devices=9"], "config.num_devices"),
+  ("bad nonlinearity", ["--config.model.nonlinearity=swish"], "config.model.nonlinearity"),
+  ("decay out of range", ["--config.bn.decay=1.0"], "config.bn.decay"),
+  ("epsilon 0", ["--config.bn.epsilon=0"], "config.bn.epsilon"),
+  ("wrong type", ["--config.num_steps=many"], "num_steps"),
+  ("unknown model", ["--config.model.name=resnet"], "config.model.name"),
+  ("unknown dataset", ["--config.data.name=svhn"], "config.data.name"),
+  ("unknown BN mode", ["--config.bn.population=median"], "config.bn.population"),
+  ("unknown backend", ["--config.parallel=xmap"], "config.parallel"),
+  ("unknown source", ["--config.data.source=web"], "config.data.source"),
+  ("bad split", ["--config.data.eval_split=test[a:b]"], "config.data.eval_split"),
+  (
+    "overlapping splits",
+    ["--config.data.train_split=train[:50]", "--config.data.eval_split=train[40:]"],
+    "config.data.eval_split",
+  ),
+  (
+    "tfds offline",
+    ["--config.data.source=tfds", "--config.data.tfds_data_dir={tmp}/tfds"],
+    "config.data.idx_dir",
+  ),
 ]
 
 
@@ -105,11 +132,13 @@ def test_bad_data_directory(tmp_path, setup):
     write_pair(d, "t10k", 10, seed=0, gz=False)
     images = d / "train-images-idx3-ubyte"
     raw = images.read_bytes()
-    images.write_bytes(b"\x00\x00\x08\x02" + raw[4:] if setup == "wrong magic"
-                       else raw[: len(raw) // 2])
+    images.write_bytes(
+      b"\x00\x00\x08\x02" + raw[4:] if setup == "wrong magic" else raw[: len(raw) // 2]
+    )
   workdir = tmp_path / "run"
-  r = cli(workdir, "--config.data.source=idx", f"--config.data.idx_dir={d}",
-          "--config.batch_size=16")
+  r = cli(
+    workdir, "--config.data.source=idx", f"--config.data.idx_dir={d}", "--config.batch_size=16"
+  )
   assert r.returncode == 2
   lines = r.stderr.strip().splitlines()
   assert len(lines) == 1, r.stderr
@@ -117,11 +146,15 @@ def test_bad_data_directory(tmp_path, setup):
   assert not workdir.exists()
 
 
-@pytest.mark.parametrize("config,expect", [
+@pytest.mark.parametrize(
+  "config,expect",
+  [
     ("configs/mnist_mlp.py:bn_swish", "bn_swish"),
     ("configs/inception_small.py:nonsense", "unknown variant 'nonsense'"),
     ("configs/no_such_file.py", "there is no file"),
-    ("{tmp}/broken.py", "SyntaxError")])
+    ("{tmp}/broken.py", "SyntaxError"),
+  ],
+)
 def test_bad_config_file_or_variant(tmp_path, config, expect):
   (tmp_path / "broken.py").write_text("def get_config(:\n")
   r = cli(tmp_path / "run", config=config.format(tmp=tmp_path))
@@ -138,8 +171,15 @@ def test_decay_below_half_warns_pytorch_convention(tmp_path, tiny_idx):
 
 def test_profile_window_writes_a_trace(tmp_path, tiny_idx):
   workdir = tmp_path / "run"
-  r = cli(workdir, *tiny(tiny_idx, "--config.num_steps=12", "--config.profile_start_step=4",
-                         "--config.profile_num_steps=4"))
+  r = cli(
+    workdir,
+    *tiny(
+      tiny_idx,
+      "--config.num_steps=12",
+      "--config.profile_start_step=4",
+      "--config.profile_num_steps=4",
+    ),
+  )
   assert r.returncode == 0, r.stderr
   traces = list((workdir / "profile").rglob("*.xplane.pb"))
   assert traces and traces[0].stat().st_size > 0
@@ -150,9 +190,13 @@ def test_console_script_loads_configs_that_import_siblings_from_any_directory(tm
   (no `python -m`, so no repo root on sys.path) run from elsewhere must still import it; an
   unknown variant then fails in get_config itself, before anything is written."""
   script = os.path.join(os.path.dirname(sys.executable), "bn-repro")
-  r = subprocess.run([script, f"--config={REPO}/configs/inception_small.py:nonsense",
-                      f"--workdir={tmp_path}/w"], cwd=tmp_path, capture_output=True, text=True,
-                     timeout=600)
+  r = subprocess.run(
+    [script, f"--config={REPO}/configs/inception_small.py:nonsense", f"--workdir={tmp_path}/w"],
+    cwd=tmp_path,
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
   assert r.returncode == 2
   assert "unknown variant 'nonsense'" in r.stderr and "ModuleNotFound" not in r.stderr, r.stderr
   assert not (tmp_path / "w").exists()
@@ -162,23 +206,41 @@ def test_sweep_console_script_loads_sweep_files_that_import_configs(tmp_path):
   """The README's `bn-repro-sweep --sweep=configs/inception_sweeps.py:small_five`: the sweep
   file imports configs.inception_small; the installed script must find it from anywhere."""
   script = os.path.join(os.path.dirname(sys.executable), "bn-repro-sweep")
-  r = subprocess.run([script, f"--sweep={REPO}/configs/inception_sweeps.py:small_five",
-                      f"--workdir={tmp_path}/w", "--print_commands"], cwd=tmp_path,
-                     capture_output=True, text=True, timeout=600)
+  r = subprocess.run(
+    [
+      script,
+      f"--sweep={REPO}/configs/inception_sweeps.py:small_five",
+      f"--workdir={tmp_path}/w",
+      "--print_commands",
+    ],
+    cwd=tmp_path,
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
   assert r.returncode == 0, r.stderr
   assert r.stdout.count("--point=config=inception_small_") == 5, r.stdout
 
 
-@pytest.mark.parametrize("command,program", [
+@pytest.mark.parametrize(
+  "command,program",
+  [
     (["-m", "bn_repro.main", "--config=configs/mnist_mlp.py:bn_sigmoid"], "bn-repro"),
     (["-m", "bn_repro.sweep"], "bn-repro sweep"),
     (["scripts/sweep_report.py"], "sweep_report"),
     (["scripts/ablation_report.py"], "ablation_report"),
     (["scripts/figure1.py"], "figure1"),
-], ids=lambda v: v if isinstance(v, str) else None)
+  ],
+  ids=lambda v: v if isinstance(v, str) else None,
+)
 def test_every_cli_reports_an_unknown_flag_in_one_line(tmp_path, command, program):
-  r = subprocess.run([sys.executable, *command, "--no_such_flag=1", f"--workdir={tmp_path}/w"],
-                     cwd=REPO, capture_output=True, text=True, timeout=600)
+  r = subprocess.run(
+    [sys.executable, *command, "--no_such_flag=1", f"--workdir={tmp_path}/w"],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
   assert r.returncode == 2, r.stderr
   lines = r.stderr.strip().splitlines()
   assert len(lines) == 1 and lines[0].startswith(f"{program}: error: "), r.stderr

@@ -10,21 +10,20 @@ from jax import lax
 
 from bn_repro import validation
 from bn_repro.errors import UserError
-from bn_repro.models import conv
-from bn_repro.models import inception
+from bn_repro.models import conv, inception
 from configs import inception_small
 
 NHWC = ("NHWC", "HWIO", "NHWC")
 
 # (input h, w, channels), (kernel h, w, out), strides, padding
 CASES = [
-    ((7, 7, 3), (1, 1, 5), (1, 1), "SAME"),
-    ((7, 6, 3), (1, 1, 5), (2, 2), "SAME"),
-    ((7, 7, 3), (3, 3, 4), (1, 1), "SAME"),
-    ((8, 7, 3), (3, 3, 4), (2, 2), "SAME"),
-    ((9, 9, 2), (3, 3, 4), (2, 1), "VALID"),
-    ((11, 10, 3), (7, 7, 4), (2, 2), "SAME"),
-    ((6, 7, 2), (2, 3, 3), (1, 2), ((1, 0), (2, 1))),
+  ((7, 7, 3), (1, 1, 5), (1, 1), "SAME"),
+  ((7, 6, 3), (1, 1, 5), (2, 2), "SAME"),
+  ((7, 7, 3), (3, 3, 4), (1, 1), "SAME"),
+  ((8, 7, 3), (3, 3, 4), (2, 2), "SAME"),
+  ((9, 9, 2), (3, 3, 4), (2, 1), "VALID"),
+  ((11, 10, 3), (7, 7, 4), (2, 2), "SAME"),
+  ((6, 7, 2), (2, 3, 3), (1, 2), ((1, 0), (2, 1))),
 ]
 # Negative padding crops. XLA:CPU's own convolution gives wrong values here (jax 0.10.2:
 # off by up to 8.5 from the definition, sometimes reading garbage), so only NumPy judges it.
@@ -46,13 +45,13 @@ def _numpy_conv(x, k, strides, padding):
     padding = lax.padtype_to_pads(x.shape[1:3], (kh, kw), strides, padding)
   (t, b), (l, r) = padding
   xp = np.pad(x, ((0, 0), (max(t, 0), max(b, 0)), (max(l, 0), max(r, 0)), (0, 0)))
-  xp = xp[:, max(-t, 0):xp.shape[1] - max(-b, 0), max(-l, 0):xp.shape[2] - max(-r, 0)]
+  xp = xp[:, max(-t, 0) : xp.shape[1] - max(-b, 0), max(-l, 0) : xp.shape[2] - max(-r, 0)]
   out_h = (xp.shape[1] - kh) // strides[0] + 1
   out_w = (xp.shape[2] - kw) // strides[1] + 1
   y = np.zeros((x.shape[0], out_h, out_w, o), np.float64)
   for a in range(out_h):
     for bb in range(out_w):
-      window = xp[:, a * strides[0]:a * strides[0] + kh, bb * strides[1]:bb * strides[1] + kw]
+      window = xp[:, a * strides[0] : a * strides[0] + kh, bb * strides[1] : bb * strides[1] + kw]
       y[:, a, bb] = np.einsum("nijc,ijco->no", window.astype(np.float64), k.astype(np.float64))
   return y
 
@@ -77,8 +76,9 @@ def test_forward_equals_numpy_definition_and_xla(case):
 
 def test_negative_padding_crops_as_the_definition_says():
   x, k, strides, padding = _data(CROPPED)
-  np.testing.assert_allclose(_im2col(x, k, strides, padding), _numpy_conv(x, k, strides, padding),
-                             rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(
+    _im2col(x, k, strides, padding), _numpy_conv(x, k, strides, padding), rtol=1e-5, atol=1e-5
+  )
 
 
 @pytest.mark.parametrize("case", CASES, ids=[str(i) for i in range(len(CASES))])
@@ -97,21 +97,27 @@ def test_gradients_equal_xla(case):
 
 def test_flax_conv_calls_it_the_way_flax_passes_arguments():
   import flax.linen as nn  # pylint: disable=g-import-not-at-top
+
   x = np.random.default_rng(0).standard_normal((2, 9, 9, 3)).astype(np.float32)
-  ours = nn.Conv(4, (3, 3), strides=2, padding="SAME",
-                 conv_general_dilated=conv.im2col_conv_general_dilated)
+  ours = nn.Conv(
+    4, (3, 3), strides=2, padding="SAME", conv_general_dilated=conv.im2col_conv_general_dilated
+  )
   plain = nn.Conv(4, (3, 3), strides=2, padding="SAME")
   variables = plain.init(jax.random.PRNGKey(0), x)
   assert jax.tree.structure(ours.init(jax.random.PRNGKey(0), x)) == jax.tree.structure(variables)
-  np.testing.assert_allclose(ours.apply(variables, x), plain.apply(variables, x),
-                             rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(
+    ours.apply(variables, x), plain.apply(variables, x), rtol=1e-5, atol=1e-5
+  )
 
 
-@pytest.mark.parametrize("kwargs", [
+@pytest.mark.parametrize(
+  "kwargs",
+  [
     dict(feature_group_count=3),  # the depthwise stem
     dict(rhs_dilation=(2, 2)),
     dict(lhs_dilation=(2, 1)),
-])
+  ],
+)
 def test_other_convolutions_go_to_xla_unchanged(kwargs):
   rng = np.random.default_rng(0)
   x = rng.standard_normal((2, 9, 9, 3)).astype(np.float32)
@@ -119,16 +125,18 @@ def test_other_convolutions_go_to_xla_unchanged(kwargs):
   k = rng.standard_normal((3, 3, 3 // groups, 6)).astype(np.float32)
   args = (x, k, (1, 1), ((1, 1), (1, 1)))
   np.testing.assert_array_equal(
-      conv.im2col_conv_general_dilated(*args, dimension_numbers=NHWC, **kwargs),
-      lax.conv_general_dilated(*args, dimension_numbers=NHWC, **kwargs))
+    conv.im2col_conv_general_dilated(*args, dimension_numbers=NHWC, **kwargs),
+    lax.conv_general_dilated(*args, dimension_numbers=NHWC, **kwargs),
+  )
 
 
 def test_bfloat16_stays_bfloat16():
   x, k, strides, padding = _data(CASES[3])
   y = _im2col(x.astype(jnp.bfloat16), k.astype(jnp.bfloat16), strides, padding)
   assert y.dtype == jnp.bfloat16
-  np.testing.assert_allclose(np.asarray(y, np.float32), _numpy_conv(x, k, strides, padding),
-                             rtol=0.05, atol=0.1)
+  np.testing.assert_allclose(
+    np.asarray(y, np.float32), _numpy_conv(x, k, strides, padding), rtol=0.05, atol=0.1
+  )
 
 
 def test_auto_is_im2col_on_cpu_only():
@@ -146,13 +154,20 @@ def test_small_inception_trains_the_same_with_either_convolution():
   """One BN training step of the small BN-Inception: outputs, gradients, statistics agree."""
   x = np.random.default_rng(0).random((8, 28, 28, 1), np.float32)
   y = np.arange(8) % 10
-  small = functools.partial(inception.bn_inception, num_classes=10, width_multiplier=0.125,
-                            modules=("3a", "3c"), stem="small", stem_stride=2,
-                            separable_stem=False)
+  small = functools.partial(
+    inception.bn_inception,
+    num_classes=10,
+    width_multiplier=0.125,
+    modules=("3a", "3c"),
+    stem="small",
+    stem_stride=2,
+    separable_stem=False,
+  )
   # (eager init runs each XLA convolution op by op, which compiles slowly: init once)
   v = small(conv_impl="im2col").init(jax.random.PRNGKey(0), x, train=False)
-  shapes = jax.eval_shape(functools.partial(small(conv_impl="xla").init, train=False),
-                          jax.random.PRNGKey(0), x)
+  shapes = jax.eval_shape(
+    functools.partial(small(conv_impl="xla").init, train=False), jax.random.PRNGKey(0), x
+  )
   assert jax.tree.map(np.shape, v) == jax.tree.map(np.shape, shapes)  # the same parameters
   outs = {}
   for impl in ("xla", "im2col"):
@@ -176,5 +191,8 @@ def test_unknown_conv_impl_is_a_config_error():
   with pytest.raises(UserError, match="config.model.conv_impl"):
     validation.validate(c)
   with pytest.raises(ValueError, match="cudnn"):
-    jax.eval_shape(inception.bn_inception(stem="small", modules=(), conv_impl="cudnn").init,
-                   jax.random.PRNGKey(0), jax.ShapeDtypeStruct((1, 28, 28, 1), jnp.float32))
+    jax.eval_shape(
+      inception.bn_inception(stem="small", modules=(), conv_impl="cudnn").init,
+      jax.random.PRNGKey(0),
+      jax.ShapeDtypeStruct((1, 28, 28, 1), jnp.float32),
+    )

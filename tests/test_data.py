@@ -6,21 +6,20 @@ import socket
 import ml_collections
 import numpy as np
 import pytest
+from idx_files import fake_mnist, write_idx, write_pair
 
 from bn_repro import data as data_lib
-from bn_repro.data import idx
-from bn_repro.data import mnist
-from bn_repro.data import splits
+from bn_repro.data import idx, mnist, splits
 from bn_repro.errors import UserError
-from idx_files import fake_mnist, write_idx, write_pair
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 T10K = REPO.parent / "shared" / "data" / "mnist-t10k"
 
 
 def config(**overrides) -> ml_collections.ConfigDict:
-  values = dict(name="mnist", source="idx", tfds_data_dir="", idx_dir="",
-                train_split="train", eval_split="test")
+  values = dict(
+    name="mnist", source="idx", tfds_data_dir="", idx_dir="", train_split="train", eval_split="test"
+  )
   values.update(overrides)
   return ml_collections.ConfigDict(values)
 
@@ -56,35 +55,49 @@ def test_load_splits_idx_full(idx_dir):
   np.testing.assert_array_equal(eval_.labels, test_y)
 
 
-@pytest.mark.parametrize("train_split,eval_split,train_slice,eval_slice", [
+@pytest.mark.parametrize(
+  "train_split,eval_split,train_slice,eval_slice",
+  [
     ("test[:6]", "test[6:]", slice(0, 6), slice(6, 10)),
     ("test[:-3]", "test[-3:]", slice(0, 7), slice(7, 10)),
     ("test[:50%]", "test[50%:]", slice(0, 5), slice(5, 10)),
     ("test[10%:30%]", "test[-20%:]", slice(1, 3), slice(8, 10)),
     ("train[:90%]", "train[90%:]", slice(0, 18), slice(18, 20)),
-])
-def test_load_splits_idx_slices(idx_dir, train_split, eval_split, train_slice,
-                                eval_slice):
+  ],
+)
+def test_load_splits_idx_slices(idx_dir, train_split, eval_split, train_slice, eval_slice):
   directory, train_xy, test_xy = idx_dir
   x, y = test_xy if train_split.startswith("test") else train_xy
-  train, eval_ = data_lib.load_splits(config(
-      idx_dir=str(directory), train_split=train_split, eval_split=eval_split))
+  train, eval_ = data_lib.load_splits(
+    config(idx_dir=str(directory), train_split=train_split, eval_split=eval_split)
+  )
   np.testing.assert_array_equal(train.images[..., 0], x[train_slice])
   np.testing.assert_array_equal(train.labels, y[train_slice])
   np.testing.assert_array_equal(eval_.images[..., 0], x[eval_slice])
   np.testing.assert_array_equal(eval_.labels, y[eval_slice])
 
 
-@pytest.mark.parametrize("spec", [
-    "test", "test[:33%]", "test[33%:]", "test[-2:]", "test[:-2]", "test[3:5]",
-    "test[10%:-10%]", "test[-50%:-10%]", "test[12.5%:]", "test[:7]",
-    "test[-7:]", "test[0:1]",
-])
+@pytest.mark.parametrize(
+  "spec",
+  [
+    "test",
+    "test[:33%]",
+    "test[33%:]",
+    "test[-2:]",
+    "test[:-2]",
+    "test[3:5]",
+    "test[10%:-10%]",
+    "test[-50%:-10%]",
+    "test[12.5%:]",
+    "test[:7]",
+    "test[-7:]",
+    "test[0:1]",
+  ],
+)
 @pytest.mark.parametrize("n", [7, 10, 100, 60000])
 def test_split_resolution_matches_tfds(spec, n):
   tfds = pytest.importorskip("tensorflow_datasets")
-  info = tfds.core.SplitInfo(name="test", shard_lengths=[n], num_bytes=0,
-                             filename_template=None)
+  info = tfds.core.SplitInfo(name="test", shard_lengths=[n], num_bytes=0, filename_template=None)
   (ref,) = tfds.core.ReadInstruction.from_spec(spec).to_absolute({"test": info})
   want = (ref.from_ or 0, n if ref.to is None else ref.to)
   parsed = splits.parse_split(spec, "f", ("train", "test"))
@@ -95,15 +108,26 @@ def test_split_resolution_matches_tfds(spec, n):
     assert parsed.resolve(n) == want
 
 
-@pytest.mark.parametrize("bad", [
-    "tset", "test[", "test[5]", "test[::2]", "test[a:b]", "test[:]",
-    "test[1.5:]", "test[10%:5]", "test[:150%]", "test 1", "",
-])
+@pytest.mark.parametrize(
+  "bad",
+  [
+    "tset",
+    "test[",
+    "test[5]",
+    "test[::2]",
+    "test[a:b]",
+    "test[:]",
+    "test[1.5:]",
+    "test[10%:5]",
+    "test[:150%]",
+    "test 1",
+    "",
+  ],
+)
 def test_bad_split_string(idx_dir, bad):
   directory, _, _ = idx_dir
   with pytest.raises(UserError, match="config.data.train_split") as e:
-    data_lib.load_splits(config(idx_dir=str(directory), train_split=bad,
-                                eval_split="test[:1]"))
+    data_lib.load_splits(config(idx_dir=str(directory), train_split=bad, eval_split="test[:1]"))
   assert repr(bad) in str(e.value)
 
 
@@ -114,16 +138,21 @@ def test_split_out_of_range(idx_dir, split):
     data_lib.load_splits(config(idx_dir=str(directory), eval_split=split))
 
 
-@pytest.mark.parametrize("train_split,eval_split", [
-    ("test[:8]", "test[7:]"), ("test", "test[-1:]"),
+@pytest.mark.parametrize(
+  "train_split,eval_split",
+  [
+    ("test[:8]", "test[7:]"),
+    ("test", "test[-1:]"),
     ("test[20%:]", "test[:30%]"),
     ("train", "train"),
-])
+  ],
+)
 def test_overlapping_splits_rejected(idx_dir, train_split, eval_split):
   directory, _, _ = idx_dir
   with pytest.raises(UserError, match="config.data.eval_split.*overlaps"):
-    data_lib.load_splits(config(idx_dir=str(directory), train_split=train_split,
-                                eval_split=eval_split))
+    data_lib.load_splits(
+      config(idx_dir=str(directory), train_split=train_split, eval_split=eval_split)
+    )
 
 
 def test_wrong_magic(idx_dir):
@@ -148,8 +177,7 @@ def test_truncated(idx_dir, gz):
 def test_count_mismatch(idx_dir):
   directory, _, _ = idx_dir
   write_idx(directory / "t10k-labels-idx1-ubyte", np.zeros(9, np.uint8), 0x801)
-  with pytest.raises(UserError,
-                     match="t10k-labels-idx1-ubyte is not a valid.*9 labels"):
+  with pytest.raises(UserError, match="t10k-labels-idx1-ubyte is not a valid.*9 labels"):
     data_lib.load_splits(config(idx_dir=str(directory)))
 
 
@@ -163,15 +191,13 @@ def test_header_count_disagrees_with_data(idx_dir, count):
 
 def test_label_out_of_range(idx_dir):
   directory, _, _ = idx_dir
-  write_idx(directory / "t10k-labels-idx1-ubyte", np.full(10, 10, np.uint8),
-            0x801)
+  write_idx(directory / "t10k-labels-idx1-ubyte", np.full(10, 10, np.uint8), 0x801)
   with pytest.raises(UserError, match="t10k-labels-idx1-ubyte is not a valid"):
     data_lib.load_splits(config(idx_dir=str(directory)))
 
 
 def test_missing_dir(tmp_path):
-  with pytest.raises(UserError,
-                     match="config.data.idx_dir.*nope.*train-images"):
+  with pytest.raises(UserError, match="config.data.idx_dir.*nope.*train-images"):
     data_lib.load_splits(config(idx_dir=str(tmp_path / "nope")))
   with pytest.raises(UserError, match="config.data.idx_dir"):
     data_lib.load_splits(config(idx_dir=""))
@@ -193,8 +219,9 @@ def test_bad_name_and_source():
 
 @pytest.mark.skipif(not T10K.is_dir(), reason="no MNIST t10k files")
 def test_real_mnist_t10k():
-  train, eval_ = data_lib.load_splits(config(
-      idx_dir=str(T10K), train_split="test[:8000]", eval_split="test[8000:]"))
+  train, eval_ = data_lib.load_splits(
+    config(idx_dir=str(T10K), train_split="test[:8000]", eval_split="test[8000:]")
+  )
   assert len(train) == 8000 and len(eval_) == 2000
   for ds in (train, eval_):
     assert ds.images.shape[1:] == (28, 28, 1) and ds.images.dtype == np.uint8
@@ -209,11 +236,12 @@ def test_real_mnist_t10k():
 def test_tfds_mock_data():
   tfds = pytest.importorskip("tensorflow_datasets")
   with tfds.testing.mock_data(num_examples=12):
-    train, eval_ = data_lib.load_splits(config(
-        source="tfds", train_split="train[:75%]", eval_split="test"))
+    train, eval_ = data_lib.load_splits(
+      config(source="tfds", train_split="train[:75%]", eval_split="test")
+    )
   assert train.images.shape == (9, 28, 28, 1) and len(eval_) == 12
   assert train.images.dtype == np.uint8 and train.labels.dtype == np.int32
-  assert ((0 <= train.labels) & (train.labels < 10)).all()
+  assert ((train.labels >= 0) & (train.labels < 10)).all()
 
 
 @pytest.mark.parametrize("tf_available,network", [(False, True), (True, False)])
@@ -223,8 +251,7 @@ def test_tfds_unprepared_raises(tmp_path, monkeypatch, tf_available, network):
   def no_download(*args, **kwargs):
     raise AssertionError("must not try to download")
 
-  monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare",
-                      no_download)
+  monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare", no_download)
   monkeypatch.setattr(mnist, "_tensorflow_available", lambda: tf_available)
   monkeypatch.setattr(mnist, "_network_reachable", lambda *a, **k: network)
   with pytest.raises(UserError, match="config.data.source.*not prepared") as e:
@@ -244,34 +271,30 @@ def test_network_reachable_local():
 # Training order.
 
 
-def reference_stream(n: int, batch_size: int, seed: int,
-                     num_steps: int) -> np.ndarray:
+def reference_stream(n: int, batch_size: int, seed: int, num_steps: int) -> np.ndarray:
   epochs = -(-num_steps * batch_size // n)
-  stream = np.concatenate([np.random.default_rng([seed, e]).permutation(n)
-                           for e in range(epochs)])
-  return stream[:num_steps * batch_size].reshape(num_steps, batch_size)
+  stream = np.concatenate([np.random.default_rng([seed, e]).permutation(n) for e in range(epochs)])
+  return stream[: num_steps * batch_size].reshape(num_steps, batch_size)
 
 
 @pytest.mark.parametrize("n,batch_size", [(10, 4), (10, 10), (7, 32), (100, 3)])
 def test_train_batch_indices_epochs_are_permutations(n, batch_size):
-  got = data_lib.train_batch_indices(n, batch_size, seed=3, start_step=0,
-                                     num_steps=25)
+  got = data_lib.train_batch_indices(n, batch_size, seed=3, start_step=0, num_steps=25)
   assert got.shape == (25, batch_size) and got.dtype == np.int32
   flat = got.reshape(-1)
   for start in range(0, len(flat) - n + 1, n):
-    np.testing.assert_array_equal(np.sort(flat[start:start + n]), np.arange(n))
+    np.testing.assert_array_equal(np.sort(flat[start : start + n]), np.arange(n))
   np.testing.assert_array_equal(got, reference_stream(n, batch_size, 3, 25))
 
 
 def test_train_batch_indices_deterministic_and_resumable():
   full = data_lib.train_batch_indices(50, 8, seed=7, start_step=0, num_steps=40)
   np.testing.assert_array_equal(
-      full, data_lib.train_batch_indices(50, 8, seed=7, start_step=0,
-                                         num_steps=40))
+    full, data_lib.train_batch_indices(50, 8, seed=7, start_step=0, num_steps=40)
+  )
   for start, count in [(0, 1), (5, 10), (13, 27), (39, 1), (20, 0)]:
-    got = data_lib.train_batch_indices(50, 8, seed=7, start_step=start,
-                                       num_steps=count)
-    np.testing.assert_array_equal(got, full[start:start + count])
+    got = data_lib.train_batch_indices(50, 8, seed=7, start_step=start, num_steps=count)
+    np.testing.assert_array_equal(got, full[start : start + count])
 
 
 def test_train_batch_indices_seeds_differ():
@@ -281,12 +304,12 @@ def test_train_batch_indices_seeds_differ():
 
 
 def test_train_batch_indices_large():
-  got = data_lib.train_batch_indices(60000, 100, seed=0, start_step=1000,
-                                     num_steps=30200)
+  got = data_lib.train_batch_indices(60000, 100, seed=0, start_step=1000, num_steps=30200)
   assert got.shape == (30200, 100)
   # Steps 30600..31199 are exactly epoch 51.
   np.testing.assert_array_equal(
-      np.bincount(got[-600:].reshape(-1), minlength=60000), np.ones(60000))
+    np.bincount(got[-600:].reshape(-1), minlength=60000), np.ones(60000)
+  )
 
 
 def test_train_batch_indices_bad_args():
@@ -299,13 +322,12 @@ def test_train_batch_indices_bad_args():
 # Eval padding.
 
 
-@pytest.mark.parametrize("n,multiple,padded", [(10, 4, 12), (8, 4, 8),
-                                               (3, 8, 8), (0, 4, 0)])
+@pytest.mark.parametrize("n,multiple,padded", [(10, 4, 12), (8, 4, 8), (3, 8, 8), (0, 4, 0)])
 def test_pad_for_eval(n, multiple, padded):
   rng = np.random.default_rng(0)
   ds = data_lib.ArrayDataset(
-      rng.integers(1, 256, (n, 28, 28, 1), dtype=np.uint8),
-      rng.integers(0, 10, (n,)).astype(np.int32))
+    rng.integers(1, 256, (n, 28, 28, 1), dtype=np.uint8), rng.integers(0, 10, (n,)).astype(np.int32)
+  )
   images, labels, mask = data_lib.pad_for_eval(ds, multiple)
   assert images.shape == (padded, 28, 28, 1) and images.dtype == np.uint8
   assert labels.shape == (padded,) and labels.dtype == np.int32

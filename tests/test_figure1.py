@@ -15,22 +15,28 @@ import pytest
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 SCRIPT = REPO_ROOT / "scripts" / "figure1.py"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-OUTPUTS = ("figure1.png", "figure1a.png", "figure1b.png", "figure1c.png",
-           "figure1.csv", "figure1.md")
+OUTPUTS = (
+  "figure1.png",
+  "figure1a.png",
+  "figure1b.png",
+  "figure1c.png",
+  "figure1.csv",
+  "figure1.md",
+)
 
 # Eval values per step. BN: steps 0..300; no BN: 0, 100, 200, 400 with "nan"
 # accuracy and p50 at step 200 (as the trainer writes non-finite values).
 BN_EVAL = {
-    0: dict(acc=0.5, p15=-1.0, p50=0.0, p85=1.0),
-    100: dict(acc=0.8, p15=-1.1, p50=0.1, p85=1.3),
-    200: dict(acc=0.9, p15=-0.9, p50=-0.1, p85=0.9),
-    300: dict(acc=0.95, p15=-1.0, p50=0.0, p85=1.0),
+  0: dict(acc=0.5, p15=-1.0, p50=0.0, p85=1.0),
+  100: dict(acc=0.8, p15=-1.1, p50=0.1, p85=1.3),
+  200: dict(acc=0.9, p15=-0.9, p50=-0.1, p85=0.9),
+  300: dict(acc=0.95, p15=-1.0, p50=0.0, p85=1.0),
 }
 NOBN_EVAL = {
-    0: dict(acc=0.5, p15=-1.0, p50=0.0, p85=1.0),
-    100: dict(acc=0.6, p15=0.0, p50=1.0, p85=2.0),
-    200: dict(acc="nan", p15=1.0, p50="nan", p85=3.0),
-    400: dict(acc=0.7, p15=2.0, p50=3.0, p85=5.0),
+  0: dict(acc=0.5, p15=-1.0, p50=0.0, p85=1.0),
+  100: dict(acc=0.6, p15=0.0, p50=1.0, p85=2.0),
+  200: dict(acc="nan", p15=1.0, p50="nan", p85=3.0),
+  400: dict(acc=0.7, p15=2.0, p50=3.0, p85=5.0),
 }
 # Hand computation: BN widths p85 - p15 = 2, 2.4, 1.8, 2 (mean 2.05);
 # ranges p15 0.2, p50 0.2, p85 0.4. No BN uses steps 0, 100, 400 only (p50 is
@@ -52,18 +58,27 @@ def _load_module():
 figure1 = _load_module()
 
 
-def _write_run(run_dir: pathlib.Path, evals: dict, config: dict | None = None,
-               with_evals: bool = True) -> pathlib.Path:
+def _write_run(
+  run_dir: pathlib.Path, evals: dict, config: dict | None = None, with_evals: bool = True
+) -> pathlib.Path:
   """Writes metrics.jsonl with train events interleaved between eval events."""
   run_dir.mkdir(parents=True)
   lines = []
   for step, v in evals.items():
-    lines.append({"step": step, "train/loss": 2.0 - step / 1000,
-                  "train/accuracy": 0.4, "steps_per_sec": 123.0})
+    lines.append(
+      {"step": step, "train/loss": 2.0 - step / 1000, "train/accuracy": 0.4, "steps_per_sec": 123.0}
+    )
     if with_evals:
-      lines.append({"step": step, "eval/accuracy": v["acc"], "eval/loss": 1.0,
-                    "probe/p15": v["p15"], "probe/p50": v["p50"],
-                    "probe/p85": v["p85"]})
+      lines.append(
+        {
+          "step": step,
+          "eval/accuracy": v["acc"],
+          "eval/loss": 1.0,
+          "probe/p15": v["p15"],
+          "probe/p50": v["p50"],
+          "probe/p85": v["p85"],
+        }
+      )
     lines.append({"step": step + 50, "train/loss": 1.0, "steps_per_sec": 99.0})
   with open(run_dir / "metrics.jsonl", "w") as f:
     for e in lines:
@@ -77,15 +92,19 @@ def _write_run(run_dir: pathlib.Path, evals: dict, config: dict | None = None,
 @pytest.fixture(scope="module")
 def run_dirs(tmp_path_factory):
   root = tmp_path_factory.mktemp("runs")
-  bn = _write_run(root / "bn", BN_EVAL, config={
-      "model": {"use_bn": True, "nonlinearity": "sigmoid", "probe_unit": 7}})
+  bn = _write_run(
+    root / "bn",
+    BN_EVAL,
+    config={"model": {"use_bn": True, "nonlinearity": "sigmoid", "probe_unit": 7}},
+  )
   nobn = _write_run(root / "nobn", NOBN_EVAL)  # No config.json: optional.
   return bn, nobn
 
 
 def _run_cli(*args: str) -> subprocess.CompletedProcess:
-  return subprocess.run([sys.executable, str(SCRIPT), *args], cwd=REPO_ROOT,
-                        capture_output=True, text=True, timeout=60)
+  return subprocess.run(
+    [sys.executable, str(SCRIPT), *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60
+  )
 
 
 @pytest.fixture(scope="module")
@@ -115,8 +134,17 @@ def test_cli_csv_rows_and_values(cli_out):
   out, _ = cli_out
   with open(out / "figure1.csv", newline="") as f:
     rows = list(csv.reader(f))
-  assert rows[0] == ["step", "bn_accuracy", "nobn_accuracy", "bn_p15",
-                     "bn_p50", "bn_p85", "nobn_p15", "nobn_p50", "nobn_p85"]
+  assert rows[0] == [
+    "step",
+    "bn_accuracy",
+    "nobn_accuracy",
+    "bn_p15",
+    "bn_p50",
+    "bn_p85",
+    "nobn_p15",
+    "nobn_p50",
+    "nobn_p85",
+  ]
   # Eval steps of either run only; train-only steps (50, 150, ...) excluded.
   assert [int(r[0]) for r in rows[1:]] == [0, 100, 200, 300, 400]
   by_step = {int(r[0]): r for r in rows[1:]}
@@ -146,21 +174,30 @@ def test_cli_markdown_and_stdout_summary(cli_out):
   nobn_row = next(l for l in md.splitlines() if l.startswith("| without BN"))
   # final accuracy, its step, best accuracy, its step, drift p15, p50, p85.
   assert bn_row.split("|")[2:9] == [
-      " 0.9500 ", " 300 ", " 0.9500 ", " 300 ",
-      f" {BN_DRIFT['p15']:.3f} ", f" {BN_DRIFT['p50']:.3f} ",
-      f" {BN_DRIFT['p85']:.3f} "]
+    " 0.9500 ",
+    " 300 ",
+    " 0.9500 ",
+    " 300 ",
+    f" {BN_DRIFT['p15']:.3f} ",
+    f" {BN_DRIFT['p50']:.3f} ",
+    f" {BN_DRIFT['p85']:.3f} ",
+  ]
   assert nobn_row.split("|")[2:9] == [
-      " 0.7000 ", " 400 ", " 0.7000 ", " 400 ",
-      f" {NOBN_DRIFT['p15']:.3f} ", f" {NOBN_DRIFT['p50']:.3f} ",
-      f" {NOBN_DRIFT['p85']:.3f} "]
+    " 0.7000 ",
+    " 400 ",
+    " 0.7000 ",
+    " 400 ",
+    f" {NOBN_DRIFT['p15']:.3f} ",
+    f" {NOBN_DRIFT['p50']:.3f} ",
+    f" {NOBN_DRIFT['p85']:.3f} ",
+  ]
   assert "with BN (sigmoid)" in bn_row  # Label from config.json.
   assert "Drift of a percentile =" in md
   assert bn_row in proc.stdout and nobn_row in proc.stdout
 
 
 def test_drift_matches_hand_computation():
-  got = figure1.drift([-1.0, -1.1, -0.9, -1.0], [0.0, 0.1, -0.1, 0.0],
-                      [1.0, 1.3, 0.9, 1.0])
+  got = figure1.drift([-1.0, -1.1, -0.9, -1.0], [0.0, 0.1, -0.1, 0.0], [1.0, 1.3, 0.9, 1.0])
   assert got == pytest.approx(BN_DRIFT)
   # Steps with any non-finite percentile are dropped.
   got = figure1.drift([-1, 0, 1, 2], [0, 1, math.nan, 3], [1, 2, 3, 5])
@@ -187,18 +224,20 @@ def test_make_table_log_spaced_subset():
   steps = list(range(0, 50_001, 500))  # 101 eval steps.
   acc = {s: s / 50_000 for s in steps}
   pct = {s: 0.0 for s in steps}
-  run = figure1.Run(path="r", steps=steps, accuracy=acc, p15=pct, p50=pct,
-                    p85=pct)
+  run = figure1.Run(path="r", steps=steps, accuracy=acc, p15=pct, p50=pct, p85=pct)
   md = figure1.make_table(run, run)
   table = md.split("## Summary")[0]
-  rows = [int(l.split("|")[1]) for l in table.splitlines()
-          if l.startswith("| ") and l.split("|")[1].strip().isdigit()]
+  rows = [
+    int(l.split("|")[1])
+    for l in table.splitlines()
+    if l.startswith("| ") and l.split("|")[1].strip().isdigit()
+  ]
   assert rows[0] == 0 and rows[-1] == 50_000
   assert 18 <= len(rows) <= 22
   assert rows == sorted(set(rows))
   gaps = [b - a for a, b in zip(rows, rows[1:])]
   assert gaps[0] == 500 and gaps[-1] > 5000  # Dense early, sparse late.
-  assert f"| 50000 | 1.0000 | 1.0000 |" in md
+  assert "| 50000 | 1.0000 | 1.0000 |" in md
 
 
 def test_cli_missing_run_dir_exits_2_and_writes_nothing(run_dirs, tmp_path):
@@ -215,8 +254,9 @@ def test_cli_missing_run_dir_exits_2_and_writes_nothing(run_dirs, tmp_path):
   assert not out.exists()
 
 
-@pytest.mark.parametrize("case", ["missing_dir", "missing_metrics",
-                                  "no_eval_events", "none_below_max_step"])
+@pytest.mark.parametrize(
+  "case", ["missing_dir", "missing_metrics", "no_eval_events", "none_below_max_step"]
+)
 def test_load_run_bad_input_raises_user_error(run_dirs, tmp_path, case):
   bad = tmp_path / "bad"
   max_step = None
@@ -235,18 +275,31 @@ def test_figure1_sh_parallel_equals_sequential(tmp_path):
   FIGURE1_SEQUENTIAL=1 (one after the other), each run pinned to one CPU in both, write the
   same figure1.csv."""
   from idx_files import write_mnist_dir  # pylint: disable=g-import-not-at-top
+
   (tmp_path / "idx").mkdir()
   idx = write_mnist_dir(tmp_path / "idx", train=120, test=30)
-  flags = ["--config.data.source=idx", f"--config.data.idx_dir={idx}", "--config.num_devices=1",
-           "--config.num_steps=20", "--config.eval_every=10", "--config.log_every=10",
-           "--config.checkpoint_every=20", "--config.tensorboard=false"]
+  flags = [
+    "--config.data.source=idx",
+    f"--config.data.idx_dir={idx}",
+    "--config.num_devices=1",
+    "--config.num_steps=20",
+    "--config.eval_every=10",
+    "--config.log_every=10",
+    "--config.checkpoint_every=20",
+    "--config.tensorboard=false",
+  ]
   env = dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"])
   csvs = []
   for mode in ("0", "1"):
     out = tmp_path / f"out{mode}"
-    proc = subprocess.run([str(REPO_ROOT / "scripts" / "figure1.sh"), str(out)] + flags,
-                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=600,
-                          env=dict(env, FIGURE1_SEQUENTIAL=mode))
+    proc = subprocess.run(
+      [str(REPO_ROOT / "scripts" / "figure1.sh"), str(out)] + flags,
+      cwd=REPO_ROOT,
+      capture_output=True,
+      text=True,
+      timeout=600,
+      env=dict(env, FIGURE1_SEQUENTIAL=mode),
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     for name in OUTPUTS:
       assert (out / name).exists(), name

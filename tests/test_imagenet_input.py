@@ -19,8 +19,14 @@ SIZE = 24
 
 
 def config(**overrides) -> ml_collections.ConfigDict:
-  values = dict(name="imagenet2012", source="tfds", tfds_data_dir="",
-                idx_dir="", train_split="train", eval_split="validation")
+  values = dict(
+    name="imagenet2012",
+    source="tfds",
+    tfds_data_dir="",
+    idx_dir="",
+    train_split="train",
+    eval_split="validation",
+  )
   values.update(overrides)
   return ml_collections.ConfigDict(values)
 
@@ -32,8 +38,9 @@ def mock():
 
 
 def stream(cfg=None, **overrides) -> imagenet.StreamingImages:
-  kwargs = dict(split="train", global_batch=8, image_size=SIZE, train=True,
-                seed=3, distortion=1.0, workers=2)
+  kwargs = dict(
+    split="train", global_batch=8, image_size=SIZE, train=True, seed=3, distortion=1.0, workers=2
+  )
   kwargs.update(overrides)
   return imagenet.StreamingImages(cfg or config(), **kwargs)
 
@@ -44,8 +51,7 @@ def take(ds: imagenet.StreamingImages, start_step: int, count: int) -> list:
 
 
 def input_threads() -> list[threading.Thread]:
-  return [t for t in threading.enumerate()
-          if t.name.startswith("bn_repro_input")]
+  return [t for t in threading.enumerate() if t.name.startswith("bn_repro_input")]
 
 
 def test_train_shapes_and_dtypes(mock):
@@ -54,7 +60,7 @@ def test_train_shapes_and_dtypes(mock):
   for images, labels in take(ds, 0, 3):
     assert images.shape == (8, SIZE, SIZE, 3) and images.dtype == np.uint8
     assert labels.shape == (8,) and labels.dtype == np.int32
-    assert ((0 <= labels) & (labels < 1000)).all()
+    assert ((labels >= 0) & (labels < 1000)).all()
     assert images.std() > 0
 
 
@@ -71,13 +77,12 @@ def test_deterministic_per_seed_and_step(mock):
 
 def test_host_slices_concatenate_to_global_batch(mock):
   whole = take(stream(), 2, 2)
-  hosts = [take(stream(process_index=p, process_count=2), 2, 2)
-           for p in range(2)]
+  hosts = [take(stream(process_index=p, process_count=2), 2, 2) for p in range(2)]
   for step in range(2):
     for part in range(2):  # images, labels
       np.testing.assert_array_equal(
-          np.concatenate([hosts[p][step][part] for p in range(2)]),
-          whole[step][part])
+        np.concatenate([hosts[p][step][part] for p in range(2)]), whole[step][part]
+      )
   assert hosts[0][0][0].shape == (4, SIZE, SIZE, 3)
 
 
@@ -94,11 +99,10 @@ def test_train_order_is_train_batch_indices(mock):
   source = tfds.builder("imagenet2012").as_data_source(split="validation")
   want = data_lib.train_batch_indices(NUM_EXAMPLES, 8, 3, 0, 2)
   for (images, labels), keys in zip(take(ds, 0, 2), want):
+    np.testing.assert_array_equal(labels, [int(source[int(k)]["label"]) for k in keys])
     np.testing.assert_array_equal(
-        labels, [int(source[int(k)]["label"]) for k in keys])
-    np.testing.assert_array_equal(
-        images[0], imagenet.eval_transform(source[int(keys[0])]["image"],
-                                           SIZE))
+      images[0], imagenet.eval_transform(source[int(keys[0])]["image"], SIZE)
+    )
 
 
 @pytest.mark.parametrize("process_count", [1, 2])
@@ -106,37 +110,32 @@ def test_eval_sees_each_example_once(mock, process_count):
   source = tfds.builder("imagenet2012").as_data_source(split="validation")
   hosts = []
   for p in range(process_count):
-    ds = stream(split="validation", train=False, process_index=p,
-                process_count=process_count)
+    ds = stream(split="validation", train=False, process_index=p, process_count=process_count)
     hosts.append(list(ds.eval_batches(8)))
   assert {len(h) for h in hosts} == {3}  # ceil(20 / 8), same on every host.
-  images = np.concatenate(
-      [np.concatenate([h[i][0] for h in hosts]) for i in range(3)])
-  labels = np.concatenate(
-      [np.concatenate([h[i][1] for h in hosts]) for i in range(3)])
-  mask = np.concatenate(
-      [np.concatenate([h[i][2] for h in hosts]) for i in range(3)])
+  images = np.concatenate([np.concatenate([h[i][0] for h in hosts]) for i in range(3)])
+  labels = np.concatenate([np.concatenate([h[i][1] for h in hosts]) for i in range(3)])
+  mask = np.concatenate([np.concatenate([h[i][2] for h in hosts]) for i in range(3)])
   assert images.shape == (24, SIZE, SIZE, 3) and mask.dtype == np.float32
   assert mask.sum() == NUM_EXAMPLES
   np.testing.assert_array_equal(mask, np.arange(24) < NUM_EXAMPLES)
   for k in range(NUM_EXAMPLES):
     record = source[k]
     assert labels[k] == record["label"]
-    np.testing.assert_array_equal(
-        images[k], imagenet.eval_transform(record["image"], SIZE))
+    np.testing.assert_array_equal(images[k], imagenet.eval_transform(record["image"], SIZE))
   assert not images[NUM_EXAMPLES:].any() and not labels[NUM_EXAMPLES:].any()
 
 
 def test_split_slices_and_overlap(mock):
   ds = stream(config(eval_split="train[15:]"), split="train[:15]")
   assert len(ds) == 15
-  ds = stream(config(train_split="train[:75%]", eval_split="train[75%:]"),
-              split="train[75%:]", train=False)
-  (_, labels, mask), = list(ds.eval_batches(8))
+  ds = stream(
+    config(train_split="train[:75%]", eval_split="train[75%:]"), split="train[75%:]", train=False
+  )
+  ((_, labels, mask),) = list(ds.eval_batches(8))
   assert mask.sum() == 5
   with pytest.raises(UserError, match="config.data.eval_split.*overlaps"):
-    stream(config(train_split="train[:15]", eval_split="train[10:]"),
-           split="train[10:]")
+    stream(config(train_split="train[:15]", eval_split="train[10:]"), split="train[10:]")
 
 
 def test_close_joins_threads(mock):
@@ -173,20 +172,18 @@ def test_worker_error_reaches_consumer_and_stops_threads(mock, monkeypatch):
 # Transforms.
 
 
-@pytest.mark.parametrize("height,width", [(1, 1), (7, 11), (3, 300),
-                                          (300, 3), (375, 500)])
+@pytest.mark.parametrize("height,width", [(1, 1), (7, 11), (3, 300), (300, 3), (375, 500)])
 def test_crop_box_within_image(height, width):
   for seed in range(200):
-    left, top, w, h = imagenet.random_crop_box(
-        height, width, np.random.default_rng(seed))
-    assert 0 <= left and left + w <= width and 0 < w
-    assert 0 <= top and top + h <= height and 0 < h
+    left, top, w, h = imagenet.random_crop_box(height, width, np.random.default_rng(seed))
+    assert left >= 0 and left + w <= width and w > 0
+    assert top >= 0 and top + h <= height and h > 0
 
 
 def test_crop_box_distribution():
-  boxes = np.array([imagenet.random_crop_box(375, 500,
-                                             np.random.default_rng(s))
-                    for s in range(500)])
+  boxes = np.array(
+    [imagenet.random_crop_box(375, 500, np.random.default_rng(s)) for s in range(500)]
+  )
   area = boxes[:, 2] * boxes[:, 3] / (375 * 500)
   ratio = boxes[:, 2] / boxes[:, 3]
   assert 0.07 < area.min() < 0.15 and area.max() > 0.9
@@ -196,12 +193,10 @@ def test_crop_box_distribution():
 def test_uniform_color_without_distortion_stays_the_same():
   image = np.broadcast_to(np.array([200, 30, 90], np.uint8), (40, 60, 3))
   for seed in range(10):
-    out = imagenet.train_transform(image, np.random.default_rng(seed), SIZE,
-                                   0.0)
+    out = imagenet.train_transform(image, np.random.default_rng(seed), SIZE, 0.0)
     assert out.shape == (SIZE, SIZE, 3) and out.dtype == np.uint8
     assert (out == image[0, 0]).all()
-    out = imagenet.train_transform(image, np.random.default_rng(seed), SIZE,
-                                   1.0)
+    out = imagenet.train_transform(image, np.random.default_rng(seed), SIZE, 1.0)
     assert (out == out[0, 0]).all()  # Distorted, but still one color.
 
 
@@ -209,16 +204,17 @@ def test_no_distortion_is_crop_and_flip_only():
   image = np.random.default_rng(0).integers(0, 256, (50, 70, 3), np.uint8)
   flips = 0
   for seed in range(20):
-    out = imagenet.train_transform(image, np.random.default_rng(seed), SIZE,
-                                   0.0)
+    out = imagenet.train_transform(image, np.random.default_rng(seed), SIZE, 0.0)
     rng = np.random.default_rng(seed)
     left, top, w, h = imagenet.random_crop_box(50, 70, rng)
     flip = rng.random() < 0.5
-    want = np.asarray(Image.fromarray(image[top:top + h, left:left + w])
-                      .resize((SIZE, SIZE), Image.Resampling.BILINEAR))
+    want = np.asarray(
+      Image.fromarray(image[top : top + h, left : left + w]).resize(
+        (SIZE, SIZE), Image.Resampling.BILINEAR
+      )
+    )
     np.testing.assert_array_equal(out, want[:, ::-1] if flip else want)
-    distorted = imagenet.train_transform(image, np.random.default_rng(seed),
-                                         SIZE, 1.0)
+    distorted = imagenet.train_transform(image, np.random.default_rng(seed), SIZE, 1.0)
     assert not np.array_equal(out, distorted)
     flips += flip
   assert 3 < flips < 17
@@ -231,10 +227,11 @@ def test_eval_transform_is_resize_then_center_crop():
     short = round(SIZE / 0.875)
     scale = short / min(height, width)
     rh, rw = round(height * scale), round(width * scale)
-    resized = np.asarray(Image.fromarray(image).resize(
-        (rw, rh), Image.Resampling.BILINEAR)).astype(int)
+    resized = np.asarray(Image.fromarray(image).resize((rw, rh), Image.Resampling.BILINEAR)).astype(
+      int
+    )
     top, left = (rh - SIZE) // 2, (rw - SIZE) // 2
-    want = resized[top:top + SIZE, left:left + SIZE]
+    want = resized[top : top + SIZE, left : left + SIZE]
     got = imagenet.eval_transform(image, SIZE)
     assert got.shape == (SIZE, SIZE, 3)
     assert np.abs(got.astype(int) - want).max() <= 1
@@ -259,14 +256,17 @@ def test_not_prepared_names_data_dir_and_manual_location(tmp_path):
   assert "ILSVRC2012_img_train.tar" in message
 
 
-@pytest.mark.parametrize("cfg,kwargs,field", [
+@pytest.mark.parametrize(
+  "cfg,kwargs,field",
+  [
     (config(name="imagenet"), {}, "config.data.name"),
     (config(source="idx"), {}, "config.data.source"),
     (config(), dict(global_batch=7, process_count=2), "config.batch_size"),
     (config(), dict(distortion=1.5), "config.data.distortion"),
     (config(), dict(image_size=0), "config.data.image_size"),
     (config(), dict(split="test"), "config.data.train_split"),
-])
+  ],
+)
 def test_bad_arguments(mock, cfg, kwargs, field):
   with pytest.raises(UserError, match=field):
     stream(cfg, **kwargs)
@@ -276,16 +276,23 @@ def test_bad_arguments(mock, cfg, kwargs, field):
 
 
 def test_cifar10_load_splits():
-  cfg = ml_collections.ConfigDict(dict(
-      name="cifar10", source="tfds", tfds_data_dir="", idx_dir="",
-      train_split="train[:75%]", eval_split="test"))
+  cfg = ml_collections.ConfigDict(
+    dict(
+      name="cifar10",
+      source="tfds",
+      tfds_data_dir="",
+      idx_dir="",
+      train_split="train[:75%]",
+      eval_split="test",
+    )
+  )
   with tfds.testing.mock_data(num_examples=12):
     train, eval_ = data_lib.load_splits(cfg)
   assert train.images.shape == (9, 32, 32, 3) and train.images.dtype == np.uint8
   assert eval_.images.shape == (12, 32, 32, 3)
   for ds in (train, eval_):
     assert ds.labels.dtype == np.int32
-    assert ((0 <= ds.labels) & (ds.labels < 10)).all()
+    assert ((ds.labels >= 0) & (ds.labels < 10)).all()
   cfg.source = "idx"
   with pytest.raises(UserError, match="config.data.source.*no IDX files"):
     data_lib.load_splits(cfg)

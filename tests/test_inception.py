@@ -13,33 +13,32 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bn_repro import batch_norm
-from bn_repro import models
+from bn_repro import batch_norm, models
 from bn_repro.models import inception
 from configs import mnist_mlp
 
 # The paper's appendix table, copied independently of the model code:
 # (#1x1, #3x3 reduce, #3x3, #double-3x3 reduce, #double-3x3, pool proj; 0 = absent).
 PAPER_TABLE = {
-    "3a": (64, 64, 64, 64, 96, 32),
-    "3b": (64, 64, 96, 64, 96, 64),
-    "3c": (0, 128, 160, 64, 96, 0),
-    "4a": (224, 64, 96, 96, 128, 128),
-    "4b": (192, 96, 128, 96, 128, 128),
-    "4c": (160, 128, 160, 128, 160, 128),
-    "4d": (96, 128, 192, 160, 192, 128),
-    "4e": (0, 128, 192, 192, 256, 0),
-    "5a": (352, 192, 320, 160, 224, 128),
-    "5b": (352, 192, 320, 192, 224, 128),
+  "3a": (64, 64, 64, 64, 96, 32),
+  "3b": (64, 64, 96, 64, 96, 64),
+  "3c": (0, 128, 160, 64, 96, 0),
+  "4a": (224, 64, 96, 96, 128, 128),
+  "4b": (192, 96, 128, 96, 128, 128),
+  "4c": (160, 128, 160, 128, 160, 128),
+  "4d": (96, 128, 192, 160, 192, 128),
+  "4e": (0, 128, 192, 192, 256, 0),
+  "5a": (352, 192, 320, 160, 224, 128),
+  "5b": (352, 192, 320, 192, 224, 128),
 }
 
 # Pinned counts of the `params` collection at 1000 classes (equal to `table_params` below).
 PINNED = {
-    ("bn", 128, True): 11_278_528,
-    ("bn", 96, True): 11_188_288,
-    ("bn", 128, False): 11_285_224,
-    ("baseline", 128, True): 11_268_512,
-    ("baseline", 96, True): 11_178_336,
+  ("bn", 128, True): 11_278_528,
+  ("bn", 96, True): 11_188_288,
+  ("bn", 128, False): 11_285_224,
+  ("baseline", 128, True): 11_268_512,
+  ("baseline", 96, True): 11_178_336,
 }
 
 TINY = dict(num_classes=10, width_multiplier=0.125, modules=("3a", "3c"), stem="small")
@@ -56,8 +55,11 @@ def tiny_variables(model: nn.Module, seed: int = 0):
   Avoids compiling XLA's random number generators (slow on a shared 2-core machine):
   kernels ~ N(0, 2 / fan_in), BN scale and population variance 1, the rest 0.
   """
-  abstract = jax.eval_shape(functools.partial(model.init, train=False),
-                            jax.random.PRNGKey(0), jax.ShapeDtypeStruct(TINY_INPUT, jnp.float32))
+  abstract = jax.eval_shape(
+    functools.partial(model.init, train=False),
+    jax.random.PRNGKey(0),
+    jax.ShapeDtypeStruct(TINY_INPUT, jnp.float32),
+  )
   rng = np.random.default_rng(seed)
 
   def fill(path, leaf):
@@ -105,25 +107,35 @@ def num_values(tree) -> int:
   return sum(math.prod(v.shape) for v in jax.tree.leaves(tree))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def traced(kind: str, proj: int = 128, separable: bool = True):
   """(logits, variables) of a full model on a (2, 224, 224, 3) batch, shapes only."""
   make = inception.bn_inception if kind == "bn" else inception.inception_baseline
   model = make(pool_proj_4cd=proj, separable_stem=separable)
   x = jax.ShapeDtypeStruct((2, 224, 224, 3), jnp.float32)
   return jax.eval_shape(
-      lambda x: model.init_with_output(jax.random.PRNGKey(0), x, train=False, mutable=True), x)
+    lambda x: model.init_with_output(jax.random.PRNGKey(0), x, train=False, mutable=True), x
+  )
 
 
 def expected_stages(proj: int) -> dict[str, tuple[int, int, int]]:
   c4cd = 576 if proj == 96 else 608
   return {
-      "conv1": (112, 112, 64), "pool1": (56, 56, 64),
-      "conv2": (56, 56, 192), "pool2": (28, 28, 192),
-      "3a": (28, 28, 256), "3b": (28, 28, 320), "3c": (14, 14, 576),
-      "4a": (14, 14, 576), "4b": (14, 14, 576), "4c": (14, 14, c4cd), "4d": (14, 14, c4cd),
-      # 4e passes 4d's output through: 192 + 256 + 4d's channels.
-      "4e": (7, 7, 448 + c4cd), "5a": (7, 7, 1024), "5b": (7, 7, 1024),
+    "conv1": (112, 112, 64),
+    "pool1": (56, 56, 64),
+    "conv2": (56, 56, 192),
+    "pool2": (28, 28, 192),
+    "3a": (28, 28, 256),
+    "3b": (28, 28, 320),
+    "3c": (14, 14, 576),
+    "4a": (14, 14, 576),
+    "4b": (14, 14, 576),
+    "4c": (14, 14, c4cd),
+    "4d": (14, 14, c4cd),
+    # 4e passes 4d's output through: 192 + 256 + 4d's channels.
+    "4e": (7, 7, 448 + c4cd),
+    "5a": (7, 7, 1024),
+    "5b": (7, 7, 1024),
   }
 
 
@@ -135,7 +147,8 @@ def test_full_model_logits_and_stage_shapes_follow_the_table(kind, proj):
   # The probe: pooled pre-nonlinearity of 5b's last double-3x3 conv, (batch, channels).
   (probe,) = inter.pop(models.PROBE)
   assert {k: v[0].shape for k, v in inter.items()} == {
-      k: (2,) + v for k, v in expected_stages(proj).items()}
+    k: (2,) + v for k, v in expected_stages(proj).items()
+  }
   assert probe.shape == (2, 224)
 
 
@@ -164,11 +177,21 @@ def test_module_3a_parameters_by_hand(kind):
   per_channel = 2 if bn else 1  # BN's gamma and beta, or a conv bias
   # Input 192 channels; branches 1x1(64) | 1x1(64)-3x3(64) | 1x1(64)-3x3(96)-3x3(96) | proj 32.
   expected = (
-      192 * 64 + per_channel * 64
-      + 192 * 64 + per_channel * 64 + 9 * 64 * 64 + per_channel * 64
-      + 192 * 64 + per_channel * 64 + 9 * 64 * 96 + per_channel * 96
-      + 9 * 96 * 96 + per_channel * 96
-      + 192 * 32 + per_channel * 32)
+    192 * 64
+    + per_channel * 64
+    + 192 * 64
+    + per_channel * 64
+    + 9 * 64 * 64
+    + per_channel * 64
+    + 192 * 64
+    + per_channel * 64
+    + 9 * 64 * 96
+    + per_channel * 96
+    + 9 * 96 * 96
+    + per_channel * 96
+    + 192 * 32
+    + per_channel * 32
+  )
   assert expected == (219_072 if bn else 218_592)
   _, variables = traced(kind)
   assert num_values(variables["params"]["inception_3a"]) == expected
@@ -231,8 +254,9 @@ def test_lrn_only_when_asked(monkeypatch, stem, calls):
   monkeypatch.setattr(inception, "local_response_norm", counting_lrn)
   x = jax.ShapeDtypeStruct((2, 32, 32, 3), jnp.float32)
   for use_lrn in (False, True):
-    model = inception.Inception(num_classes=10, width_multiplier=0.125, modules=("3a",),
-                                stem=stem, use_lrn=use_lrn)
+    model = inception.Inception(
+      num_classes=10, width_multiplier=0.125, modules=("3a",), stem=stem, use_lrn=use_lrn
+    )
     variables = jax.eval_shape(model.init, jax.random.PRNGKey(0), x)
     counted.clear()
     jax.eval_shape(model.apply, variables, x)  # traces the forward pass once
@@ -285,8 +309,12 @@ def test_tiny_bn_variant_updates_statistics_only_in_training():
   _, inter = model.apply(variables, x, mutable=["intermediates"])
   shapes = {k: v[0].shape for k, v in inter["intermediates"].items()}
   # 3a: 8 + 8 + 12 + 4; 3c: 20 + 12 + 32 passed through; probe: 3c's double-3x3, 96 / 8.
-  assert shapes == {"conv1": (4, 28, 28, 24), "3a": (4, 28, 28, 32), "3c": (4, 14, 14, 64),
-                    models.PROBE: (4, 12)}
+  assert shapes == {
+    "conv1": (4, 28, 28, 24),
+    "3a": (4, 28, 28, 32),
+    "3c": (4, 14, 14, 64),
+    models.PROBE: (4, 12),
+  }
 
 
 def test_nonlinearities_build_and_are_used():
@@ -335,11 +363,17 @@ def test_registry_builds_from_config(name, use_bn):
   assert (model.norm is not None) == use_bn
   assert model.norm is None or model.norm.func is batch_norm.BatchNorm
   assert (model.modules, model.stem, model.use_lrn, model.dropout_rate, model.pool_proj_4cd) == (
-      ("3a", "3b", "3c", "4a"), "small", not use_bn, c.model.dropout_rate, 96)
+    ("3a", "3b", "3c", "4a"),
+    "small",
+    not use_bn,
+    c.model.dropout_rate,
+    96,
+  )
   x = jax.ShapeDtypeStruct((3, 28, 28, 1), jnp.float32)
   variables = jax.eval_shape(functools.partial(model.init, train=False), jax.random.PRNGKey(0), x)
   assert ("batch_stats" in variables) == use_bn
   # What the trainer's evaluation reads: probe[0][:, unit] of a (batch, channels) array.
   _, inter = jax.eval_shape(
-      functools.partial(model.apply, train=False, mutable=["intermediates"]), variables, x)
+    functools.partial(model.apply, train=False, mutable=["intermediates"]), variables, x
+  )
   assert inter["intermediates"][models.PROBE][0].shape == (3, 16)

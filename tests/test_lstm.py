@@ -6,16 +6,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from idx_files import write_mnist_dir
+from test_train import set_fields
 
-from bn_repro import data
-from bn_repro import models
-from bn_repro import train
-from bn_repro import validation
+from bn_repro import data, models, train, validation
 from bn_repro.errors import UserError
 from bn_repro.models.lstm import LSTM
 from configs import seq_mnist
-from idx_files import write_mnist_dir
-from test_train import set_fields
 
 EPS, DECAY = 1e-5, 0.9
 
@@ -48,25 +45,28 @@ def numpy_lstm(images, p, sequence, stats=None, train_mode=False, xp=np):
     if bn:
       wx, wh = norm("x", wx, t, p["scale_x"]), norm("h", wh, t, p["scale_h"])
     z = wx + wh + p["bias"]
-    i, f, g, o = (z[:, k * n:(k + 1) * n] for k in range(4))
+    i, f, g, o = (z[:, k * n : (k + 1) * n] for k in range(4))
     c = sigmoid(f) * c + sigmoid(i) * xp.tanh(g)
     h = sigmoid(o) * xp.tanh(norm("c", c, t, p["scale_c"], p["bias_c"]) if bn else c)
   logits = h @ p["logits"]["kernel"] + p["logits"]["bias"]
-  return logits, {k: (xp.array([m for m, _ in v]), xp.array([s for _, s in v]))
-                  for k, v in seen.items() if v}
+  return logits, {
+    k: (xp.array([m for m, _ in v]), xp.array([s for _, s in v])) for k, v in seen.items() if v
+  }
 
 
 def perturbed(params, seed):
   """Parameters plus noise, so that biases, gammas and betas are all non-trivial."""
   leaves, tree = jax.tree.flatten(params)
   rng = np.random.default_rng(seed)
-  return jax.tree.unflatten(tree, [np.asarray(l) + 0.3 * rng.standard_normal(l.shape)
-                                   for l in leaves])
+  return jax.tree.unflatten(
+    tree, [np.asarray(l) + 0.3 * rng.standard_normal(l.shape) for l in leaves]
+  )
 
 
 def tiny(use_bn, sequence="rows", **kw):
-  model = LSTM(hidden=5, num_classes=3, sequence=sequence, use_bn=use_bn, epsilon=EPS,
-               decay=DECAY, **kw)
+  model = LSTM(
+    hidden=5, num_classes=3, sequence=sequence, use_bn=use_bn, epsilon=EPS, decay=DECAY, **kw
+  )
   images = np.random.default_rng(0).random((6, 4, 3, 1)).astype(np.float32)
   variables = model.init(jax.random.PRNGKey(0), images)
   return model, images, perturbed(variables["params"], 1), variables.get("batch_stats")
@@ -86,20 +86,24 @@ def test_bn_training_uses_each_steps_batch_statistics_and_updates_the_ema(sequen
   model, images, params, stats = tiny(True, sequence)
   steps = 4 if sequence == "rows" else 12
   assert stats["mean_x"].shape == (steps, 20) and stats["mean_c"].shape == (steps, 5)
-  old = {k: np.random.default_rng(2).random(v.shape) + 0.5 for k, v in stats.items()
-         if k != "count"}
+  old = {
+    k: np.random.default_rng(2).random(v.shape) + 0.5 for k, v in stats.items() if k != "count"
+  }
   old["count"] = np.int32(3)
-  logits, updates = model.apply({"params": params, "batch_stats": old}, images, train=True,
-                                mutable=["batch_stats"])
+  logits, updates = model.apply(
+    {"params": params, "batch_stats": old}, images, train=True, mutable=["batch_stats"]
+  )
   want, moments = numpy_lstm(images, params, sequence, train_mode=True)
   np.testing.assert_allclose(logits, want, rtol=1e-4, atol=1e-5)
   new = updates["batch_stats"]
   assert int(new["count"]) == 4
   for k, (mean, var) in moments.items():
-    np.testing.assert_allclose(new[f"mean_{k}"], DECAY * old[f"mean_{k}"] + (1 - DECAY) * mean,
-                               rtol=1e-4, atol=1e-6)
-    np.testing.assert_allclose(new[f"var_{k}"], DECAY * old[f"var_{k}"] + (1 - DECAY) * var,
-                               rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(
+      new[f"mean_{k}"], DECAY * old[f"mean_{k}"] + (1 - DECAY) * mean, rtol=1e-4, atol=1e-6
+    )
+    np.testing.assert_allclose(
+      new[f"var_{k}"], DECAY * old[f"var_{k}"] + (1 - DECAY) * var, rtol=1e-4, atol=1e-6
+    )
     # Per time step: the steps' batch moments differ from each other.
     assert np.ptp(mean[1:], axis=0).max() > 1e-2
 
@@ -110,39 +114,53 @@ def test_bn_gradient_equals_autodiff_of_the_reference():
   y = np.random.default_rng(4).standard_normal((6, 3))
 
   def loss(p):
-    logits, _ = model.apply({"params": p, "batch_stats": stats}, images, train=True,
-                            mutable=["batch_stats"])
+    logits, _ = model.apply(
+      {"params": p, "batch_stats": stats}, images, train=True, mutable=["batch_stats"]
+    )
     return jnp.sum(logits * y)
 
   ref_loss = lambda p: jnp.sum(numpy_lstm(images, p, "rows", train_mode=True, xp=jnp)[0] * y)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
-               jax.jit(jax.grad(loss))(params), jax.jit(jax.grad(ref_loss))(params))
+  jax.tree.map(
+    lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+    jax.jit(jax.grad(loss))(params),
+    jax.jit(jax.grad(ref_loss))(params),
+  )
 
 
 def test_unbiased_population_variance():
   model, images, params, stats = tiny(True, unbiased=True, population="average")
-  _, updates = model.apply({"params": params, "batch_stats": stats}, images, train=True,
-                           mutable=["batch_stats"])
+  _, updates = model.apply(
+    {"params": params, "batch_stats": stats}, images, train=True, mutable=["batch_stats"]
+  )
   _, moments = numpy_lstm(images, params, "rows", train_mode=True)
   # Average mode from count 0: the population is this one batch, its variance times m/(m-1).
-  np.testing.assert_allclose(updates["batch_stats"]["var_c"], moments["c"][1] * 6 / 5,
-                             rtol=1e-4, atol=1e-6)
-  np.testing.assert_allclose(updates["batch_stats"]["mean_x"], moments["x"][0],
-                             rtol=1e-4, atol=1e-6)
+  np.testing.assert_allclose(
+    updates["batch_stats"]["var_c"], moments["c"][1] * 6 / 5, rtol=1e-4, atol=1e-6
+  )
+  np.testing.assert_allclose(
+    updates["batch_stats"]["mean_x"], moments["x"][0], rtol=1e-4, atol=1e-6
+  )
 
 
 @pytest.mark.parametrize("sequence", ["rows", "pixels"])
 def test_eval_normalizes_each_step_with_its_population_statistics(sequence):
   model, images, params, stats = tiny(True, sequence)
   rng = np.random.default_rng(3)
-  population = {k: (rng.standard_normal(v.shape) if k.startswith("mean") else
-                    rng.random(v.shape) + 0.2) for k, v in stats.items() if k != "count"}
+  population = {
+    k: (rng.standard_normal(v.shape) if k.startswith("mean") else rng.random(v.shape) + 0.2)
+    for k, v in stats.items()
+    if k != "count"
+  }
   before = {k: v.copy() for k, v in population.items()}
-  got = model.apply({"params": params, "batch_stats": population | {"count": np.int32(7)}}, images,
-                    train=False)
-  want, _ = numpy_lstm(images, params, sequence,
-                       stats={k: (population[f"mean_{k}"], population[f"var_{k}"])
-                              for k in ("x", "h", "c")})
+  got = model.apply(
+    {"params": params, "batch_stats": population | {"count": np.int32(7)}}, images, train=False
+  )
+  want, _ = numpy_lstm(
+    images,
+    params,
+    sequence,
+    stats={k: (population[f"mean_{k}"], population[f"var_{k}"]) for k in ("x", "h", "c")},
+  )
   np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
   # Another step's statistics give other outputs.
   rolled = {k: np.roll(v, 1, axis=0) for k, v in population.items()}
@@ -158,7 +176,7 @@ def test_gamma_starts_at_bn_scale_init_and_the_forget_gate_bias_at_one():
     np.testing.assert_array_equal(params[k], np.float32(0.1))
   np.testing.assert_array_equal(params["bias"], np.repeat([0.0, 1.0, 0.0, 0.0], 4))
   for g in range(4):  # each gate's recurrent block is orthogonal
-    block = np.asarray(params["kernel_h"][:, 4 * g:4 * g + 4])
+    block = np.asarray(params["kernel_h"][:, 4 * g : 4 * g + 4])
     np.testing.assert_allclose(block.T @ block, np.eye(4), atol=1e-5)
 
 
@@ -181,8 +199,14 @@ def test_train_and_evaluate_on_eight_devices_with_algorithm_2(tmp_path):
   population batches, each batch's moments taken over the global batch (all 8 devices)."""
   (tmp_path / "mnist").mkdir()
   write_mnist_dir(tmp_path / "mnist", train=64, test=24)
-  config = tiny_config(**{"data.idx_dir": str(tmp_path / "mnist"), "bn.population": "average",
-                          "bn.population_batches": 3, "bn.unbiased": True})
+  config = tiny_config(
+    **{
+      "data.idx_dir": str(tmp_path / "mnist"),
+      "bn.population": "average",
+      "bn.population_batches": 3,
+      "bn.unbiased": True,
+    }
+  )
   workdir = str(tmp_path / "run")
   last = train.train_and_evaluate(config, workdir)
   assert len(jax.local_devices()) == 8
@@ -190,7 +214,9 @@ def test_train_and_evaluate_on_eight_devices_with_algorithm_2(tmp_path):
   for k in ("train/loss", "eval/accuracy", "eval/loss"):
     assert np.isfinite(last[k]), k
   assert json.loads((tmp_path / "run" / train.STATUS_FILE).read_text()) == {
-      "status": "done", "step": 4}
+    "status": "done",
+    "step": 4,
+  }
 
   saved = train.checkpoint_manager(workdir).restore(4)
   params, stats = saved["params"], saved["batch_stats"]
@@ -205,11 +231,14 @@ def test_train_and_evaluate_on_eight_devices_with_algorithm_2(tmp_path):
     np.testing.assert_allclose(stats[f"var_{k}"], var, rtol=1e-4, atol=1e-5, err_msg=k)
 
 
-@pytest.mark.parametrize("field, value, message", [
+@pytest.mark.parametrize(
+  "field, value, message",
+  [
     ("model.sequence", "columns", "'columns' is not one of 'rows', 'pixels'"),
     ("bn.renorm", True, "no renorm option"),
     ("ics_probe", True, "ICS probe measures layers"),
-])
+  ],
+)
 def test_bad_lstm_fields_are_one_line_user_errors(field, value, message):
   with pytest.raises(UserError, match=message) as e:
     validation.validate(tiny_config(**{field: value}))

@@ -13,20 +13,32 @@ import time
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from idx_files import write_mnist_dir
 
 from bn_repro.metrics import read_metrics
-from idx_files import write_mnist_dir
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 def command(workdir, idx_dir, *extra):
-  return [sys.executable, "-m", "bn_repro.main", "--config=configs/mnist_mlp.py:bn_sigmoid",
-          f"--workdir={workdir}", "--config.data.source=idx", f"--config.data.idx_dir={idx_dir}",
-          "--config.model.hidden=(16, 16)", "--config.batch_size=16",
-          "--config.eval_batch_size=40", "--config.num_steps=8", "--config.log_every=4",
-          "--config.eval_every=4", "--config.checkpoint_every=4", "--config.tensorboard=False",
-          *extra]
+  return [
+    sys.executable,
+    "-m",
+    "bn_repro.main",
+    "--config=configs/mnist_mlp.py:bn_sigmoid",
+    f"--workdir={workdir}",
+    "--config.data.source=idx",
+    f"--config.data.idx_dir={idx_dir}",
+    "--config.model.hidden=(16, 16)",
+    "--config.batch_size=16",
+    "--config.eval_batch_size=40",
+    "--config.num_steps=8",
+    "--config.log_every=4",
+    "--config.eval_every=4",
+    "--config.checkpoint_every=4",
+    "--config.tensorboard=False",
+    *extra,
+  ]
 
 
 def env(devices: int) -> dict:
@@ -36,8 +48,9 @@ def env(devices: int) -> dict:
 
 
 def checkpoints(workdir) -> ocp.CheckpointManager:
-  return ocp.CheckpointManager(os.path.abspath(workdir / "checkpoints"),
-                               item_handlers=ocp.StandardCheckpointHandler())
+  return ocp.CheckpointManager(
+    os.path.abspath(workdir / "checkpoints"), item_handlers=ocp.StandardCheckpointHandler()
+  )
 
 
 def final_params(workdir):
@@ -49,10 +62,24 @@ def launch_two(workdir, idx_dir, *extra) -> list[subprocess.Popen]:
   with socket.socket() as s:
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]
-  return [subprocess.Popen(
-      command(workdir, idx_dir, f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
-              f"--process_id={i}", *extra), cwd=REPO, env=env(2), stdout=subprocess.PIPE,
-      stderr=subprocess.PIPE, text=True) for i in range(2)]
+  return [
+    subprocess.Popen(
+      command(
+        workdir,
+        idx_dir,
+        f"--coordinator_address=127.0.0.1:{port}",
+        "--num_processes=2",
+        f"--process_id={i}",
+        *extra,
+      ),
+      cwd=REPO,
+      env=env(2),
+      stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE,
+      text=True,
+    )
+    for i in range(2)
+  ]
 
 
 def test_two_processes_equal_one_process(tmp_path):
@@ -60,8 +87,9 @@ def test_two_processes_equal_one_process(tmp_path):
   idx.mkdir()
   write_mnist_dir(idx, train=96, test=30)
   single = tmp_path / "single"
-  r = subprocess.run(command(single, idx), cwd=REPO, env=env(4), capture_output=True, text=True,
-                     timeout=600)
+  r = subprocess.run(
+    command(single, idx), cwd=REPO, env=env(4), capture_output=True, text=True, timeout=600
+  )
   assert r.returncode == 0, r.stderr
 
   multi = tmp_path / "multi"
@@ -87,9 +115,15 @@ def test_a_signal_to_one_process_stops_both_at_the_same_step(tmp_path):
   idx.mkdir()
   write_mnist_dir(idx, train=96, test=30)
   work = tmp_path / "multi"
-  procs = launch_two(work, idx, "--config.num_steps=1000000", "--config.steps_per_call=20",
-                     "--config.checkpoint_every=0", "--config.eval_every=0",
-                     "--config.log_every=20")
+  procs = launch_two(
+    work,
+    idx,
+    "--config.num_steps=1000000",
+    "--config.steps_per_call=20",
+    "--config.checkpoint_every=0",
+    "--config.eval_every=0",
+    "--config.log_every=20",
+  )
   try:
     metrics = work / "metrics.jsonl"
     while not (metrics.exists() and metrics.read_text().count("\n") >= 2):

@@ -11,14 +11,11 @@ import sys
 
 import numpy as np
 import pytest
+from idx_files import write_mnist_dir
 
-from bn_repro import data
-from bn_repro import parallel
-from bn_repro import runs
-from bn_repro import train
+from bn_repro import data, parallel, runs, train
 from bn_repro.errors import UserError
 from configs import mnist_mlp
-from idx_files import write_mnist_dir
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 BATCH = 16
@@ -34,8 +31,10 @@ def load_script(name: str):
 
 def tree_hashes(root: pathlib.Path) -> dict[str, str]:
   """Every path under `root`: a file's SHA-256, or "dir"."""
-  return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-          if p.is_file() else "dir" for p in sorted(root.rglob("*"))}
+  return {
+    str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir"
+    for p in sorted(root.rglob("*"))
+  }
 
 
 @pytest.fixture(scope="module")
@@ -61,8 +60,9 @@ def numpy_population(run: runs.Run, num_batches: int, unbiased: bool) -> dict:
   `num_batches` batches of the population stream, averaged; the forward in float64."""
   host = parallel.unreplicate(run.state)
   p, eps = host.params, run.config.bn.epsilon
-  idx = data.train_batch_indices(len(run.train_ds), BATCH,
-                                 run.config.seed + train.POPULATION_SEED_OFFSET, 0, num_batches)
+  idx = data.train_batch_indices(
+    len(run.train_ds), BATCH, run.config.seed + train.POPULATION_SEED_OFFSET, 0, num_batches
+  )
   means, variances = [[] for _ in HIDDEN], [[] for _ in HIDDEN]
   for batch in idx:
     h = run.train_ds.images[batch].reshape(BATCH, -1).astype(np.float64) / 255
@@ -73,8 +73,10 @@ def numpy_population(run: runs.Run, num_batches: int, unbiased: bool) -> dict:
       variances[i].append(var * BATCH / (BATCH - 1) if unbiased else var)
       y = (z - mean) / np.sqrt(var + eps) * p[f"bn{i}"]["scale"] + p[f"bn{i}"]["bias"]
       h = 1 / (1 + np.exp(-y))
-  return {f"bn{i}": {"mean": np.mean(means[i], 0), "var": np.mean(variances[i], 0)}
-          for i in range(len(HIDDEN))}
+  return {
+    f"bn{i}": {"mean": np.mean(means[i], 0), "var": np.mean(variances[i], 0)}
+    for i in range(len(HIDDEN))
+  }
 
 
 def assert_statistics(batch_stats, want, num_batches):
@@ -100,8 +102,9 @@ def test_unbiased_scales_the_variances_by_m_over_m_minus_1(run_dir, opened):
   biased = parallel.unreplicate(opened.estimator.precise_population(opened.state, 3)).batch_stats
   for layer in biased:
     np.testing.assert_allclose(got[layer]["mean"], biased[layer]["mean"], rtol=1e-6)
-    np.testing.assert_allclose(got[layer]["var"], biased[layer]["var"] * BATCH / (BATCH - 1),
-                               rtol=1e-6)
+    np.testing.assert_allclose(
+      got[layer]["var"], biased[layer]["var"] * BATCH / (BATCH - 1), rtol=1e-6
+    )
   assert_statistics(got, numpy_population(opened, 3, unbiased=True), 3)
 
 
@@ -116,11 +119,18 @@ def scripts_ran(run_dir, tmp_path_factory):
   """Both scripts on the run: their outputs, and the run's file hashes before and after."""
   out = tmp_path_factory.mktemp("out")
   before = tree_hashes(run_dir)
-  assert load_script("precise_bn").main(
-      [f"--workdir={run_dir}", "--batches=2,3", f"--out={out / 'precise'}"]) == 0
-  assert load_script("adabn").main(
-      [f"--workdir={run_dir}", "--shifts=none,invert", "--batches=3",
-       f"--out={out / 'adabn'}"]) == 0
+  assert (
+    load_script("precise_bn").main(
+      [f"--workdir={run_dir}", "--batches=2,3", f"--out={out / 'precise'}"]
+    )
+    == 0
+  )
+  assert (
+    load_script("adabn").main(
+      [f"--workdir={run_dir}", "--shifts=none,invert", "--batches=3", f"--out={out / 'adabn'}"]
+    )
+    == 0
+  )
   return out, before, tree_hashes(run_dir)
 
 
@@ -141,8 +151,9 @@ def test_saved_run_holds_the_largest_n_statistics_and_the_source_weights(scripts
   rows = json.loads((out / "precise_bn.json").read_text())["rows"]
   assert [r["batches"] for r in rows] == [None, 2, 3]
   # Evaluating the saved run's statistics gives the table's N = 3 row.
-  np.testing.assert_allclose(saved.estimator.evaluate(saved.state)["eval/loss"],
-                             rows[2]["eval/loss"], rtol=1e-6)
+  np.testing.assert_allclose(
+    saved.estimator.evaluate(saved.state)["eval/loss"], rows[2]["eval/loss"], rtol=1e-6
+  )
 
 
 def test_adabn_with_no_shift_is_precise_bn(scripts_ran):
@@ -173,9 +184,9 @@ def test_shifts():
 
 
 BAD_INPUT = [
-    ("no config", lambda run, tmp: copy_without(run, tmp, "config.json"), "config.json"),
-    ("no checkpoints", lambda run, tmp: copy_without(run, tmp, "checkpoints"), "checkpoints/"),
-    ("corrupt checkpoint", lambda run, tmp: corrupt(run, tmp), "cannot be restored"),
+  ("no config", lambda run, tmp: copy_without(run, tmp, "config.json"), "config.json"),
+  ("no checkpoints", lambda run, tmp: copy_without(run, tmp, "checkpoints"), "checkpoints/"),
+  ("corrupt checkpoint", lambda run, tmp: corrupt(run, tmp), "cannot be restored"),
 ]
 
 
@@ -202,13 +213,16 @@ def test_bad_run_is_one_line_exit_2_nothing_written(run_dir, tmp_path, capsys, m
   assert not out.exists()
 
 
-@pytest.mark.parametrize("argv,expect", [
+@pytest.mark.parametrize(
+  "argv,expect",
+  [
     (["--shifts=blur"], "unknown shift 'blur'"),
     (["--step=5"], "no checkpoint at step 5"),
     (["--override=data.idx_dir=/nonexistent"], "config.data.idx_dir"),
     (["--override=model.widths=3"], "'model.widths' is not a field"),
     (["--out={run}/inside"], "never modified"),
-])
+  ],
+)
 def test_bad_flags_are_one_line_exit_2(run_dir, tmp_path, capsys, argv, expect):
   argv = [a.format(run=run_dir) for a in argv]
   out = [] if any(a.startswith("--out") for a in argv) else [f"--out={tmp_path / 'out'}"]
@@ -220,9 +234,18 @@ def test_bad_flags_are_one_line_exit_2(run_dir, tmp_path, capsys, argv, expect):
 
 
 def test_missing_workdir_from_the_command_line(tmp_path):
-  r = subprocess.run([sys.executable, "scripts/precise_bn.py", f"--workdir={tmp_path / 'none'}",
-                      f"--out={tmp_path / 'out'}"], cwd=REPO, capture_output=True, text=True,
-                     timeout=300)
+  r = subprocess.run(
+    [
+      sys.executable,
+      "scripts/precise_bn.py",
+      f"--workdir={tmp_path / 'none'}",
+      f"--out={tmp_path / 'out'}",
+    ],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   lines = r.stderr.strip().splitlines()
   assert r.returncode == 2 and len(lines) == 1, r.stderr
   assert "does not exist" in lines[0] and "--workdir" in lines[0]

@@ -11,9 +11,9 @@ import time
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+from idx_files import write_mnist_dir
 
 from bn_repro.metrics import read_metrics
-from idx_files import write_mnist_dir
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 STEPS = 1200
@@ -25,23 +25,42 @@ def idx(tmp_path_factory) -> pathlib.Path:
 
 
 def command(workdir, idx_dir, *extra, hidden="(16, 16)"):
-  return [sys.executable, "-m", "bn_repro.main", "--config=configs/mnist_mlp.py:bn_sigmoid",
-          f"--workdir={workdir}", "--config.data.source=idx", f"--config.data.idx_dir={idx_dir}",
-          f"--config.model.hidden={hidden}", "--config.batch_size=16",
-          "--config.eval_batch_size=40", "--config.optimizer.momentum=0.9",
-          "--config.optimizer.learning_rate=0.05", f"--config.num_steps={STEPS}",
-          "--config.log_every=100", "--config.eval_every=100", "--config.checkpoint_every=100",
-          "--config.tensorboard=False", *extra]
+  return [
+    sys.executable,
+    "-m",
+    "bn_repro.main",
+    "--config=configs/mnist_mlp.py:bn_sigmoid",
+    f"--workdir={workdir}",
+    "--config.data.source=idx",
+    f"--config.data.idx_dir={idx_dir}",
+    f"--config.model.hidden={hidden}",
+    "--config.batch_size=16",
+    "--config.eval_batch_size=40",
+    "--config.optimizer.momentum=0.9",
+    "--config.optimizer.learning_rate=0.05",
+    f"--config.num_steps={STEPS}",
+    "--config.log_every=100",
+    "--config.eval_every=100",
+    "--config.checkpoint_every=100",
+    "--config.tensorboard=False",
+    *extra,
+  ]
 
 
 def run(workdir, idx_dir, *extra, **kw):
-  return subprocess.run(command(workdir, idx_dir, *extra, **kw), cwd=REPO, capture_output=True,
-                        text=True, timeout=600)
+  return subprocess.run(
+    command(workdir, idx_dir, *extra, **kw), cwd=REPO, capture_output=True, text=True, timeout=600
+  )
 
 
 def start(workdir, idx_dir, *extra):
-  return subprocess.Popen(command(workdir, idx_dir, *extra), cwd=REPO, text=True,
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+  return subprocess.Popen(
+    command(workdir, idx_dir, *extra),
+    cwd=REPO,
+    text=True,
+    stdout=subprocess.PIPE,
+    stderr=subprocess.PIPE,
+  )
 
 
 def wait_for(path: pathlib.Path, proc: subprocess.Popen) -> None:
@@ -52,8 +71,9 @@ def wait_for(path: pathlib.Path, proc: subprocess.Popen) -> None:
 
 
 def final_state(workdir) -> dict:
-  mgr = ocp.CheckpointManager(os.path.abspath(workdir / "checkpoints"),
-                              item_handlers=ocp.StandardCheckpointHandler())
+  mgr = ocp.CheckpointManager(
+    os.path.abspath(workdir / "checkpoints"), item_handlers=ocp.StandardCheckpointHandler()
+  )
   assert mgr.latest_step() == STEPS
   return mgr.restore(STEPS)
 
@@ -71,8 +91,9 @@ def straight(tmp_path_factory, idx):
   return workdir
 
 
-@pytest.mark.parametrize("kill_after,sig", [(100, signal.SIGKILL), (700, signal.SIGKILL),
-                                            (300, signal.SIGTERM)])
+@pytest.mark.parametrize(
+  "kill_after,sig", [(100, signal.SIGKILL), (700, signal.SIGKILL), (300, signal.SIGTERM)]
+)
 def test_killed_run_resumes_bit_identical(tmp_path, idx, straight, kill_after, sig):
   """Params, batch_stats, optimizer state and metrics equal an uninterrupted run's."""
   workdir = tmp_path / "run"
@@ -104,6 +125,7 @@ def test_killed_run_resumes_bit_identical(tmp_path, idx, straight, kill_after, s
 
 def jax_leaves(tree):
   import jax  # pylint: disable=g-import-not-at-top
+
   return [np.asarray(x) for x in jax.tree.leaves(tree)]
 
 
@@ -124,9 +146,17 @@ def test_second_run_in_the_same_workdir_is_refused(tmp_path, idx):
 
 def test_divergence_is_recorded_and_keeps_last_good_checkpoint(tmp_path, idx):
   workdir = tmp_path / "run"
-  r = run(workdir, idx, "--config.model.use_bn=False", "--config.optimizer.learning_rate=1e4",
-          "--config.max_loss=50", "--config.checkpoint_every=1", "--config.eval_every=1",
-          "--config.log_every=1", "--config.num_steps=50")
+  r = run(
+    workdir,
+    idx,
+    "--config.model.use_bn=False",
+    "--config.optimizer.learning_rate=1e4",
+    "--config.max_loss=50",
+    "--config.checkpoint_every=1",
+    "--config.eval_every=1",
+    "--config.log_every=1",
+    "--config.num_steps=50",
+  )
   assert r.returncode == 3, r.stderr
   status = json.loads((workdir / "status.json").read_text())
   assert status["status"] == "diverged" and 1 <= status["step"] <= 50
@@ -161,12 +191,19 @@ def test_corrupt_checkpoint_is_an_error_or_falls_back_when_told(finished, idx):
   assert "Resumed from the checkpoint at step 200" in r.stderr
 
 
-@pytest.mark.parametrize("change,expect", [
-    ({"hidden": "(16, 8)"},
-     "['batch_stats']['bn1']['mean'] has shape (16,) in the checkpoint, (8,) in the model"),
-    ({"extra": "--config.model.use_bn=False"},
-     "['params']['dense0']['bias'] missing from the checkpoint"),
-])
+@pytest.mark.parametrize(
+  "change,expect",
+  [
+    (
+      {"hidden": "(16, 8)"},
+      "['batch_stats']['bn1']['mean'] has shape (16,) in the checkpoint, (8,) in the model",
+    ),
+    (
+      {"extra": "--config.model.use_bn=False"},
+      "['params']['dense0']['bias'] missing from the checkpoint",
+    ),
+  ],
+)
 def test_incompatible_checkpoint_names_the_mismatch(finished, idx, change, expect):
   extra = ["--config.num_steps=400"] + ([change["extra"]] if "extra" in change else [])
   hidden = {"hidden": change["hidden"]} if "hidden" in change else {}

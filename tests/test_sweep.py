@@ -14,17 +14,26 @@ import textwrap
 import time
 
 import pytest
+from idx_files import write_mnist_dir
 
 from bn_repro import sweep as sw
 from bn_repro.errors import UserError
 from bn_repro.metrics import read_metrics
-from idx_files import write_mnist_dir
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 BASE = f"{REPO}/configs/mnist_mlp.py:bn_sigmoid"
-TINY = {"model.hidden": (8, 8), "batch_size": 16, "eval_batch_size": 40, "num_steps": 8,
-        "log_every": 4, "eval_every": 4, "checkpoint_every": 4, "tensorboard": False,
-        "num_devices": 1, "max_loss": 1e3}
+TINY = {
+  "model.hidden": (8, 8),
+  "batch_size": 16,
+  "eval_batch_size": 40,
+  "num_steps": 8,
+  "log_every": 4,
+  "eval_every": 4,
+  "checkpoint_every": 4,
+  "tensorboard": False,
+  "num_devices": 1,
+  "max_loss": 1e3,
+}
 DEADLINE_S = 900  # only so that a hang fails instead of blocking; nothing asserts on time
 
 
@@ -36,12 +45,15 @@ def test_product_zip_concat():
   lr = sw.axis("optimizer.learning_rate", (0.1, 1.0))
   bn = sw.axis("model.use_bn", (True, False))
   assert sw.product(bn, lr) == [
-      {"model.use_bn": True, "optimizer.learning_rate": 0.1},
-      {"model.use_bn": True, "optimizer.learning_rate": 1.0},
-      {"model.use_bn": False, "optimizer.learning_rate": 0.1},
-      {"model.use_bn": False, "optimizer.learning_rate": 1.0}]
-  assert sw.zip_(bn, lr) == [{"model.use_bn": True, "optimizer.learning_rate": 0.1},
-                             {"model.use_bn": False, "optimizer.learning_rate": 1.0}]
+    {"model.use_bn": True, "optimizer.learning_rate": 0.1},
+    {"model.use_bn": True, "optimizer.learning_rate": 1.0},
+    {"model.use_bn": False, "optimizer.learning_rate": 0.1},
+    {"model.use_bn": False, "optimizer.learning_rate": 1.0},
+  ]
+  assert sw.zip_(bn, lr) == [
+    {"model.use_bn": True, "optimizer.learning_rate": 0.1},
+    {"model.use_bn": False, "optimizer.learning_rate": 1.0},
+  ]
   assert sw.concat(bn, [{"seed": 3}]) == bn + [{"seed": 3}]
   assert len(sw.product(bn, lr, sw.axis("seed", range(3)))) == 12
   with pytest.raises(ValueError, match="equal length"):
@@ -52,11 +64,18 @@ def test_product_zip_concat():
 
 def test_point_names_are_stable_sorted_and_filesystem_safe():
   aliases = {"model.use_bn": "bn", "optimizer.learning_rate": "lr"}
-  a = {"model.use_bn": True, "model.nonlinearity": "sigmoid", "optimizer.learning_rate": 0.1,
-       "seed": 0}
+  a = {
+    "model.use_bn": True,
+    "model.nonlinearity": "sigmoid",
+    "optimizer.learning_rate": 0.1,
+    "seed": 0,
+  }
   b = dict(reversed(list(a.items())))
-  assert sw.point_name(a, aliases) == sw.point_name(b, aliases) == (
-      "bn=on,lr=0.1,nonlinearity=sigmoid,seed=0")
+  assert (
+    sw.point_name(a, aliases)
+    == sw.point_name(b, aliases)
+    == ("bn=on,lr=0.1,nonlinearity=sigmoid,seed=0")
+  )
   assert sw.point_name({"optimizer.learning_rate": 10.0}, aliases) == "lr=10"
   assert sw.point_name({"optimizer.learning_rate": 1e-5}, aliases) == "lr=1e-05"
   assert sw.point_name({"model.hidden": (8, 8)}) == "hidden=8x8"
@@ -83,7 +102,11 @@ def test_presets_resolve_to_named_points():
   lrs = sorted({q.resolved["optimizer"]["learning_rate"] for q in points})
   assert lrs == [0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0]
   assert {(q.resolved["model"]["nonlinearity"], q.resolved["model"]["use_bn"]) for q in points} == {
-      ("sigmoid", True), ("sigmoid", False), ("relu", True), ("relu", False)}
+    ("sigmoid", True),
+    ("sigmoid", False),
+    ("relu", True),
+    ("relu", False),
+  }
 
   sweep, sweep_dir = sw.load_sweep(str(REPO / "configs/mnist_sweeps.py") + ":figure1")
   points = sw.resolve(sweep, sweep_dir, "runs/fig1", {}, cwd=str(REPO))
@@ -91,7 +114,9 @@ def test_presets_resolve_to_named_points():
   assert [p.resolved["model"]["use_bn"] for p in points] == [True, False]
 
 
-@pytest.mark.parametrize("grid,fixed,overrides,expect", [
+@pytest.mark.parametrize(
+  "grid,fixed,overrides,expect",
+  [
     ([{"optimizer.lr": 0.1}], {}, {}, "optimizer.lr"),
     ([{"seed": 0}], {"model.widths": (8,)}, {}, "model.widths"),
     ([{"seed": 0}], {}, {"optimizer.lr": "0.1"}, "optimizer.lr"),
@@ -100,8 +125,18 @@ def test_presets_resolve_to_named_points():
     ([{"optimizer.learning_rate": 0.0}], {}, {}, "config.optimizer.learning_rate"),
     ([{"num_steps": 0.5}], {}, {}, "num_steps"),
     ([{"model.name": "mlp", "data.name": "mnist"}], {}, {}, "distinct aliases"),
-], ids=["unknown grid field", "unknown fixed field", "unknown override", "override of an axis",
-        "duplicate point", "invalid value", "wrong type", "alias clash"])
+  ],
+  ids=[
+    "unknown grid field",
+    "unknown fixed field",
+    "unknown override",
+    "override of an axis",
+    "duplicate point",
+    "invalid value",
+    "wrong type",
+    "alias clash",
+  ],
+)
 def test_resolve_rejects_bad_sweeps(grid, fixed, overrides, expect):
   sweep = sw.Sweep(base=BASE, grid=grid, fixed=fixed)
   with pytest.raises(UserError, match=expect):
@@ -110,8 +145,10 @@ def test_resolve_rejects_bad_sweeps(grid, fixed, overrides, expect):
 
 def test_parallel_children_get_one_xla_thread_each():
   env = sw.child_env(2, {"XLA_FLAGS": "--xla_force_host_platform_device_count=8"})
-  assert env["XLA_FLAGS"].split() == ["--xla_force_host_platform_device_count=8",
-                                      "--xla_cpu_multi_thread_eigen=false"]
+  assert env["XLA_FLAGS"].split() == [
+    "--xla_force_host_platform_device_count=8",
+    "--xla_cpu_multi_thread_eigen=false",
+  ]
   assert env["XLA_PYTHON_CLIENT_PREALLOCATE"] == "false"
   assert sw.child_env(1, {"XLA_FLAGS": "--x"}) == {"XLA_FLAGS": "--x"}
 
@@ -121,14 +158,16 @@ def test_parallel_children_get_one_xla_thread_each():
 
 
 def _sweep_file(path: pathlib.Path, grid: str) -> pathlib.Path:
-  path.write_text(textwrap.dedent(f"""\
+  path.write_text(
+    textwrap.dedent(f"""\
       from bn_repro import sweep as sw
 
       def get_sweep(name):
         return sw.Sweep(base={BASE!r}, grid={grid}, fixed={TINY!r},
                         aliases={{"model.use_bn": "bn", "optimizer.learning_rate": "lr"}},
                         description="tiny test sweep")
-      """))
+      """)
+  )
   return path
 
 
@@ -138,8 +177,7 @@ def _runner(*args) -> list[str]:
 
 def _run(cmd, **kwargs) -> subprocess.CompletedProcess:
   kwargs.setdefault("env", dict(os.environ))
-  return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=DEADLINE_S,
-                        **kwargs)
+  return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=DEADLINE_S, **kwargs)
 
 
 def _status(point_dir: pathlib.Path) -> dict:
@@ -150,9 +188,10 @@ def _status(point_dir: pathlib.Path) -> dict:
 
 
 def test_unknown_field_in_sweep_file_exits_2_and_writes_nothing(tmp_path):
-  spec = _sweep_file(tmp_path / "bad.py",
-                     'sw.product(sw.axis("model.use_bn", (True, False)), '
-                     'sw.axis("optimizer.lr", (0.1,)))')
+  spec = _sweep_file(
+    tmp_path / "bad.py",
+    'sw.product(sw.axis("model.use_bn", (True, False)), sw.axis("optimizer.lr", (0.1,)))',
+  )
   workdir = tmp_path / "sweep"
   r = _run(_runner(f"--sweep={spec}:x", f"--workdir={workdir}"))
   assert r.returncode == 2, r.stderr
@@ -169,17 +208,25 @@ def swept(tmp_path_factory):
   idx = tmp / "idx"
   idx.mkdir()
   write_mnist_dir(idx, train=96, test=30)
-  spec = _sweep_file(tmp / "tiny_sweeps.py",
-                     'sw.product(sw.axis("model.use_bn", (True, False)), '
-                     'sw.axis("optimizer.learning_rate", (0.1, 1e9)))')
+  spec = _sweep_file(
+    tmp / "tiny_sweeps.py",
+    'sw.product(sw.axis("model.use_bn", (True, False)), '
+    'sw.axis("optimizer.learning_rate", (0.1, 1e9)))',
+  )
   workdir = tmp / "sweep"
-  args = [f"--sweep={spec}:tiny", f"--workdir={workdir}", "--parallel=2",
-          "--override=data.source=idx", f"--override=data.idx_dir={idx}"]
+  args = [
+    f"--sweep={spec}:tiny",
+    f"--workdir={workdir}",
+    "--parallel=2",
+    "--override=data.source=idx",
+    f"--override=data.idx_dir={idx}",
+  ]
   names = ["bn=on,lr=0.1", "bn=on,lr=1e+09", "bn=off,lr=0.1", "bn=off,lr=1e+09"]
 
   with open(tmp / "run1.out", "w") as out:
-    proc = subprocess.Popen(_runner(*args), cwd=REPO, stdout=out, stderr=subprocess.STDOUT,
-                            env=dict(os.environ))
+    proc = subprocess.Popen(
+      _runner(*args), cwd=REPO, stdout=out, stderr=subprocess.STDOUT, env=dict(os.environ)
+    )
     deadline = time.monotonic() + DEADLINE_S
     while not any(_status(workdir / n).get("status") in sw.FINISHED for n in names):
       assert proc.poll() is None, (tmp / "run1.out").read_text()
@@ -187,20 +234,34 @@ def swept(tmp_path_factory):
       time.sleep(0.2)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-  finished = {n: (workdir / n / "status.json").stat().st_mtime_ns for n in names
-              if _status(workdir / n).get("status") in sw.FINISHED}
+  finished = {
+    n: (workdir / n / "status.json").stat().st_mtime_ns
+    for n in names
+    if _status(workdir / n).get("status") in sw.FINISHED
+  }
   run2 = _run(_runner(*args))
   mtimes = {n: (workdir / n / "status.json").stat().st_mtime_ns for n in names}
   run3 = _run(_runner(*args))
-  return dict(tmp=tmp, args=args, workdir=workdir, names=names, spec=spec,
-              run1=(tmp / "run1.out").read_text(), finished=finished, run2=run2,
-              mtimes=mtimes, run3=run3)
+  return dict(
+    tmp=tmp,
+    args=args,
+    workdir=workdir,
+    names=names,
+    spec=spec,
+    run1=(tmp / "run1.out").read_text(),
+    finished=finished,
+    run2=run2,
+    mtimes=mtimes,
+    run3=run3,
+  )
 
 
 def test_sweep_runs_in_parallel_records_divergence_and_survives_sigkill(swept):
   workdir, run2 = swept["workdir"], swept["run2"]
   assert swept["run1"].splitlines()[:2] == [
-      "[1/4] bn=on,lr=0.1: started", "[2/4] bn=on,lr=1e+09: started"], swept["run1"]
+    "[1/4] bn=on,lr=0.1: started",
+    "[2/4] bn=on,lr=1e+09: started",
+  ], swept["run1"]
   assert run2.returncode == 0, run2.stdout + run2.stderr
   assert "2 done, 2 diverged, 0 failed" in run2.stdout, run2.stdout
   for name in swept["names"]:
@@ -239,19 +300,40 @@ def test_print_commands_prints_one_runnable_command_per_point(swept):
   assert len(lines) == 4
   for line, name in zip(lines, swept["names"]):
     assert line.startswith(f"cd {REPO} && ") and f"--point={name}" in line
-  one = subprocess.run(["bash", "-c", lines[0]], capture_output=True, text=True,
-                       timeout=DEADLINE_S, env=dict(os.environ))
+  one = subprocess.run(
+    ["bash", "-c", lines[0]],
+    capture_output=True,
+    text=True,
+    timeout=DEADLINE_S,
+    env=dict(os.environ),
+  )
   assert one.returncode == 0, one.stderr
   assert one.stdout.splitlines()[0] == "[1/4] bn=on,lr=0.1: skipped (done at step 8)"
 
 
 def test_report_writes_tables_figures_and_report(swept):
   workdir, out = swept["workdir"], swept["tmp"] / "report"
-  r = _run([sys.executable, "scripts/sweep_report.py", f"--sweep_dir={workdir}",
-            f"--out_dir={out}", "--target_accuracy=0.1"])
+  r = _run(
+    [
+      sys.executable,
+      "scripts/sweep_report.py",
+      f"--sweep_dir={workdir}",
+      f"--out_dir={out}",
+      "--target_accuracy=0.1",
+    ]
+  )
   assert r.returncode == 0, r.stderr
-  for name in ("results.csv", "results.md", "lr_sensitivity.png", "figure1.png",
-               "figure1a.png", "figure1b.png", "figure1c.png", "figure1.csv", "REPORT.md"):
+  for name in (
+    "results.csv",
+    "results.md",
+    "lr_sensitivity.png",
+    "figure1.png",
+    "figure1a.png",
+    "figure1b.png",
+    "figure1c.png",
+    "figure1.csv",
+    "REPORT.md",
+  ):
     assert (out / name).stat().st_size > 0, name
   assert (out / "lr_sensitivity.png").read_bytes().startswith(b"\x89PNG")
   assert not (out / "aggregate.csv").exists()  # no seed axis
@@ -275,17 +357,32 @@ def test_report_writes_tables_figures_and_report(swept):
 
   report = (out / "REPORT.md").read_text()
   record = json.loads((workdir / "sweep.json").read_text())
-  for needle in ("## Paper vs. ours", "higher throughout training", "![Figure 1](figure1.png)",
-                 "lr_sensitivity.png", "diverged 1/1", record["runner_command"],
-                 record["points"][2]["command"], "jax 0.10", "cpu", "Pair: `bn=on,lr=0.1`"):
+  for needle in (
+    "## Paper vs. ours",
+    "higher throughout training",
+    "![Figure 1](figure1.png)",
+    "lr_sensitivity.png",
+    "diverged 1/1",
+    record["runner_command"],
+    record["points"][2]["command"],
+    "jax 0.10",
+    "cpu",
+    "Pair: `bn=on,lr=0.1`",
+  ):
     assert needle in report, needle
   assert "| bn=off,lr=1e+09 |" in (out / "results.md").read_text()
 
 
 def test_report_bad_sweep_dir_exits_2_and_writes_nothing(tmp_path):
   out = tmp_path / "out"
-  r = _run([sys.executable, "scripts/sweep_report.py", f"--sweep_dir={tmp_path / 'nope'}",
-            f"--out_dir={out}"])
+  r = _run(
+    [
+      sys.executable,
+      "scripts/sweep_report.py",
+      f"--sweep_dir={tmp_path / 'nope'}",
+      f"--out_dir={out}",
+    ]
+  )
   assert r.returncode == 2
   assert len(r.stderr.strip().splitlines()) == 1 and "nope" in r.stderr
   assert not out.exists()
@@ -319,16 +416,43 @@ def test_aggregate_over_seeds_and_lr_lines(tmp_path):
         finals[name] = accs[-1]
         with open(d / "metrics.jsonl", "w") as f:
           for step, acc in zip((0, 20, 40), accs[:2] if diverged else accs):
-            f.write(json.dumps({"step": step, "eval/accuracy": acc, "probe/p15": -1.0,
-                                "probe/p50": 0.0, "probe/p85": 1.0}) + "\n")
-        (d / "status.json").write_text(json.dumps(
-            {"status": "diverged", "step": 30} if diverged else {"status": "done", "step": 40}))
-        (d / "config.json").write_text(json.dumps(
-            {"seed": seed, "model": {"use_bn": use_bn, "nonlinearity": "sigmoid"},
-             "optimizer": {"learning_rate": lr}}))
-  (tmp_path / "sweep.json").write_text(json.dumps(
-      {"sweep": "synthetic:x", "points": points, "runner_command": "run it", "cwd": "/",
-       "aliases": {"model.use_bn": "bn", "optimizer.learning_rate": "lr"}}))
+            f.write(
+              json.dumps(
+                {
+                  "step": step,
+                  "eval/accuracy": acc,
+                  "probe/p15": -1.0,
+                  "probe/p50": 0.0,
+                  "probe/p85": 1.0,
+                }
+              )
+              + "\n"
+            )
+        (d / "status.json").write_text(
+          json.dumps(
+            {"status": "diverged", "step": 30} if diverged else {"status": "done", "step": 40}
+          )
+        )
+        (d / "config.json").write_text(
+          json.dumps(
+            {
+              "seed": seed,
+              "model": {"use_bn": use_bn, "nonlinearity": "sigmoid"},
+              "optimizer": {"learning_rate": lr},
+            }
+          )
+        )
+  (tmp_path / "sweep.json").write_text(
+    json.dumps(
+      {
+        "sweep": "synthetic:x",
+        "points": points,
+        "runner_command": "run it",
+        "cwd": "/",
+        "aliases": {"model.use_bn": "bn", "optimizer.learning_rate": "lr"},
+      }
+    )
+  )
 
   report = _report_module()
   res = report.load_sweep(str(tmp_path), 0.65)
@@ -354,7 +478,10 @@ def test_aggregate_over_seeds_and_lr_lines(tmp_path):
   assert {"aggregate.csv", "lr_sensitivity.png", "figure1.png", "REPORT.md"} <= names
   agg = list(csv.DictReader(open(tmp_path / "aggregate.csv")))
   assert [(r["bn"], r["lr"], r["n"], r["diverged"]) for r in agg] == [
-      ("True", "0.1", "2", "0"), ("True", "1.0", "2", "0"), ("False", "0.1", "2", "0"),
-      ("False", "1.0", "2", "1")]
+    ("True", "0.1", "2", "0"),
+    ("True", "1.0", "2", "0"),
+    ("False", "0.1", "2", "0"),
+    ("False", "1.0", "2", "1"),
+  ]
   text = (tmp_path / "REPORT.md").read_text()
   assert "Over seeds" in text and "(diverged 1/2)" in text and "run it" in text

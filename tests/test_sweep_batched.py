@@ -9,33 +9,48 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
-
-from bn_repro import sweep as sw
-from bn_repro.metrics import read_metrics
 from idx_files import write_mnist_dir
 from test_batched import untimed
 from test_sweep import BASE, REPO, TINY, _run, _runner, _sweep_file
 
+from bn_repro import sweep as sw
+from bn_repro.metrics import read_metrics
+
 
 def test_points_that_differ_only_in_seed_and_learning_rate_share_a_group(tmp_path):
   grid = sw.concat(
-      sw.product(sw.axis("model.use_bn", (True, False)),
-                 sw.axis("optimizer.learning_rate", (0.1, 1.0)), sw.axis("seed", (0, 1))),
-      [{"model.use_bn": True, "seed": 5, "model.hidden": (4,)},  # another shape
-       {"model.use_bn": True, "seed": 6, "bn.population": "average"}])  # batched.py refuses it
-  sweep = sw.Sweep(base=BASE, grid=grid, fixed=TINY,
-                   aliases={"model.use_bn": "bn", "optimizer.learning_rate": "lr"})
+    sw.product(
+      sw.axis("model.use_bn", (True, False)),
+      sw.axis("optimizer.learning_rate", (0.1, 1.0)),
+      sw.axis("seed", (0, 1)),
+    ),
+    [
+      {"model.use_bn": True, "seed": 5, "model.hidden": (4,)},  # another shape
+      {"model.use_bn": True, "seed": 6, "bn.population": "average"},
+    ],
+  )  # batched.py refuses it
+  sweep = sw.Sweep(
+    base=BASE,
+    grid=grid,
+    fixed=TINY,
+    aliases={"model.use_bn": "bn", "optimizer.learning_rate": "lr"},
+  )
   points = sw.resolve(sweep, str(REPO), str(tmp_path), {}, cwd=str(REPO))
   everything = range(len(points))
   assert sw.batch_groups(points, everything) == [[0, 1, 2, 3], [4, 5, 6, 7], [8], [9]]
   assert sw.batch_groups(points, everything, max_runs=3) == [
-      [0, 1], [2, 3], [4, 5], [6, 7], [8], [9]]
+    [0, 1],
+    [2, 3],
+    [4, 5],
+    [6, 7],
+    [8],
+    [9],
+  ]
   assert sw.batch_groups(points, [0, 5, 2]) == [[0, 2], [5]]
   # Fewer groups than processes: the largest split evenly, 2 runs a part at least.
   assert sw.batch_groups(points, range(8), parallel=4) == [[0, 1], [2, 3], [4, 5], [6, 7]]
   assert sw.batch_groups(points, [0, 1, 2, 3, 4, 5], parallel=3) == [[0, 1], [2, 3], [4, 5]]
-  assert sw.batch_groups(points, [0, 1, 2, 4, 5, 6, 7], parallel=3) == [
-      [0, 1, 2], [4, 5], [6, 7]]
+  assert sw.batch_groups(points, [0, 1, 2, 4, 5, 6, 7], parallel=3) == [[0, 1, 2], [4, 5], [6, 7]]
   assert sw.batch_groups(points, [0, 1, 2, 4], parallel=4) == [[0, 1, 2], [4]]
   assert sw.batch_groups(points, everything, parallel=2) == sw.batch_groups(points, everything)
   # A point that resumes from another step than its partners trains apart.
@@ -60,16 +75,21 @@ def both(tmp_path_factory):
   idx = tmp / "idx"
   idx.mkdir()
   write_mnist_dir(idx, train=96, test=30)
-  spec = _sweep_file(tmp / "seeds_lrs.py", 'sw.product(sw.axis("seed", (0, 1)), '
-                     'sw.axis("optimizer.learning_rate", (0.1, 1e9)))')
+  spec = _sweep_file(
+    tmp / "seeds_lrs.py",
+    'sw.product(sw.axis("seed", (0, 1)), sw.axis("optimizer.learning_rate", (0.1, 1e9)))',
+  )
   data = ["--override=data.source=idx", f"--override=data.idx_dir={idx}"]
   single, batched = tmp / "single", tmp / "batched"
   args = [f"--sweep={spec}:x", f"--workdir={batched}", *data, "--batched"]
   return dict(
-      single=single, batched=batched, args=args,
-      names=["lr=0.1,seed=0", "lr=1e+09,seed=0", "lr=0.1,seed=1", "lr=1e+09,seed=1"],
-      reference=_run(_runner(f"--sweep={spec}:x", f"--workdir={single}", *data, "--parallel=2")),
-      runs=[_run(_runner(*args)), _run(_runner(*args))])
+    single=single,
+    batched=batched,
+    args=args,
+    names=["lr=0.1,seed=0", "lr=1e+09,seed=0", "lr=0.1,seed=1", "lr=1e+09,seed=1"],
+    reference=_run(_runner(f"--sweep={spec}:x", f"--workdir={single}", *data, "--parallel=2")),
+    runs=[_run(_runner(*args)), _run(_runner(*args))],
+  )
 
 
 def test_batched_sweep_writes_what_the_points_write_alone(both):
@@ -93,8 +113,9 @@ def test_batched_sweep_writes_what_the_points_write_alone(both):
         assert g[k] == pytest.approx(v, rel=1e-5), (name, w["step"], k)
     if "lr=0.1" in name:
       assert [e["step"] for e in want] == [0, 4, 8]
-      restored = [ocp.StandardCheckpointer().restore(d / "checkpoints/8/default")
-                  for d in (single, batched)]
+      restored = [
+        ocp.StandardCheckpointer().restore(d / "checkpoints/8/default") for d in (single, batched)
+      ]
       jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5), *restored)
   assert "lr=0.1,seed=0/log.txt" in (both["batched"] / "lr=0.1,seed=1/log.txt").read_text()
   record = json.loads((both["batched"] / "sweep.json").read_text())
@@ -113,12 +134,16 @@ def test_print_commands_prints_one_command_per_group(both, tmp_path):
     assert line.endswith(f" --point={group[0]} --point={group[1]}"), line
   r = _run(_runner(*args, "--cpu_devices=3", "--print_commands"))
   assert r.returncode == 0 and " --batched --cpu_devices=3 " in r.stdout, r.stderr
-  for bad, says in (("--max_batched_runs=2", "add --batched"), ("--cpu_devices=2", "add --batched")):
+  for bad, says in (
+    ("--max_batched_runs=2", "add --batched"),
+    ("--cpu_devices=2", "add --batched"),
+  ):
     r = _run(_runner(*args[:-1], bad))
     assert r.returncode == 2 and says in r.stderr, r.stderr
   r = _run(_runner(*args, "--cpu_devices=-1"))
   assert r.returncode == 2 and r.stderr.strip().splitlines() == [
-      "bn-repro sweep: error: --cpu_devices: must be >= 0 (0: one per usable CPU)"], r.stderr
+    "bn-repro sweep: error: --cpu_devices: must be >= 0 (0: one per usable CPU)"
+  ], r.stderr
   assert not (tmp_path / "fresh").exists()
 
 
@@ -129,8 +154,10 @@ def test_batched_group_on_a_cpu_host_spreads_over_one_device_per_core(tmp_path):
   idx = tmp_path / "idx"
   idx.mkdir()
   write_mnist_dir(idx, train=96, test=30)
-  spec = _sweep_file(tmp_path / "seeds_lrs.py", 'sw.product(sw.axis("seed", (0, 1)), '
-                     'sw.axis("optimizer.learning_rate", (0.1, 0.5)))')
+  spec = _sweep_file(
+    tmp_path / "seeds_lrs.py",
+    'sw.product(sw.axis("seed", (0, 1)), sw.axis("optimizer.learning_rate", (0.1, 0.5)))',
+  )
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
   data = ["--override=data.source=idx", f"--override=data.idx_dir={idx}"]
   single, batched = tmp_path / "single", tmp_path / "batched"
@@ -142,6 +169,8 @@ def test_batched_group_on_a_cpu_host_spreads_over_one_device_per_core(tmp_path):
   for name in names:
     want, got = (untimed(read_metrics(d / name)) for d in (single, batched))
     assert got == want, name
-    restored = [ocp.StandardCheckpointer().restore(d / name / "checkpoints/8/default")
-                for d in (single, batched)]
+    restored = [
+      ocp.StandardCheckpointer().restore(d / name / "checkpoints/8/default")
+      for d in (single, batched)
+    ]
     jax.tree.map(np.testing.assert_array_equal, *restored)

@@ -19,28 +19,37 @@ STEPS = list(range(0, 1001, 100))
 # BN-x5 hits exactly 0.9 at 200 (so `>` instead of `>=` would give 300); BN-x30 passes it at
 # 300 and diverges at 450; BN-x5-Sigmoid peaks at 0.85, never reaching 0.9.
 CURVES = {
-    "inception": [0.1, 0.3, 0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.88, 0.9, 0.895],
-    "bn_baseline": [0.1, 0.5, 0.7, 0.8, 0.85, 0.89, 0.91, 0.915, 0.91, 0.92, 0.92],
-    "bn_x5": [0.1, 0.8, 0.9, 0.92, 0.93, 0.94, 0.94, 0.95, 0.945, 0.94, 0.95],
-    "bn_x30": [0.1, 0.7, 0.85, 0.91, 0.93],
-    "bn_x5_sigmoid": [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.75, 0.8, 0.84, 0.85],
+  "inception": [0.1, 0.3, 0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.88, 0.9, 0.895],
+  "bn_baseline": [0.1, 0.5, 0.7, 0.8, 0.85, 0.89, 0.91, 0.915, 0.91, 0.92, 0.92],
+  "bn_x5": [0.1, 0.8, 0.9, 0.92, 0.93, 0.94, 0.94, 0.95, 0.945, 0.94, 0.95],
+  "bn_x30": [0.1, 0.7, 0.85, 0.91, 0.93],
+  "bn_x5_sigmoid": [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.75, 0.8, 0.84, 0.85],
 }
 TOP5 = 0.99  # top-5 at every eval step but the max's
-TOP5_AT_MAX = {"inception": 0.98, "bn_baseline": 0.985, "bn_x5": 0.995, "bn_x30": 0.97,
-               "bn_x5_sigmoid": 0.96}
+TOP5_AT_MAX = {
+  "inception": 0.98,
+  "bn_baseline": 0.985,
+  "bn_x5": 0.995,
+  "bn_x30": 0.97,
+  "bn_x5_sigmoid": 0.96,
+}
 DIVERGED = {"bn_x30": 450}
 
 # By hand: steps to 0.9, speed-up 900 / steps, max accuracy and its first step.
 EXPECTED = {
-    "inception": ("900", 1.0, 0.9, 900),
-    "bn_baseline": ("600", 1.5, 0.92, 900),
-    "bn_x5": ("200", 4.5, 0.95, 700),
-    "bn_x30": ("300", 3.0, 0.93, 400),
-    "bn_x5_sigmoid": ("never", None, 0.85, 1000),
+  "inception": ("900", 1.0, 0.9, 900),
+  "bn_baseline": ("600", 1.5, 0.92, 900),
+  "bn_x5": ("200", 4.5, 0.95, 700),
+  "bn_x30": ("300", 3.0, 0.93, 400),
+  "bn_x5_sigmoid": ("never", None, 0.85, 1000),
 }
-PAPER = {"inception": ("31.0", 0.722, 1.0), "bn_baseline": ("13.3", 0.727, 31.0 / 13.3),
-         "bn_x5": ("2.1", 0.73, 31.0 / 2.1), "bn_x30": ("2.7", 0.748, 31.0 / 2.7),
-         "bn_x5_sigmoid": ("never", 0.698, None)}
+PAPER = {
+  "inception": ("31.0", 0.722, 1.0),
+  "bn_baseline": ("13.3", 0.727, 31.0 / 13.3),
+  "bn_x5": ("2.1", 0.73, 31.0 / 2.1),
+  "bn_x30": ("2.7", 0.748, 31.0 / 2.7),
+  "bn_x5_sigmoid": ("never", 0.698, None),
+}
 
 
 def _variant(point: sw.ResolvedPoint) -> str:
@@ -55,26 +64,44 @@ def report(tmp_path_factory):
   points = sw.resolve(sweep, sweep_dir, str(workdir), {}, cwd=str(REPO), label=SPEC)
   assert sorted(map(_variant, points)) == sorted(CURVES)
   record = sw._sweep_record(  # pylint: disable=protected-access
-      SPEC, sweep, str(workdir), {}, points, str(REPO))
+    SPEC, sweep, str(workdir), {}, points, str(REPO)
+  )
   (workdir / "sweep.json").write_text(json.dumps(record))
   for point in points:
     v = _variant(point)
     d = pathlib.Path(point.workdir)
     d.mkdir()
     (d / "config.json").write_text(json.dumps(point.resolved))
-    status = ({"status": "diverged", "step": DIVERGED[v]} if v in DIVERGED
-              else {"status": "done", "step": STEPS[-1]})
+    status = (
+      {"status": "diverged", "step": DIVERGED[v]}
+      if v in DIVERGED
+      else {"status": "done", "step": STEPS[-1]}
+    )
     (d / "status.json").write_text(json.dumps(status))
     best = EXPECTED[v][3]
     with open(d / "metrics.jsonl", "w") as f:
       for step, acc in zip(STEPS, CURVES[v]):
         f.write(json.dumps({"step": step, "train/loss": 2.0 - acc}) + "\n")
-        f.write(json.dumps({"step": step, "eval/accuracy": acc, "eval/loss": 1.0 - acc,
-                            "eval/top5": TOP5_AT_MAX[v] if step == best else TOP5}) + "\n")
+        f.write(
+          json.dumps(
+            {
+              "step": step,
+              "eval/accuracy": acc,
+              "eval/loss": 1.0 - acc,
+              "eval/top5": TOP5_AT_MAX[v] if step == best else TOP5,
+            }
+          )
+          + "\n"
+        )
   out = workdir / "report"
-  r = subprocess.run([sys.executable, "scripts/sweep_report.py", f"--sweep_dir={workdir}",
-                      f"--out_dir={out}"], cwd=REPO, capture_output=True, text=True,
-                     timeout=120, env=dict(os.environ))
+  r = subprocess.run(
+    [sys.executable, "scripts/sweep_report.py", f"--sweep_dir={workdir}", f"--out_dir={out}"],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=120,
+    env=dict(os.environ),
+  )
   assert r.returncode == 0, r.stderr
   return out
 
@@ -87,8 +114,13 @@ def test_figure2_is_a_png(report):
 def test_figure3_csv_has_the_hand_computed_numbers(report):
   rows = list(csv.DictReader(open(report / "figure3.csv")))
   assert [r["variant"] for r in rows] == list(CURVES)  # the paper's order
-  assert [r["model"] for r in rows] == ["Inception", "BN-Baseline", "BN-x5", "BN-x30",
-                                        "BN-x5-Sigmoid"]
+  assert [r["model"] for r in rows] == [
+    "Inception",
+    "BN-Baseline",
+    "BN-x5",
+    "BN-x30",
+    "BN-x5-Sigmoid",
+  ]
   for r in rows:
     v = r["variant"]
     steps, speedup, max_acc, max_step = EXPECTED[v]
@@ -121,7 +153,8 @@ def test_report_has_the_figure3_table_and_claims(report):
   assert "BN-Baseline: 600 steps (0.67 of Inception's; 1.50× fewer)" in text
   assert "BN-x5-Sigmoid: never (max 0.8500)" in text
   assert "= 8.5× chance (1/10 = 0.1000): learns" in text
-  assert "BN-x30 (`config=inception_small_bn_x30`) at step 450, last eval 0.9300 at step 400" \
-      in text
+  assert (
+    "BN-x30 (`config=inception_small_bn_x30`) at step 450, last eval 0.9300 at step 400" in text
+  )
   # MNIST-only parts stay out.
   assert not (report / "figure1.png").exists() and not (report / "lr_sensitivity.png").exists()

@@ -5,10 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bn_repro import data
-from bn_repro import models
-from bn_repro import parallel
-from bn_repro import train
+from bn_repro import data, models, parallel, train
 from configs import mnist_mlp
 
 
@@ -44,8 +41,9 @@ def synthetic(n: int, seed: int) -> data.ArrayDataset:
 
 
 def make_trainer(config, num_devices, train_n=64, eval_n=37):
-  return train.Trainer(config, synthetic(train_n, 0), synthetic(eval_n, 1),
-                       parallel.devices(num_devices))
+  return train.Trainer(
+    config, synthetic(train_n, 0), synthetic(eval_n, 1), parallel.devices(num_devices)
+  )
 
 
 def run_steps(config, num_devices, steps=3):
@@ -133,13 +131,15 @@ def test_probe_is_the_last_hidden_layers_pre_nonlinearity():
     pre = h @ np.asarray(p[name]["kernel"]) + np.asarray(p[name]["bias"])
     h = 1 / (1 + np.exp(-pre))
   want = np.percentile(pre[:, 3], train.PERCENTILES)
-  np.testing.assert_allclose([got["probe/p15"], got["probe/p50"], got["probe/p85"]], want,
-                             rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(
+    [got["probe/p15"], got["probe/p50"], got["probe/p85"]], want, rtol=1e-4, atol=1e-5
+  )
 
 
 def test_population_average_mode_recomputes_algorithm_2():
-  config = tiny_config(**{"bn.population": "average", "bn.population_batches": 5,
-                          "bn.unbiased": True})
+  config = tiny_config(
+    **{"bn.population": "average", "bn.population_batches": 5, "bn.unbiased": True}
+  )
   trainer, state, _ = run_steps(config, 2, steps=2)
   state = trainer.recompute_population(state)
   host = parallel.unreplicate(state)
@@ -165,8 +165,7 @@ def test_bfloat16_compute_float32_params_and_statistics():
 
 def test_model_builds_without_bias_when_bn_is_on():
   with_bn = models.build(tiny_config(), axis_name=None, dtype=jnp.float32)
-  without = models.build(tiny_config(**{"model.use_bn": False}), axis_name=None,
-                         dtype=jnp.float32)
+  without = models.build(tiny_config(**{"model.use_bn": False}), axis_name=None, dtype=jnp.float32)
   x = jnp.zeros((2, 28, 28, 1))
   p_bn = with_bn.init(jax.random.PRNGKey(0), x)["params"]
   p_no = without.init(jax.random.PRNGKey(0), x)["params"]

@@ -20,9 +20,11 @@ _FIELD = "config.data.idx_dir"
 
 def _invalid(path: str, reason: str) -> UserError:
   return UserError(
-      f"{path} is not a valid IDX file ({reason}); replace it with the"
-      " original file or point config.data.idx_dir at a directory that has"
-      " one.", field=_FIELD)
+    f"{path} is not a valid IDX file ({reason}); replace it with the"
+    " original file or point config.data.idx_dir at a directory that has"
+    " one.",
+    field=_FIELD,
+  )
 
 
 def _read_bytes(path: str) -> bytes:
@@ -52,30 +54,27 @@ def read_idx(path: str, magic: int) -> np.ndarray:
   expected = header_size + int(np.prod(shape, dtype=np.int64))
   if len(raw) != expected:
     what = "truncated" if len(raw) < expected else "trailing bytes"
-    raise _invalid(
-        path, f"{what}: {len(raw)} bytes but the header {shape} needs"
-        f" {expected}")
+    raise _invalid(path, f"{what}: {len(raw)} bytes but the header {shape} needs {expected}")
   return np.frombuffer(raw, np.uint8, offset=header_size).reshape(shape)
 
 
 def read_image_label_pair(
-    images_path: str, labels_path: str, image_shape: tuple[int, int, int],
-    num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+  images_path: str, labels_path: str, image_shape: tuple[int, int, int], num_classes: int
+) -> tuple[np.ndarray, np.ndarray]:
   """Reads matching image/label IDX files as uint8 [N, H, W, C], int32 [N]."""
   images = read_idx(images_path, IMAGES_MAGIC)
   labels = read_idx(labels_path, LABELS_MAGIC)
   height, width, channels = image_shape
   if images.shape[1:] != (height, width):
     raise _invalid(
-        images_path, f"images are {images.shape[1]}x{images.shape[2]},"
-        f" expected {height}x{width}")
+      images_path, f"images are {images.shape[1]}x{images.shape[2]}, expected {height}x{width}"
+    )
   if len(images) != len(labels):
     raise _invalid(
-        labels_path, f"{len(labels)} labels but {os.path.basename(images_path)}"
-        f" has {len(images)} images")
+      labels_path,
+      f"{len(labels)} labels but {os.path.basename(images_path)} has {len(images)} images",
+    )
   if len(labels) and int(labels.max()) >= num_classes:
-    raise _invalid(
-        labels_path,
-        f"label {int(labels.max())} is outside 0..{num_classes - 1}")
+    raise _invalid(labels_path, f"label {int(labels.max())} is outside 0..{num_classes - 1}")
   images = images.reshape(len(images), height, width, channels)
   return images, labels.astype(np.int32)

@@ -31,15 +31,15 @@ import concurrent.futures
 import dataclasses
 import math
 import os
-from typing import Any, Callable, Iterator, Sequence
 import weakref
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import ml_collections
 import numpy as np
 from PIL import Image
 
-from bn_repro.data import mnist
-from bn_repro.data import splits
+from bn_repro.data import mnist, splits
 from bn_repro.errors import UserError
 
 MIN_AREA = 0.08  # Random-sized crop: fraction of the image area.
@@ -60,9 +60,11 @@ class StreamSpec:
 
 
 STREAMING_DATASETS: dict[str, StreamSpec] = {
-    "imagenet2012": StreamSpec(
-        num_classes=1000, split_names=("train", "validation"),
-        manual_files=("ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar")),
+  "imagenet2012": StreamSpec(
+    num_classes=1000,
+    split_names=("train", "validation"),
+    manual_files=("ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar"),
+  ),
 }
 
 
@@ -79,8 +81,7 @@ def _rgb(image: np.ndarray) -> np.ndarray:
   return image[..., :3]
 
 
-def random_crop_box(height: int, width: int,
-                    rng: np.random.Generator) -> tuple[int, int, int, int]:
+def random_crop_box(height: int, width: int, rng: np.random.Generator) -> tuple[int, int, int, int]:
   """(left, top, width, height) of an Inception-style random-sized crop.
 
   Area fraction uniform in [MIN_AREA, 1], aspect ratio log-uniform in
@@ -105,8 +106,7 @@ def random_crop_box(height: int, width: int,
   return (width - w) // 2, (height - h) // 2, w, h
 
 
-def photometric(image: np.ndarray, factors: Sequence[float],
-                order: Sequence[int]) -> np.ndarray:
+def photometric(image: np.ndarray, factors: Sequence[float], order: Sequence[int]) -> np.ndarray:
   """Brightness, contrast and saturation (factors[0..2]) in the given order.
 
   Each blends with black, the mean gray level or the per-pixel gray level as
@@ -128,8 +128,9 @@ def photometric(image: np.ndarray, factors: Sequence[float],
   return x.astype(np.uint8)
 
 
-def train_transform(image: np.ndarray, rng: np.random.Generator, size: int,
-                    distortion: float) -> np.ndarray:
+def train_transform(
+  image: np.ndarray, rng: np.random.Generator, size: int, distortion: float
+) -> np.ndarray:
   """uint8 [size, size, 3]: random-sized crop, resize, flip, distortion.
 
   The crop and flip draw from `rng` before the distortion does, so they do not
@@ -141,8 +142,9 @@ def train_transform(image: np.ndarray, rng: np.random.Generator, size: int,
   spread = MAX_JITTER * distortion
   factors = rng.uniform(1.0 - spread, 1.0 + spread, size=3)
   order = rng.permutation(3)
-  out = Image.fromarray(image[top:top + h, left:left + w]).resize(
-      (size, size), Image.Resampling.BILINEAR)
+  out = Image.fromarray(image[top : top + h, left : left + w]).resize(
+    (size, size), Image.Resampling.BILINEAR
+  )
   if flip:
     out = out.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
   out = np.asarray(out)
@@ -165,21 +167,23 @@ def eval_transform(image: np.ndarray, size: int) -> np.ndarray:
   top, left = (resized_h - size) // 2, (resized_w - size) // 2
   sy, sx = height / resized_h, width / resized_w
   box = (left * sx, top * sy, (left + size) * sx, (top + size) * sy)
-  return np.asarray(Image.fromarray(image).resize(
-      (size, size), Image.Resampling.BILINEAR, box=box))
+  return np.asarray(Image.fromarray(image).resize((size, size), Image.Resampling.BILINEAR, box=box))
 
 
 # Batching in a thread pool.
 
 
-def _fill(images: np.ndarray, labels: np.ndarray, i: int,
-          make_example: Callable[[Any], tuple[np.ndarray, int]],
-          arg: Any) -> None:
+def _fill(
+  images: np.ndarray,
+  labels: np.ndarray,
+  i: int,
+  make_example: Callable[[Any], tuple[np.ndarray, int]],
+  arg: Any,
+) -> None:
   images[i], labels[i] = make_example(arg)
 
 
-def _shut_down(pool: concurrent.futures.ThreadPoolExecutor,
-               pending: collections.deque) -> None:
+def _shut_down(pool: concurrent.futures.ThreadPoolExecutor, pending: collections.deque) -> None:
   """Cancels the pending batches' work not yet started; joins the threads."""
   for _, _, _, futures in pending:
     for future in futures:
@@ -196,10 +200,16 @@ class BatchIterator:
   context manager) to stop its threads; dropping it closes it too.
   """
 
-  def __init__(self, plans: Iterator[tuple[list[Any], np.ndarray]],
-               make_example: Callable[[Any], tuple[np.ndarray, int]],
-               image_size: int, *, workers: int, prefetch: int,
-               with_mask: bool):
+  def __init__(
+    self,
+    plans: Iterator[tuple[list[Any], np.ndarray]],
+    make_example: Callable[[Any], tuple[np.ndarray, int]],
+    image_size: int,
+    *,
+    workers: int,
+    prefetch: int,
+    with_mask: bool,
+  ):
     self._plans = plans
     self._make_example = make_example
     self._image_size = image_size
@@ -208,11 +218,9 @@ class BatchIterator:
     self._pending = collections.deque()
     self._exhausted = False
     self._closed = False
-    self._pool = concurrent.futures.ThreadPoolExecutor(
-        workers, thread_name_prefix="bn_repro_input")
+    self._pool = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="bn_repro_input")
     # Runs on close(), when collected, or at exit, whichever is first.
-    self._finalizer = weakref.finalize(self, _shut_down, self._pool,
-                                       self._pending)
+    self._finalizer = weakref.finalize(self, _shut_down, self._pool, self._pending)
 
   def _top_up(self, target: int) -> None:
     """Submits plans until `target` batches are pending."""
@@ -225,9 +233,11 @@ class BatchIterator:
       size = self._image_size
       images = np.zeros((len(args), size, size, 3), np.uint8)
       labels = np.zeros((len(args),), np.int32)
-      futures = [self._pool.submit(_fill, images, labels, i,
-                                   self._make_example, arg)
-                 for i, arg in enumerate(args) if arg is not None]
+      futures = [
+        self._pool.submit(_fill, images, labels, i, self._make_example, arg)
+        for i, arg in enumerate(args)
+        if arg is not None
+      ]
       self._pending.append((images, labels, mask, futures))
 
   def __iter__(self) -> "BatchIterator":
@@ -269,23 +279,28 @@ def _ensure_prepared(builder: Any, spec: StreamSpec) -> None:
   root = os.fspath(builder.data_dir_root)
   if builder.is_prepared():
     mnist.check_array_record(
-        builder, f"prepare it again with `tfds build {builder.name} --data_dir={root} "
-        "--file_format=array_record`.", "config.data.tfds_data_dir")
+      builder,
+      f"prepare it again with `tfds build {builder.name} --data_dir={root} "
+      "--file_format=array_record`.",
+      "config.data.tfds_data_dir",
+    )
     return
   manual = os.path.join(root, "downloads", "manual")
   raise UserError(
-      f"tfds dataset {builder.name} is not prepared in {root}; set"
-      f" config.data.tfds_data_dir to the data_dir where it is, or put"
-      f" {' and '.join(spec.manual_files)} in {manual}/ and prepare it once"
-      " with TensorFlow (pip install 'bn_repro[prepare]'):"
-      f" `tfds build {builder.name} --data_dir={root}"
-      " --file_format=array_record`.", field="config.data.tfds_data_dir")
+    f"tfds dataset {builder.name} is not prepared in {root}; set"
+    f" config.data.tfds_data_dir to the data_dir where it is, or put"
+    f" {' and '.join(spec.manual_files)} in {manual}/ and prepare it once"
+    " with TensorFlow (pip install 'bn_repro[prepare]'):"
+    f" `tfds build {builder.name} --data_dir={root}"
+    " --file_format=array_record`.",
+    field="config.data.tfds_data_dir",
+  )
 
 
-def _open_split(name: str, data_dir: str, split: str,
-                spec: StreamSpec) -> Any:
+def _open_split(name: str, data_dir: str, split: str, spec: StreamSpec) -> Any:
   """tfds data source (random access, decoded records) of base split `split`."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+
   builder = tfds.builder(name, data_dir=data_dir or None)
   if not mnist._tfds_mocked():  # pylint: disable=protected-access
     _ensure_prepared(builder, spec)
@@ -300,10 +315,21 @@ class StreamingImages:
   gives the single-host batch exactly.
   """
 
-  def __init__(self, data_cfg: ml_collections.ConfigDict, *, split: str,
-               global_batch: int, image_size: int, train: bool, seed: int,
-               distortion: float, process_index: int = 0,
-               process_count: int = 1, prefetch: int = 2, workers: int = 4):
+  def __init__(
+    self,
+    data_cfg: ml_collections.ConfigDict,
+    *,
+    split: str,
+    global_batch: int,
+    image_size: int,
+    train: bool,
+    seed: int,
+    distortion: float,
+    process_index: int = 0,
+    process_count: int = 1,
+    prefetch: int = 2,
+    workers: int = 4,
+  ):
     """Opens `split` (tfds split syntax) of data_cfg.name; reads nothing yet.
 
     `train` selects the augmentation of `batches()`: the random one, or the
@@ -313,30 +339,35 @@ class StreamingImages:
     spec = STREAMING_DATASETS.get(data_cfg.name)
     if spec is None:
       raise UserError(
-          f"{data_cfg.name!r} is not a streamed dataset; use one of"
-          f" {', '.join(STREAMING_DATASETS)}.", field="config.data.name")
+        f"{data_cfg.name!r} is not a streamed dataset; use one of {', '.join(STREAMING_DATASETS)}.",
+        field="config.data.name",
+      )
     if data_cfg.source != "tfds":
       raise UserError(
-          f"{data_cfg.name} is read from tfds only, not {data_cfg.source!r};"
-          " set --config.data.source=tfds.", field="config.data.source")
+        f"{data_cfg.name} is read from tfds only, not {data_cfg.source!r};"
+        " set --config.data.source=tfds.",
+        field="config.data.source",
+      )
     if not 0 <= process_index < process_count:
-      raise ValueError(f"process_index {process_index} not in"
-                       f" [0, {process_count})")
+      raise ValueError(f"process_index {process_index} not in [0, {process_count})")
     if global_batch <= 0 or global_batch % process_count:
       raise UserError(
-          f"global batch {global_batch} must be a positive multiple of the"
-          f" {process_count} processes; change the batch size.",
-          field="config.batch_size")
+        f"global batch {global_batch} must be a positive multiple of the"
+        f" {process_count} processes; change the batch size.",
+        field="config.batch_size",
+      )
     if image_size <= 0:
-      raise UserError(f"image_size must be positive, got {image_size}; use"
-                      " e.g. 224.", field="config.data.image_size")
+      raise UserError(
+        f"image_size must be positive, got {image_size}; use e.g. 224.",
+        field="config.data.image_size",
+      )
     if not 0.0 <= distortion <= 1.0:
-      raise UserError(f"distortion must be in [0, 1], got {distortion}; use"
-                      " 1.0 (baseline) or 0.25 (BN-x5).",
-                      field="config.data.distortion")
+      raise UserError(
+        f"distortion must be in [0, 1], got {distortion}; use 1.0 (baseline) or 0.25 (BN-x5).",
+        field="config.data.distortion",
+      )
     if prefetch < 0 or workers < 1:
-      raise ValueError(f"need prefetch >= 0 and workers >= 1, got {prefetch}"
-                       f" and {workers}")
+      raise ValueError(f"need prefetch >= 0 and workers >= 1, got {prefetch} and {workers}")
     self.num_classes = spec.num_classes
     self.global_batch = global_batch
     self.local_batch = global_batch // process_count
@@ -348,23 +379,26 @@ class StreamingImages:
     self.process_count = process_count
     self.prefetch = prefetch
     self.workers = workers
-    fields = {"config.data.train_split": data_cfg.get("train_split"),
-              "config.data.eval_split": data_cfg.get("eval_split")}
-    field = next((f for f, text in fields.items() if text == split),
-                 "config.data.train_split" if train else
-                 "config.data.eval_split")
+    fields = {
+      "config.data.train_split": data_cfg.get("train_split"),
+      "config.data.eval_split": data_cfg.get("eval_split"),
+    }
+    field = next(
+      (f for f, text in fields.items() if text == split),
+      "config.data.train_split" if train else "config.data.eval_split",
+    )
     parsed = splits.parse_split(split, field, spec.split_names)
-    self._source = _open_split(data_cfg.name, data_cfg.tfds_data_dir,
-                               parsed.name, spec)
+    self._source = _open_split(data_cfg.name, data_cfg.tfds_data_dir, parsed.name, spec)
     base_len = len(self._source)
     self._start, self._stop = parsed.resolve(base_len)
     if split in fields.values() and None not in fields.values():
       train_split, eval_split = (
-          splits.parse_split(text, f, spec.split_names)
-          for f, text in fields.items())
+        splits.parse_split(text, f, spec.split_names) for f, text in fields.items()
+      )
       if train_split.name == eval_split.name == parsed.name:
-        splits.check_disjoint(train_split, train_split.resolve(base_len),
-                              eval_split, eval_split.resolve(base_len))
+        splits.check_disjoint(
+          train_split, train_split.resolve(base_len), eval_split, eval_split.resolve(base_len)
+        )
 
   def __len__(self) -> int:
     """Number of examples in the split."""
@@ -380,15 +414,13 @@ class StreamingImages:
     if not self.train:
       return eval_transform(image, self.image_size), label
     rng = np.random.default_rng([self.seed, step, j])
-    return train_transform(image, rng, self.image_size,
-                           self.distortion), label
+    return train_transform(image, rng, self.image_size, self.distortion), label
 
   def _eval_example(self, key: int) -> tuple[np.ndarray, int]:
     image, label = self._read(key)
     return eval_transform(image, self.image_size), label
 
-  def _train_plans(
-      self, start_step: int) -> Iterator[tuple[list[Any], np.ndarray]]:
+  def _train_plans(self, start_step: int) -> Iterator[tuple[list[Any], np.ndarray]]:
     n, batch = len(self), self.global_batch
     lo = self.process_index * self.local_batch
     chunk = max(1, -(-n // batch))  # About one epoch of steps per call.
@@ -396,7 +428,7 @@ class StreamingImages:
     step = start_step
     while True:
       rows = mnist.train_batch_indices(n, batch, self.seed, step, chunk)
-      for row in rows[:, lo:lo + self.local_batch]:
+      for row in rows[:, lo : lo + self.local_batch]:
         yield [(key, step, lo + j) for j, key in enumerate(row)], mask
         step += 1
 
@@ -407,18 +439,21 @@ class StreamingImages:
     """
     if start_step < 0:
       raise UserError(f"start_step must be >= 0, got {start_step}.")
-    return BatchIterator(self._train_plans(start_step), self._train_example,
-                         self.image_size, workers=self.workers,
-                         prefetch=self.prefetch, with_mask=False)
+    return BatchIterator(
+      self._train_plans(start_step),
+      self._train_example,
+      self.image_size,
+      workers=self.workers,
+      prefetch=self.prefetch,
+      with_mask=False,
+    )
 
-  def _eval_plans(
-      self, batch_size: int) -> Iterator[tuple[list[Any], np.ndarray]]:
+  def _eval_plans(self, batch_size: int) -> Iterator[tuple[list[Any], np.ndarray]]:
     n, local = len(self), batch_size // self.process_count
     for begin in range(0, n, batch_size):
       lo = begin + self.process_index * local
       keys = np.arange(lo, lo + local)
-      yield ([int(k) if k < n else None for k in keys],
-             (keys < n).astype(np.float32))
+      yield ([int(k) if k < n else None for k in keys], (keys < n).astype(np.float32))
 
   def eval_batches(self, batch_size: int) -> BatchIterator:
     """(images, labels, mask) covering the split once, padded with mask 0.
@@ -429,9 +464,15 @@ class StreamingImages:
     """
     if batch_size <= 0 or batch_size % self.process_count:
       raise UserError(
-          f"eval batch {batch_size} must be a positive multiple of the"
-          f" {self.process_count} processes; change the eval batch size.",
-          field="config.eval_batch_size")
-    return BatchIterator(self._eval_plans(batch_size), self._eval_example,
-                         self.image_size, workers=self.workers,
-                         prefetch=self.prefetch, with_mask=True)
+        f"eval batch {batch_size} must be a positive multiple of the"
+        f" {self.process_count} processes; change the eval batch size.",
+        field="config.eval_batch_size",
+      )
+    return BatchIterator(
+      self._eval_plans(batch_size),
+      self._eval_example,
+      self.image_size,
+      workers=self.workers,
+      prefetch=self.prefetch,
+      with_mask=True,
+    )

@@ -10,13 +10,13 @@ import importlib.util
 import os
 import socket
 import threading
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import ml_collections
 import numpy as np
 
-from bn_repro.data import idx
-from bn_repro.data import splits
+from bn_repro.data import idx, splits
 from bn_repro.errors import UserError
 
 _READ_CHUNK = 4096
@@ -34,16 +34,20 @@ class DatasetSpec:
 
 
 DATASETS: dict[str, DatasetSpec] = {
-    "mnist": DatasetSpec(
-        image_shape=(28, 28, 1), num_classes=10,
-        split_names=("train", "test"),
-        idx_prefixes={"train": "train", "test": "t10k"},
-        download_host="storage.googleapis.com"),
-    "cifar10": DatasetSpec(
-        image_shape=(32, 32, 3), num_classes=10,
-        split_names=("train", "test"),
-        idx_prefixes={},
-        download_host="www.cs.toronto.edu"),
+  "mnist": DatasetSpec(
+    image_shape=(28, 28, 1),
+    num_classes=10,
+    split_names=("train", "test"),
+    idx_prefixes={"train": "train", "test": "t10k"},
+    download_host="storage.googleapis.com",
+  ),
+  "cifar10": DatasetSpec(
+    image_shape=(32, 32, 3),
+    num_classes=10,
+    split_names=("train", "test"),
+    idx_prefixes={},
+    download_host="www.cs.toronto.edu",
+  ),
 }
 
 
@@ -56,33 +60,30 @@ class ArrayDataset:
 
   def __post_init__(self):
     if len(self.images) != len(self.labels):
-      raise ValueError(
-          f"{len(self.images)} images but {len(self.labels)} labels")
+      raise ValueError(f"{len(self.images)} images but {len(self.labels)} labels")
 
   def __len__(self) -> int:
     return len(self.labels)
 
 
-def load_splits(
-    data: ml_collections.ConfigDict) -> tuple[ArrayDataset, ArrayDataset]:
+def load_splits(data: ml_collections.ConfigDict) -> tuple[ArrayDataset, ArrayDataset]:
   """(train, eval) for data.name from data.source."""
   spec = DATASETS.get(data.name)
   if spec is None:
     raise UserError(
-        f"unknown dataset {data.name!r}; use one of {', '.join(DATASETS)}.",
-        field="config.data.name")
+      f"unknown dataset {data.name!r}; use one of {', '.join(DATASETS)}.", field="config.data.name"
+    )
   if data.source not in ("tfds", "idx"):
     raise UserError(
-        f"unknown source {data.source!r}; use 'tfds' or 'idx'.",
-        field="config.data.source")
+      f"unknown source {data.source!r}; use 'tfds' or 'idx'.", field="config.data.source"
+    )
   if data.source == "idx" and not spec.idx_prefixes:
     raise UserError(
-        f"dataset {data.name!r} has no IDX files; set"
-        " --config.data.source=tfds.", field="config.data.source")
-  train = splits.parse_split(
-      data.train_split, "config.data.train_split", spec.split_names)
-  eval_ = splits.parse_split(
-      data.eval_split, "config.data.eval_split", spec.split_names)
+      f"dataset {data.name!r} has no IDX files; set --config.data.source=tfds.",
+      field="config.data.source",
+    )
+  train = splits.parse_split(data.train_split, "config.data.train_split", spec.split_names)
+  eval_ = splits.parse_split(data.eval_split, "config.data.eval_split", spec.split_names)
   names = tuple(dict.fromkeys((train.name, eval_.name)))
   if data.source == "idx":
     bases = {n: _load_idx_base(data.idx_dir, n, spec) for n in names}
@@ -91,8 +92,7 @@ def load_splits(
   train_range = train.resolve(len(bases[train.name]))
   eval_range = eval_.resolve(len(bases[eval_.name]))
   splits.check_disjoint(train, train_range, eval_, eval_range)
-  return (_take(bases[train.name], train_range, spec),
-          _take(bases[eval_.name], eval_range, spec))
+  return (_take(bases[train.name], train_range, spec), _take(bases[eval_.name], eval_range, spec))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,8 +106,9 @@ class _TfdsSplit:
     return len(self.source)
 
 
-def _take(base: ArrayDataset | _TfdsSplit, bounds: tuple[int, int],
-          spec: DatasetSpec) -> ArrayDataset:
+def _take(
+  base: ArrayDataset | _TfdsSplit, bounds: tuple[int, int], spec: DatasetSpec
+) -> ArrayDataset:
   """Examples [start, stop) of a base split, as arrays."""
   start, stop = bounds
   if isinstance(base, ArrayDataset):
@@ -134,48 +135,49 @@ def _idx_file(directory: str, name: str) -> str | None:
   return None
 
 
-def _load_idx_base(directory: str, split: str,
-                   spec: DatasetSpec) -> ArrayDataset:
+def _load_idx_base(directory: str, split: str, spec: DatasetSpec) -> ArrayDataset:
   """Whole base split `split` from the IDX files in `directory`."""
   prefix = spec.idx_prefixes.get(split)
   if prefix is None:
     raise UserError(
-        f"split {split!r} has no IDX files; set --config.data.source=tfds.",
-        field="config.data.source")
+      f"split {split!r} has no IDX files; set --config.data.source=tfds.",
+      field="config.data.source",
+    )
   names = (f"{prefix}-images-idx3-ubyte", f"{prefix}-labels-idx1-ubyte")
   wanted = " and ".join(f"{n}[.gz]" for n in names)
   if not directory:
     raise UserError(
-        f"no IDX directory given; set it to a directory holding {wanted}.",
-        field="config.data.idx_dir")
+      f"no IDX directory given; set it to a directory holding {wanted}.",
+      field="config.data.idx_dir",
+    )
   if not os.path.isdir(directory):
     raise UserError(
-        f"directory {directory!r} does not exist; set it to a directory"
-        f" holding {wanted}.", field="config.data.idx_dir")
+      f"directory {directory!r} does not exist; set it to a directory holding {wanted}.",
+      field="config.data.idx_dir",
+    )
   paths = [_idx_file(directory, n) for n in names]
   if None in paths:
     raise UserError(
-        f"{directory!r} lacks the files for split {split!r}; it needs"
-        f" {wanted}.", field="config.data.idx_dir")
-  images, labels = idx.read_image_label_pair(
-      paths[0], paths[1], spec.image_shape, spec.num_classes)
+      f"{directory!r} lacks the files for split {split!r}; it needs {wanted}.",
+      field="config.data.idx_dir",
+    )
+  images, labels = idx.read_image_label_pair(paths[0], paths[1], spec.image_shape, spec.num_classes)
   return ArrayDataset(images, labels)
 
 
 def _tfds_mocked() -> bool:
   """Whether `tfds.testing.mock_data` is active (its data is never prepared)."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+
   method = tfds.core.DatasetBuilder.download_and_prepare
-  return getattr(method, "__module__", "").startswith(
-      "tensorflow_datasets.testing")
+  return getattr(method, "__module__", "").startswith("tensorflow_datasets.testing")
 
 
 def _tensorflow_available() -> bool:
   return importlib.util.find_spec("tensorflow") is not None
 
 
-def _network_reachable(host: str, port: int = 443,
-                       timeout: float = 3.0) -> bool:
+def _network_reachable(host: str, port: int = 443, timeout: float = 3.0) -> bool:
   """Whether `host:port` accepts a TCP connection within about `timeout` s."""
   result = []
 
@@ -197,62 +199,74 @@ def check_array_record(builder: Any, fix: str, field: str) -> None:
   file_format = builder.info.file_format
   if file_format is not None and file_format.value != "array_record":
     raise UserError(
-        f"{builder.name} in {builder.data_dir} is prepared as {file_format.value}, which tfds "
-        f"cannot read without TensorFlow; {fix}", field=field)
+      f"{builder.name} in {builder.data_dir} is prepared as {file_format.value}, which tfds "
+      f"cannot read without TensorFlow; {fix}",
+      field=field,
+    )
 
 
 def _ensure_prepared(builder: Any, spec: DatasetSpec) -> None:
   """Prepares `builder` if it can do so; raises `UserError` rather than hang."""
   if builder.is_prepared():
     check_array_record(
-        builder, "prepare it with file_format='array_record'" +
-        (" or set --config.data.source=idx." if spec.idx_prefixes else "."),
-        "config.data.source")
+      builder,
+      "prepare it with file_format='array_record'"
+      + (" or set --config.data.source=idx." if spec.idx_prefixes else "."),
+      "config.data.source",
+    )
     return
   if not _tensorflow_available():
     reason = "preparing it needs TensorFlow (pip install 'bn_repro[prepare]')"
   elif not _network_reachable(spec.download_host):
-    reason = (f"preparing it needs a network ({spec.download_host} is"
-              " unreachable)")
+    reason = f"preparing it needs a network ({spec.download_host} is unreachable)"
   else:
     builder.download_and_prepare(file_format="array_record")
     return
   raise UserError(
-      f"tfds dataset {builder.name} is not prepared in {builder.data_dir} and"
-      f" {reason}; prepare it on a machine with TensorFlow and a network"
-      + (", or set --config.data.source=idx --config.data.idx_dir=<dir of IDX"
-         " files>." if spec.idx_prefixes else
-         " and set --config.data.tfds_data_dir to its data_dir."),
-      field="config.data.source")
+    f"tfds dataset {builder.name} is not prepared in {builder.data_dir} and"
+    f" {reason}; prepare it on a machine with TensorFlow and a network"
+    + (
+      ", or set --config.data.source=idx --config.data.idx_dir=<dir of IDX files>."
+      if spec.idx_prefixes
+      else " and set --config.data.tfds_data_dir to its data_dir."
+    ),
+    field="config.data.source",
+  )
 
 
-def _tfds_sources(name: str, data_dir: str, split_names: tuple[str, ...],
-                  spec: DatasetSpec) -> dict[str, _TfdsSplit]:
+def _tfds_sources(
+  name: str, data_dir: str, split_names: tuple[str, ...], spec: DatasetSpec
+) -> dict[str, _TfdsSplit]:
   """Base splits of a prepared (ArrayRecord) tfds dataset, not yet read."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+
   builder = tfds.builder(name, data_dir=data_dir or None)
   mocked = _tfds_mocked()
   if not mocked:
     _ensure_prepared(builder, spec)
-  return {split: _TfdsSplit(builder.as_data_source(split=split), not mocked)
-          for split in split_names}
+  return {
+    split: _TfdsSplit(builder.as_data_source(split=split), not mocked) for split in split_names
+  }
 
 
-def train_batch_indices(num_examples: int, batch_size: int, seed: int,
-                        start_step: int, num_steps: int) -> np.ndarray:
+def train_batch_indices(
+  num_examples: int, batch_size: int, seed: int, start_step: int, num_steps: int
+) -> np.ndarray:
   """int32 [num_steps, batch_size]: example indices for steps from start_step.
 
   The stream concatenates per-epoch permutations (epoch e: default_rng([seed,
   e])), so no example is dropped and each step depends only on (seed, step).
   """
   if not 0 < num_examples < 2**31:
-    raise UserError(f"num_examples must be in 1..2**31-1, got {num_examples};"
-                    " use a non-empty training split.")
+    raise UserError(
+      f"num_examples must be in 1..2**31-1, got {num_examples}; use a non-empty training split."
+    )
   if batch_size <= 0 or start_step < 0 or num_steps < 0:
     raise UserError(
-        f"need batch_size > 0, start_step >= 0 and num_steps >= 0, got"
-        f" {batch_size}, {start_step}, {num_steps}; fix the batch size or"
-        " step counts.")
+      f"need batch_size > 0, start_step >= 0 and num_steps >= 0, got"
+      f" {batch_size}, {start_step}, {num_steps}; fix the batch size or"
+      " step counts."
+    )
   seed = int(seed) % 2**64
   begin = start_step * batch_size
   end = begin + num_steps * batch_size
@@ -261,26 +275,21 @@ def train_batch_indices(num_examples: int, batch_size: int, seed: int,
     lo = max(begin, epoch * num_examples)
     hi = min(end, (epoch + 1) * num_examples)
     perm = np.random.default_rng([seed, epoch]).permutation(num_examples)
-    out[lo - begin:hi - begin] = perm[lo - epoch * num_examples:
-                                      hi - epoch * num_examples]
+    out[lo - begin : hi - begin] = perm[lo - epoch * num_examples : hi - epoch * num_examples]
   return out.reshape(num_steps, batch_size)
 
 
-def pad_for_eval(ds: ArrayDataset,
-                 multiple: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def pad_for_eval(ds: ArrayDataset, multiple: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """(images, labels, mask): padded with zeros to a multiple of `multiple`.
 
   mask is float32, 1 for real examples and 0 for padding, so evaluation can
   see each example exactly once in fixed-size batches.
   """
   if multiple <= 0:
-    raise UserError(f"multiple must be positive, got {multiple}; use the eval"
-                    " batch size.")
+    raise UserError(f"multiple must be positive, got {multiple}; use the eval batch size.")
   n = len(ds)
   pad = -n % multiple
-  images = np.concatenate(
-      [ds.images, np.zeros((pad, *ds.images.shape[1:]), ds.images.dtype)])
+  images = np.concatenate([ds.images, np.zeros((pad, *ds.images.shape[1:]), ds.images.dtype)])
   labels = np.concatenate([ds.labels, np.zeros((pad,), ds.labels.dtype)])
-  mask = np.concatenate(
-      [np.ones((n,), np.float32), np.zeros((pad,), np.float32)])
+  mask = np.concatenate([np.ones((n,), np.float32), np.zeros((pad,), np.float32)])
   return images, labels, mask

@@ -34,9 +34,17 @@ class Shift:
       return 255 - images
     if self.kind == "rotate":
       from scipy import ndimage  # pylint: disable=g-import-not-at-top  (slow; only AdaBN needs it)
+
       # axes (2, 1): the (width, height) plane, scipy's default for a single 2-D image.
-      x = ndimage.rotate(images.astype(np.float32), self.amount, axes=(2, 1), reshape=False,
-                         order=1, mode="constant", cval=0.0)
+      x = ndimage.rotate(
+        images.astype(np.float32),
+        self.amount,
+        axes=(2, 1),
+        reshape=False,
+        order=1,
+        mode="constant",
+        cval=0.0,
+      )
     elif self.kind == "noise":
       noise = np.random.default_rng(seed).normal(0.0, self.amount * 255.0, images.shape)
       x = images + noise

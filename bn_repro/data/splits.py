@@ -10,11 +10,14 @@ import re
 from bn_repro.errors import UserError
 
 _SPLIT_RE = re.compile(
-    r"^(?P<name>[A-Za-z0-9_]+)"
-    r"(?:\[(?P<start>[^:\[\]]*):(?P<stop>[^:\[\]]*)\])?$")
+  r"^(?P<name>[A-Za-z0-9_]+)"
+  r"(?:\[(?P<start>[^:\[\]]*):(?P<stop>[^:\[\]]*)\])?$"
+)
 _BOUND_RE = re.compile(r"^(?P<value>-?\d+(?:\.\d+)?)(?P<percent>%?)$")
-_SYNTAX = ("use a split name with an optional slice of integers or percents,"
-           " e.g. 'train', 'test[:8000]', 'test[-2000:]' or 'train[10%:]'")
+_SYNTAX = (
+  "use a split name with an optional slice of integers or percents,"
+  " e.g. 'train', 'test[:8000]', 'test[-2000:]' or 'train[10%:]'"
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,15 +42,19 @@ class Split:
         value = int(round(value * num_examples / 100.0))
       if abs(value) > num_examples:
         raise UserError(
-            f"{self.text!r} reaches past the {num_examples} examples of split"
-            f" {self.name!r}; use bounds between -{num_examples} and"
-            f" {num_examples}.", field=self.field)
+          f"{self.text!r} reaches past the {num_examples} examples of split"
+          f" {self.name!r}; use bounds between -{num_examples} and"
+          f" {num_examples}.",
+          field=self.field,
+        )
       bounds.append(int(value) + num_examples if value < 0 else int(value))
     start, stop = bounds
     if start >= stop:
       raise UserError(
-          f"{self.text!r} selects no examples (range {start}:{stop} of"
-          f" {num_examples}); give a start below the stop.", field=self.field)
+        f"{self.text!r} selects no examples (range {start}:{stop} of"
+        f" {num_examples}); give a start below the stop.",
+        field=self.field,
+      )
     return start, stop
 
 
@@ -59,8 +66,9 @@ def parse_split(text: str, field: str, known: tuple[str, ...]) -> Split:
   name = match["name"]
   if name not in known:
     raise UserError(
-        f"unknown split {name!r} in {text!r}; use one of {', '.join(known)}"
-        " with an optional slice.", field=field)
+      f"unknown split {name!r} in {text!r}; use one of {', '.join(known)} with an optional slice.",
+      field=field,
+    )
   if match["start"] is None:
     return Split(text=text, field=field, name=name)
   raw = (match["start"], match["stop"])
@@ -70,8 +78,9 @@ def parse_split(text: str, field: str, known: tuple[str, ...]) -> Split:
   units = {bool(b["percent"]) for b in bounds if b}
   if len(units) > 1:
     raise UserError(
-        f"split {text!r} mixes percents and example counts; use the same unit"
-        " on both sides of ':'.", field=field)
+      f"split {text!r} mixes percents and example counts; use the same unit on both sides of ':'.",
+      field=field,
+    )
   percent = units.pop()
   values = []
   for b in bounds:
@@ -81,20 +90,21 @@ def parse_split(text: str, field: str, known: tuple[str, ...]) -> Split:
       values.append(float(b["value"]))
       if abs(values[-1]) > 100:
         raise UserError(
-            f"split {text!r} has a percent outside -100%..100%; use percents"
-            " within that range.", field=field)
+          f"split {text!r} has a percent outside -100%..100%; use percents within that range.",
+          field=field,
+        )
     elif "." in b["value"]:
       raise UserError(
-          f"split {text!r} has a fractional example count; use integers or"
-          " percents.", field=field)
+        f"split {text!r} has a fractional example count; use integers or percents.", field=field
+      )
     else:
       values.append(int(b["value"]))
-  return Split(text=text, field=field, name=name, start=values[0],
-               stop=values[1], percent=percent)
+  return Split(text=text, field=field, name=name, start=values[0], stop=values[1], percent=percent)
 
 
-def check_disjoint(train: Split, train_range: tuple[int, int], eval_: Split,
-                   eval_range: tuple[int, int]) -> None:
+def check_disjoint(
+  train: Split, train_range: tuple[int, int], eval_: Split, eval_range: tuple[int, int]
+) -> None:
   """Raises `UserError` if the train and eval splits share examples."""
   if train.name != eval_.name:
     return
@@ -102,7 +112,9 @@ def check_disjoint(train: Split, train_range: tuple[int, int], eval_: Split,
   hi = min(train_range[1], eval_range[1])
   if lo < hi:
     raise UserError(
-        f"eval split {eval_.text!r} overlaps train split {train.text!r}"
-        f" (examples {lo}..{hi - 1} of {train.name!r}), so evaluation would"
-        " use training data; choose disjoint ranges such as 'test[:8000]' and"
-        " 'test[8000:]'.", field=eval_.field)
+      f"eval split {eval_.text!r} overlaps train split {train.text!r}"
+      f" (examples {lo}..{hi - 1} of {train.name!r}), so evaluation would"
+      " use training data; choose disjoint ranges such as 'test[:8000]' and"
+      " 'test[8000:]'.",
+      field=eval_.field,
+    )

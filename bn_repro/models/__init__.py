@@ -18,15 +18,28 @@ NAMES = ("mlp", "inception", "bn_inception", "lstm")
 
 # BatchNorm options that configs carry under config.bn with the module's defaults
 # (ghost batches, Batch Renormalization, noise, frozen statistics).
-BN_VARIANT_FIELDS = ("virtual_batch_size", "renorm", "renorm_rmax", "renorm_dmax",
-                     "renorm_start", "renorm_rmax_end", "renorm_dmax_end", "noise_mean",
-                     "noise_scale", "noise_std", "freeze_step")
+BN_VARIANT_FIELDS = (
+  "virtual_batch_size",
+  "renorm",
+  "renorm_rmax",
+  "renorm_dmax",
+  "renorm_start",
+  "renorm_rmax_end",
+  "renorm_dmax_end",
+  "noise_mean",
+  "noise_scale",
+  "noise_std",
+  "freeze_step",
+)
 
 
 def bn_variant_defaults() -> dict[str, Any]:
   """{field: default} of BN_VARIANT_FIELDS, read from `batch_norm.BatchNorm` itself."""
-  return {f.name: f.default for f in dataclasses.fields(batch_norm.BatchNorm)
-          if f.name in BN_VARIANT_FIELDS}
+  return {
+    f.name: f.default
+    for f in dataclasses.fields(batch_norm.BatchNorm)
+    if f.name in BN_VARIANT_FIELDS
+  }
 
 
 def make_norm(config: ml_collections.ConfigDict, axis_name: str | None, dtype: Any):
@@ -36,14 +49,14 @@ def make_norm(config: ml_collections.ConfigDict, axis_name: str | None, dtype: A
   bn = config.bn
   variants = {k: bn[k] for k in BN_VARIANT_FIELDS if k in bn}
   return functools.partial(
-      batch_norm.BatchNorm,
-      epsilon=bn.epsilon,
-      decay=bn.decay,
-      population=bn.population,
-      unbiased=bn.unbiased,
-      axis_name=axis_name if bn.cross_device else None,
-      dtype=dtype,
-      **variants,
+    batch_norm.BatchNorm,
+    epsilon=bn.epsilon,
+    decay=bn.decay,
+    population=bn.population,
+    unbiased=bn.unbiased,
+    axis_name=axis_name if bn.cross_device else None,
+    dtype=dtype,
+    **variants,
   )
 
 
@@ -74,54 +87,62 @@ def build(config: ml_collections.ConfigDict, *, axis_name: str | None, dtype: An
   m = config.model
   if m.name == "mlp":
     return MLP(
-        hidden=tuple(m.hidden),
-        num_classes=m.num_classes,
-        nonlinearity=m.nonlinearity,
-        norm=make_norm(config, axis_name, dtype),
-        bn_position=m.bn_position,
-        dropout_rate=m.dropout_rate,
-        kernel_init=common.gaussian_init(m.init_std, m.init_fan_in),
-        dtype=dtype,
+      hidden=tuple(m.hidden),
+      num_classes=m.num_classes,
+      nonlinearity=m.nonlinearity,
+      norm=make_norm(config, axis_name, dtype),
+      bn_position=m.bn_position,
+      dropout_rate=m.dropout_rate,
+      kernel_init=common.gaussian_init(m.init_std, m.init_fan_in),
+      dtype=dtype,
     )
   if m.name in ("inception", "bn_inception"):
     # Fields: see the docstring above.
     return Inception(
-        num_classes=m.num_classes,
-        nonlinearity=m.nonlinearity,
-        norm=make_norm(config, axis_name, dtype),
-        dropout_rate=m.dropout_rate,
-        use_lrn=m.use_lrn,
-        width_multiplier=m.width_multiplier,
-        modules=tuple(m.modules),
-        stem=m.stem,
-        stem_stride=m.stem_stride,
-        separable_stem=m.separable_stem,
-        pool_proj_4cd=m.pool_proj_4cd,
-        kernel_init=common.gaussian_init(m.init_std, m.init_fan_in),
-        dtype=dtype,
-        conv_impl=m.get("conv_impl", "auto"),
+      num_classes=m.num_classes,
+      nonlinearity=m.nonlinearity,
+      norm=make_norm(config, axis_name, dtype),
+      dropout_rate=m.dropout_rate,
+      use_lrn=m.use_lrn,
+      width_multiplier=m.width_multiplier,
+      modules=tuple(m.modules),
+      stem=m.stem,
+      stem_stride=m.stem_stride,
+      separable_stem=m.separable_stem,
+      pool_proj_4cd=m.pool_proj_4cd,
+      kernel_init=common.gaussian_init(m.init_std, m.init_fan_in),
+      dtype=dtype,
+      conv_impl=m.get("conv_impl", "auto"),
     )
   if m.name == "lstm":
     # Per-time-step BN lives inside the cell (models/lstm.py), so it takes config.bn's
     # fields itself rather than a BatchNorm constructor from make_norm.
     return LSTM(
-        hidden=m.hidden,
-        num_classes=m.num_classes,
-        sequence=m.sequence,
-        nonlinearity=m.nonlinearity,
-        use_bn=m.use_bn,
-        epsilon=config.bn.epsilon,
-        decay=config.bn.decay,
-        population=config.bn.population,
-        unbiased=config.bn.unbiased,
-        axis_name=axis_name if config.bn.cross_device else None,
-        bn_scale_init=m.bn_scale_init,
-        forget_bias=m.forget_bias,
-        kernel_init=common.gaussian_init(m.init_std, m.init_fan_in),
-        dtype=dtype,
+      hidden=m.hidden,
+      num_classes=m.num_classes,
+      sequence=m.sequence,
+      nonlinearity=m.nonlinearity,
+      use_bn=m.use_bn,
+      epsilon=config.bn.epsilon,
+      decay=config.bn.decay,
+      population=config.bn.population,
+      unbiased=config.bn.unbiased,
+      axis_name=axis_name if config.bn.cross_device else None,
+      bn_scale_init=m.bn_scale_init,
+      forget_bias=m.forget_bias,
+      kernel_init=common.gaussian_init(m.init_std, m.init_fan_in),
+      dtype=dtype,
     )
   raise ValueError(f"unknown model {m.name!r}")
 
 
-__all__ = ["Inception", "MLP", "PROBE", "NAMES", "BN_VARIANT_FIELDS", "bn_variant_defaults",
-           "build", "make_norm"]
+__all__ = [
+  "Inception",
+  "MLP",
+  "PROBE",
+  "NAMES",
+  "BN_VARIANT_FIELDS",
+  "bn_variant_defaults",
+  "build",
+  "make_norm",
+]

@@ -7,10 +7,10 @@ import jax
 import jax.numpy as jnp
 
 NONLINEARITIES = {
-    "sigmoid": nn.sigmoid,
-    "relu": nn.relu,
-    "tanh": jnp.tanh,
-    "identity": lambda x: x,
+  "sigmoid": nn.sigmoid,
+  "relu": nn.relu,
+  "tanh": jnp.tanh,
+  "identity": lambda x: x,
 }
 
 
@@ -36,5 +36,6 @@ def gaussian_init(std: float, fan_in_scaled: bool):
     return z * jnp.array(std, dtype)
 
   return init
+
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}

@@ -20,7 +20,8 @@ The two give the same function; results differ by float rounding only (sums in a
 order), as any change of convolution algorithm does.
 """
 
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -30,8 +31,9 @@ CONV_IMPLS = ("auto", "xla", "im2col")
 _NHWC = ("NHWC", "HWIO", "NHWC")
 
 
-def _is_plain_2d(lhs, rhs, lhs_dilation, rhs_dilation, dimension_numbers, feature_group_count,
-                 batch_group_count) -> bool:
+def _is_plain_2d(
+  lhs, rhs, lhs_dilation, rhs_dilation, dimension_numbers, feature_group_count, batch_group_count
+) -> bool:
   """True for the case im2col serves: 2-D NHWC/HWIO, no dilation, one group."""
   if lhs.ndim != 4 or rhs.ndim != 4 or feature_group_count != 1 or batch_group_count != 1:
     return False
@@ -41,21 +43,39 @@ def _is_plain_2d(lhs, rhs, lhs_dilation, rhs_dilation, dimension_numbers, featur
   return lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers) == wanted
 
 
-def im2col_conv_general_dilated(lhs, rhs, window_strides: Sequence[int], padding,
-                                lhs_dilation=None, rhs_dilation=None, dimension_numbers=None,
-                                feature_group_count: int = 1, batch_group_count: int = 1,
-                                precision=None, preferred_element_type=None):
+def im2col_conv_general_dilated(
+  lhs,
+  rhs,
+  window_strides: Sequence[int],
+  padding,
+  lhs_dilation=None,
+  rhs_dilation=None,
+  dimension_numbers=None,
+  feature_group_count: int = 1,
+  batch_group_count: int = 1,
+  precision=None,
+  preferred_element_type=None,
+):
   """`lax.conv_general_dilated` with the same arguments, computed as im2col + one dot.
 
   Falls back to `lax.conv_general_dilated` outside the plain 2-D NHWC/HWIO case.
   """
-  if not _is_plain_2d(lhs, rhs, lhs_dilation, rhs_dilation, dimension_numbers,
-                      feature_group_count, batch_group_count):
+  if not _is_plain_2d(
+    lhs, rhs, lhs_dilation, rhs_dilation, dimension_numbers, feature_group_count, batch_group_count
+  ):
     return lax.conv_general_dilated(
-        lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation,
-        rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
-        feature_group_count=feature_group_count, batch_group_count=batch_group_count,
-        precision=precision, preferred_element_type=preferred_element_type)
+      lhs,
+      rhs,
+      window_strides,
+      padding,
+      lhs_dilation=lhs_dilation,
+      rhs_dilation=rhs_dilation,
+      dimension_numbers=dimension_numbers,
+      feature_group_count=feature_group_count,
+      batch_group_count=batch_group_count,
+      precision=precision,
+      preferred_element_type=preferred_element_type,
+    )
   kh, kw, cin, cout = rhs.shape
   sh, sw = window_strides
   if isinstance(padding, str):
@@ -63,23 +83,33 @@ def im2col_conv_general_dilated(lhs, rhs, window_strides: Sequence[int], padding
   (top, bottom), (left, right) = padding
   x = lhs
   if top or bottom or left or right:  # lax.pad: negative padding crops, as in the convolution
-    x = lax.pad(lhs, jnp.zeros((), lhs.dtype), ((0, 0, 0), (top, bottom, 0), (left, right, 0),
-                                                (0, 0, 0)))
+    x = lax.pad(
+      lhs, jnp.zeros((), lhs.dtype), ((0, 0, 0), (top, bottom, 0), (left, right, 0), (0, 0, 0))
+    )
   n, hp, wp, _ = x.shape
   out_h, out_w = (hp - kh) // sh + 1, (wp - kw) // sw + 1
   if out_h <= 0 or out_w <= 0:
     raise ValueError(f"kernel {kh}x{kw} is larger than the padded input {hp}x{wp}")
-  taps = [lax.slice(x, (0, i, j, 0), (n, i + (out_h - 1) * sh + 1, j + (out_w - 1) * sw + 1, cin),
-                    (1, sh, sw, 1))
-          for i in range(kh) for j in range(kw)]
+  taps = [
+    lax.slice(
+      x, (0, i, j, 0), (n, i + (out_h - 1) * sh + 1, j + (out_w - 1) * sw + 1, cin), (1, sh, sw, 1)
+    )
+    for i in range(kh)
+    for j in range(kw)
+  ]
   patches = taps[0] if len(taps) == 1 else jnp.concatenate(taps, axis=-1)
   # Patch features are ordered (i, j, c): the row-major order of the HWIO kernel's first axes.
-  return lax.dot_general(patches, rhs.reshape(kh * kw * cin, cout), (((3,), (0,)), ((), ())),
-                         precision=precision, preferred_element_type=preferred_element_type)
+  return lax.dot_general(
+    patches,
+    rhs.reshape(kh * kw * cin, cout),
+    (((3,), (0,)), ((), ())),
+    precision=precision,
+    preferred_element_type=preferred_element_type,
+  )
 
 
 def resolve(impl: str, backend: str | None = None) -> str:
-  """"xla" or "im2col" for `impl` in CONV_IMPLS; "auto" is im2col on CPU, XLA elsewhere."""
+  """ "xla" or "im2col" for `impl` in CONV_IMPLS; "auto" is im2col on CPU, XLA elsewhere."""
   if impl not in CONV_IMPLS:
     raise ValueError(f"conv implementation {impl!r} is not one of {CONV_IMPLS}")
   if impl != "auto":

@@ -58,7 +58,8 @@ one, then '3a', ..., '5b'), for shape checks.
 
 import functools
 import math
-from typing import Any, Callable, NamedTuple, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -80,6 +81,7 @@ DEPTH_MULTIPLIER = 8  # of the separable 7x7 stem convolution
 
 class ModuleSpec(NamedTuple):
   """One row of the appendix table; 0 channels means the branch (or projection) is absent."""
+
   b1x1: int
   b3x3_reduce: int
   b3x3: int
@@ -92,16 +94,16 @@ class ModuleSpec(NamedTuple):
 
 # The appendix table (Figure 5). 4c and 4d use `pool_proj_4cd` in place of their 128.
 TABLE = {
-    "3a": ModuleSpec(64, 64, 64, 64, 96, "avg", 32, 1),
-    "3b": ModuleSpec(64, 64, 96, 64, 96, "avg", 64, 1),
-    "3c": ModuleSpec(0, 128, 160, 64, 96, "max", 0, 2),
-    "4a": ModuleSpec(224, 64, 96, 96, 128, "avg", 128, 1),
-    "4b": ModuleSpec(192, 96, 128, 96, 128, "avg", 128, 1),
-    "4c": ModuleSpec(160, 128, 160, 128, 160, "avg", 128, 1),
-    "4d": ModuleSpec(96, 128, 192, 160, 192, "avg", 128, 1),
-    "4e": ModuleSpec(0, 128, 192, 192, 256, "max", 0, 2),
-    "5a": ModuleSpec(352, 192, 320, 160, 224, "avg", 128, 1),
-    "5b": ModuleSpec(352, 192, 320, 192, 224, "max", 128, 1),
+  "3a": ModuleSpec(64, 64, 64, 64, 96, "avg", 32, 1),
+  "3b": ModuleSpec(64, 64, 96, 64, 96, "avg", 64, 1),
+  "3c": ModuleSpec(0, 128, 160, 64, 96, "max", 0, 2),
+  "4a": ModuleSpec(224, 64, 96, 96, 128, "avg", 128, 1),
+  "4b": ModuleSpec(192, 96, 128, 96, 128, "avg", 128, 1),
+  "4c": ModuleSpec(160, 128, 160, 128, 160, "avg", 128, 1),
+  "4d": ModuleSpec(96, 128, 192, 160, 192, "avg", 128, 1),
+  "4e": ModuleSpec(0, 128, 192, 192, 256, "max", 0, 2),
+  "5a": ModuleSpec(352, 192, 320, 160, 224, "avg", 128, 1),
+  "5b": ModuleSpec(352, 192, 320, 192, 224, "max", 128, 1),
 }
 MODULE_NAMES = tuple(TABLE)
 
@@ -118,13 +120,16 @@ def module_spec(name: str, width_multiplier: float = 1.0, pool_proj_4cd: int = 1
   spec = TABLE[name]
   if name in ("4c", "4d"):
     spec = spec._replace(pool_proj=pool_proj_4cd)
-  channels = {f: scale_channels(getattr(spec, f), width_multiplier)
-              for f in ("b1x1", "b3x3_reduce", "b3x3", "d3x3_reduce", "d3x3", "pool_proj")}
+  channels = {
+    f: scale_channels(getattr(spec, f), width_multiplier)
+    for f in ("b1x1", "b3x3_reduce", "b3x3", "d3x3_reduce", "d3x3", "pool_proj")
+  }
   return spec._replace(**channels)
 
 
-def local_response_norm(x: Array, size: int = 5, alpha: float = 1e-4, beta: float = 0.75,
-                        k: float = 1.0) -> Array:
+def local_response_norm(
+  x: Array, size: int = 5, alpha: float = 1e-4, beta: float = 0.75, k: float = 1.0
+) -> Array:
   """Across-channel LRN as in Caffe (AlexNet, GoogLeNet), on the last axis.
 
   y_c = x_c / (k + alpha / size * sum_{c' in window(c)} x_{c'}^2) ^ beta, the window
@@ -165,10 +170,17 @@ class ConvBN(nn.Module):
 
   @nn.compact
   def __call__(self, x: Array, train: bool) -> Array:
-    x = nn.Conv(self.features, self.kernel_size, strides=self.strides, padding="SAME",
-                use_bias=self.norm is None, kernel_init=self.kernel_init, dtype=self.dtype,
-                conv_general_dilated=conv_lib.conv_general_dilated(self.conv_impl),
-                name="conv")(x)
+    x = nn.Conv(
+      self.features,
+      self.kernel_size,
+      strides=self.strides,
+      padding="SAME",
+      use_bias=self.norm is None,
+      kernel_init=self.kernel_init,
+      dtype=self.dtype,
+      conv_general_dilated=conv_lib.conv_general_dilated(self.conv_impl),
+      name="conv",
+    )(x)
     if self.norm is not None:
       x = self.norm(use_running_average=not train, name="bn")(x)
     return x
@@ -200,8 +212,13 @@ class InceptionModule(nn.Module):
   def __call__(self, x: Array, train: bool) -> tuple[Array, Array]:
     s = self.spec
     act = common.NONLINEARITIES[self.nonlinearity]
-    conv = functools.partial(ConvBN, norm=self.norm, kernel_init=self.kernel_init,
-                             dtype=self.dtype, conv_impl=self.conv_impl)
+    conv = functools.partial(
+      ConvBN,
+      norm=self.norm,
+      kernel_init=self.kernel_init,
+      dtype=self.dtype,
+      conv_impl=self.conv_impl,
+    )
     branches = []
     if s.b1x1:
       branches.append(act(conv(s.b1x1, (1, 1), name="b1x1")(x, train)))
@@ -275,17 +292,29 @@ class Inception(nn.Module):
     self._check()
     act = common.NONLINEARITIES[self.nonlinearity]
     ch = functools.partial(scale_channels, width_multiplier=self.width_multiplier)
-    conv = functools.partial(ConvBN, norm=self.norm, kernel_init=self.kernel_init,
-                             dtype=self.dtype, conv_impl=self.conv_impl)
+    conv = functools.partial(
+      ConvBN,
+      norm=self.norm,
+      kernel_init=self.kernel_init,
+      dtype=self.dtype,
+      conv_impl=self.conv_impl,
+    )
     x = x.astype(self.dtype)
 
     if self.stem == "imagenet":
       if self.separable_stem:
-        x = nn.Conv(x.shape[-1] * DEPTH_MULTIPLIER, (7, 7), strides=2, padding="SAME",
-                    feature_group_count=x.shape[-1], use_bias=False,
-                    kernel_init=self.kernel_init, dtype=self.dtype,
-                    conv_general_dilated=conv_lib.conv_general_dilated(self.conv_impl),
-                    name="stem_conv1_depthwise")(x)
+        x = nn.Conv(
+          x.shape[-1] * DEPTH_MULTIPLIER,
+          (7, 7),
+          strides=2,
+          padding="SAME",
+          feature_group_count=x.shape[-1],
+          use_bias=False,
+          kernel_init=self.kernel_init,
+          dtype=self.dtype,
+          conv_general_dilated=conv_lib.conv_general_dilated(self.conv_impl),
+          name="stem_conv1_depthwise",
+        )(x)
         probe = conv(ch(64), (1, 1), name="stem_conv1")(x, train)
       else:
         probe = conv(ch(64), (7, 7), strides=2, name="stem_conv1")(x, train)
@@ -312,16 +341,22 @@ class Inception(nn.Module):
 
     for name in self.modules:
       spec = module_spec(name, self.width_multiplier, self.pool_proj_4cd)
-      x, probe = InceptionModule(spec, self.nonlinearity, self.norm, self.kernel_init,
-                                 self.dtype, self.conv_impl, name=f"inception_{name}")(x, train)
+      x, probe = InceptionModule(
+        spec,
+        self.nonlinearity,
+        self.norm,
+        self.kernel_init,
+        self.dtype,
+        self.conv_impl,
+        name=f"inception_{name}",
+      )(x, train)
       self.sow(INTERMEDIATES, name, x)
 
     self.sow(INTERMEDIATES, PROBE, jnp.mean(probe, axis=(1, 2)))
     x = jnp.mean(x, axis=(1, 2))
     if self.dropout_rate > 0:
       x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-    x = nn.Dense(self.num_classes, kernel_init=self.kernel_init, dtype=self.dtype,
-                 name="logits")(x)
+    x = nn.Dense(self.num_classes, kernel_init=self.kernel_init, dtype=self.dtype, name="logits")(x)
     return x.astype(jnp.float32)
 
 
@@ -338,6 +373,8 @@ def inception_baseline(**kwargs) -> Inception:
 def count_params(model: nn.Module, input_shape: Sequence[int]) -> int:
   """Number of values in the `params` collection (not `batch_stats`), without allocating."""
   variables = jax.eval_shape(
-      functools.partial(model.init, train=False), jax.random.PRNGKey(0),
-      jax.ShapeDtypeStruct(tuple(input_shape), jnp.float32))
+    functools.partial(model.init, train=False),
+    jax.random.PRNGKey(0),
+    jax.ShapeDtypeStruct(tuple(input_shape), jnp.float32),
+  )
   return sum(math.prod(v.shape) for v in jax.tree.leaves(variables["params"]))

@@ -38,7 +38,8 @@ Choices (Cooijmans et al. where they state one; attributes where it may matter):
     the 28-step row sequence.
 """
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -119,8 +120,9 @@ class LSTM(nn.Module):
     act = common.NONLINEARITIES[self.nonlinearity]
     kernel_x = self.param("kernel_x", self.kernel_init, (inputs, 4 * n), jnp.float32)
     kernel_h = self.param("kernel_h", block_orthogonal, (n, 4 * n), jnp.float32)
-    bias = self.param("bias", lambda _, s: jnp.zeros(s).at[n:2 * n].set(self.forget_bias),
-                      (4 * n,))
+    bias = self.param(
+      "bias", lambda _, s: jnp.zeros(s).at[n : 2 * n].set(self.forget_bias), (4 * n,)
+    )
     kernel_x, kernel_h = kernel_x.astype(self.dtype), kernel_h.astype(self.dtype)
     bias = bias.astype(self.dtype)
 
@@ -128,10 +130,14 @@ class LSTM(nn.Module):
       gamma_init = nn.initializers.constant(self.bn_scale_init)
       scale = {k: self.param(f"scale_{k}", gamma_init, (w * n,)) for k, w in BNS.items()}
       bias_c = self.param("bias_c", nn.initializers.zeros, (n,))
-      mean = {k: self.variable("batch_stats", f"mean_{k}", jnp.zeros, (steps, w * n))
-              for k, w in BNS.items()}
-      var = {k: self.variable("batch_stats", f"var_{k}", jnp.ones, (steps, w * n))
-             for k, w in BNS.items()}
+      mean = {
+        k: self.variable("batch_stats", f"mean_{k}", jnp.zeros, (steps, w * n))
+        for k, w in BNS.items()
+      }
+      var = {
+        k: self.variable("batch_stats", f"var_{k}", jnp.ones, (steps, w * n))
+        for k, w in BNS.items()
+      }
       count = self.variable("batch_stats", "count", jnp.zeros, (), jnp.int32)
       betas = {"x": None, "h": None, "c": bias_c}
 
@@ -140,10 +146,18 @@ class LSTM(nn.Module):
       if not self.use_bn:
         return v, None
       if train:
-        return batch_norm.batch_normalize(v, scale[k], betas[k], axes=(0,), epsilon=self.epsilon,
-                                          axis_name=self.axis_name, dtype=self.dtype)
-      return batch_norm.normalize(v, *population[k], scale[k], betas[k], axes=(0,),
-                                  epsilon=self.epsilon, dtype=self.dtype), None
+        return batch_norm.batch_normalize(
+          v,
+          scale[k],
+          betas[k],
+          axes=(0,),
+          epsilon=self.epsilon,
+          axis_name=self.axis_name,
+          dtype=self.dtype,
+        )
+      return batch_norm.normalize(
+        v, *population[k], scale[k], betas[k], axes=(0,), epsilon=self.epsilon, dtype=self.dtype
+      ), None
 
     def step(carry, inputs):
       h, c = carry
@@ -157,20 +171,31 @@ class LSTM(nn.Module):
       return (h, c), {"x": mom_x, "h": mom_h, "c": mom_c}
 
     # Step t reads row t of each population array (eval) and returns its batch moments (train).
-    population = ({k: (mean[k].value, var[k].value) for k in BNS}
-                  if self.use_bn and not train else None)
+    population = (
+      {k: (mean[k].value, var[k].value) for k in BNS} if self.use_bn and not train else None
+    )
     zeros = jnp.zeros((batch, n), self.dtype)
     (h, _), moments = lax.scan(step, (zeros, zeros), (xs, population))
 
-    if self.use_bn and train and not self.is_initializing() and self.is_mutable_collection(
-        "batch_stats"):
+    if (
+      self.use_bn
+      and train
+      and not self.is_initializing()
+      and self.is_mutable_collection("batch_stats")
+    ):
       for k in BNS:
         mom = moments[k]  # mean, var: (T, features); count: (T,), the same m at every step
         mean[k].value, var[k].value = batch_norm.update_population(
-            mean[k].value, var[k].value, count.value.astype(jnp.float32),
-            batch_norm.Moments(mom.mean, mom.var, mom.count[:, None]),
-            mode=self.population, decay=self.decay, unbiased=self.unbiased)
+          mean[k].value,
+          var[k].value,
+          count.value.astype(jnp.float32),
+          batch_norm.Moments(mom.mean, mom.var, mom.count[:, None]),
+          mode=self.population,
+          decay=self.decay,
+          unbiased=self.unbiased,
+        )
       count.value = count.value + 1
-    logits = nn.Dense(self.num_classes, kernel_init=self.kernel_init, dtype=self.dtype,
-                      name="logits")(h)
+    logits = nn.Dense(
+      self.num_classes, kernel_init=self.kernel_init, dtype=self.dtype, name="logits"
+    )(h)
     return logits.astype(jnp.float32)

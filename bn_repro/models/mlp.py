@@ -1,6 +1,7 @@
 """The paper's MNIST network (Sec. 4.1): 784 -> 3 x 100 -> 10, BN before each nonlinearity."""
 
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -53,14 +54,22 @@ class MLP(nn.Module):
     if self.bn_position not in POSITIONS:
       raise ValueError(f"bn_position {self.bn_position!r} is not one of {POSITIONS}")
     act = common.NONLINEARITIES[self.nonlinearity]
-    norm = None if self.norm is None else (
-        lambda i, h: self.norm(use_running_average=not train, name=f"bn{i}")(h))
+    norm = (
+      None
+      if self.norm is None
+      else (lambda i, h: self.norm(use_running_average=not train, name=f"bn{i}")(h))
+    )
     x = x.reshape((x.shape[0], -1)).astype(self.dtype)
     for i, width in enumerate(self.hidden):
       if norm and self.bn_position == "u":
         x = norm(i, x)
-      x = nn.Dense(width, use_bias=norm is None or self.bn_position != "wu",
-                   kernel_init=self.kernel_init, dtype=self.dtype, name=f"dense{i}")(x)
+      x = nn.Dense(
+        width,
+        use_bias=norm is None or self.bn_position != "wu",
+        kernel_init=self.kernel_init,
+        dtype=self.dtype,
+        name=f"dense{i}",
+      )(x)
       if norm and self.bn_position == "wu":
         x = norm(i, x)
       if i == len(self.hidden) - 1:
@@ -70,6 +79,5 @@ class MLP(nn.Module):
         x = norm(i, x)
       if self.dropout_rate:
         x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-    x = nn.Dense(self.num_classes, kernel_init=self.kernel_init, dtype=self.dtype,
-                 name="logits")(x)
+    x = nn.Dense(self.num_classes, kernel_init=self.kernel_init, dtype=self.dtype, name="logits")(x)
     return x.astype(jnp.float32)
