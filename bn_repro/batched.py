@@ -41,8 +41,8 @@ from jax import lax
 
 from bn_repro import data, parallel, train, validation
 from bn_repro.errors import UserError
-from bn_repro.metrics import MetricWriter, read_metrics, write_json
 from bn_repro.models import common
+from bn_repro.rundir import RunDir, write_json
 
 VARYING = ("seed", "optimizer.learning_rate")
 
@@ -299,12 +299,12 @@ def train_batched(
     for c, w in zip(configs, workdirs):
       write_json(os.path.join(w, train.CONFIG_FILE), c.to_dict())
       write_json(os.path.join(w, train.STATUS_FILE), {"status": "running", "step": start})
-      writer = stack.enter_context(contextlib.closing(MetricWriter(w, tensorboard=c.tensorboard)))
+      writer = stack.enter_context(contextlib.closing(RunDir(w).metric_writer(c.tensorboard)))
       writer.truncate_after(start or -1)
       writers.append(writer)
       target_open.append(
         c.target_accuracy > 0
-        and not any("target/reached" in e for e in (read_metrics(w) if start else []))
+        and not any("target/reached" in e for e in (RunDir(w).metrics() if start else []))
       )
     status = ["running"] * len(configs)
     states = bt.place(states)

@@ -1,8 +1,8 @@
-"""Metrics on disk: JSON lines (one object per event, always with "step").
+"""Metric events: JSON lines (one object per event, always with "step").
 
 The writer also mirrors scalars to TensorBoard event files (tensorboardX, no
-TensorFlow needed). Readers (`read_metrics`) are what scripts use; they never
-import the training code.
+TensorFlow needed). Where the files are is bn_repro.rundir's business; reading a
+run's events is `RunDir(workdir).metrics()`, which never imports the training code.
 """
 
 import json
@@ -11,7 +11,7 @@ import os
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-METRICS_FILE = "metrics.jsonl"
+from etils import epath
 
 
 def _is_finite_number(v: Any) -> bool:
@@ -19,29 +19,28 @@ def _is_finite_number(v: Any) -> bool:
 
 
 class MetricWriter:
-  """Appends metric events to `<workdir>/metrics.jsonl` and TensorBoard.
+  """Appends metric events to a JSON-lines file and, given a folder, to TensorBoard.
 
-  On resume from step S, `truncate_after(S)` drops events written after the
-  last checkpoint so that a resumed run's file equals an uninterrupted one's.
+  Each event is one line, written and closed at once, so a killed process loses no
+  event it wrote. On resume from step S, `truncate_after(S)` drops events written after
+  the last checkpoint so that a resumed run's file equals an uninterrupted one's.
   """
 
-  def __init__(self, workdir: str, tensorboard: bool = True):
-    self.path = os.path.join(workdir, METRICS_FILE)
+  def __init__(self, path: epath.PathLike, tensorboard_dir: epath.PathLike | None = None):
+    self.path = epath.Path(path)
     self._tb = None
-    if tensorboard:
-      from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+    if tensorboard_dir is not None:
+      from tensorboardX import SummaryWriter
 
-      self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+      self._tb = SummaryWriter(os.fspath(tensorboard_dir))
 
   def truncate_after(self, step: int) -> None:
-    if not os.path.exists(self.path):
+    if not self.path.exists():
       return
-    kept = [e for e in read_metrics(os.path.dirname(self.path)) if e["step"] <= step]
-    tmp = self.path + ".tmp"
-    with open(tmp, "w") as f:
-      for e in kept:
-        f.write(json.dumps(e) + "\n")
-    os.replace(tmp, self.path)
+    kept = [e for e in parse_events(self.path.read_text()) if e["step"] <= step]
+    tmp = self.path.parent / (self.path.name + ".tmp")
+    tmp.write_text("".join(json.dumps(e) + "\n" for e in kept))
+    tmp.replace(self.path)
 
   def write(self, step: int, scalars: Mapping[str, Any]) -> None:
     event = {"step": int(step)}
@@ -49,7 +48,7 @@ class MetricWriter:
       v = float(v) if not isinstance(v, (str, bool)) else v
       # JSON has no NaN/Inf: write them as strings so the file stays valid.
       event[k] = v if not isinstance(v, float) or math.isfinite(v) else str(v)
-    with open(self.path, "a") as f:
+    with self.path.open("a") as f:
       f.write(json.dumps(event) + "\n")
     if self._tb is not None:
       for k, v in event.items():
@@ -81,29 +80,18 @@ class NullWriter:
     pass
 
 
-def write_json(path: str, obj: Any) -> None:
-  """Writes `obj` as JSON atomically (a temporary file per process, then a rename)."""
-  tmp = f"{path}.{os.getpid()}.tmp"
-  with open(tmp, "w") as f:
-    json.dump(obj, f, indent=2, sort_keys=True, default=list)
-    f.write("\n")
-  os.replace(tmp, path)
-
-
-def read_metrics(workdir: str) -> list[dict[str, Any]]:
-  """All events of a run, in file order; "nan"/"inf" strings come back as floats."""
-  path = os.path.join(workdir, METRICS_FILE)
+def parse_events(text: str) -> list[dict[str, Any]]:
+  """The events of a metrics file's text, in order; "nan"/"inf" strings come back as floats."""
   events = []
-  with open(path) as f:
-    for line in f:
-      line = line.strip()
-      if not line:
-        continue
-      e = json.loads(line)
-      for k, v in e.items():
-        if isinstance(v, str) and v.lower() in ("nan", "inf", "-inf"):
-          e[k] = float(v)
-      events.append(e)
+  for line in text.splitlines():
+    line = line.strip()
+    if not line:
+      continue
+    e = json.loads(line)
+    for k, v in e.items():
+      if isinstance(v, str) and v.lower() in ("nan", "inf", "-inf"):
+        e[k] = float(v)
+    events.append(e)
   return events
 
 

@@ -23,8 +23,8 @@ import orbax.checkpoint as ocp
 
 from bn_repro import data, parallel, train, validation
 from bn_repro.errors import EXIT_BAD_INPUT, UserError
-from bn_repro.metrics import write_json
 from bn_repro.models import common
+from bn_repro.rundir import write_json
 from bn_repro.sweep import parse_overrides
 
 SOURCE_FILE = "source.json"  # in a run written by save_run: where its statistics came from

@@ -76,7 +76,7 @@ from typing import Any
 
 from bn_repro import cli
 from bn_repro.errors import EXIT_DIVERGED, EXIT_STOPPED, UserError
-from bn_repro.metrics import write_json
+from bn_repro.rundir import write_json
 
 Point = dict[str, Any]
 CONFIG_KEY = "config"  # a point's base config variant ("bn_x5") or file ("file.py:variant")

@@ -32,8 +32,9 @@ from jax.experimental import multihost_utils
 
 from bn_repro import analysis, batch_norm, data, models, parallel, validation
 from bn_repro.errors import UserError
-from bn_repro.metrics import MetricWriter, NullWriter, read_metrics, write_json
+from bn_repro.metrics import MetricWriter, NullWriter
 from bn_repro.models import common
+from bn_repro.rundir import RunDir, write_json
 
 CONFIG_FILE = "config.json"
 STATUS_FILE = "status.json"
@@ -789,7 +790,7 @@ def train_and_evaluate(
       if primary:
         write_json(os.path.join(workdir, CONFIG_FILE), config.to_dict())
         write_json(os.path.join(workdir, STATUS_FILE), {"status": "running", "step": start})
-      writer = MetricWriter(workdir, tensorboard=config.tensorboard) if primary else NullWriter()
+      writer = RunDir(workdir).metric_writer(config.tensorboard) if primary else NullWriter()
       if restored is not None:
         state = state.replace(
           step=restored["step"],
@@ -834,7 +835,7 @@ def _loop(
   target_open = (
     primary
     and config.target_accuracy > 0
-    and not any("target/reached" in e for e in (read_metrics(workdir) if start else []))
+    and not any("target/reached" in e for e in (RunDir(workdir).metrics() if start else []))
   )
 
   def save():

@@ -38,7 +38,8 @@ if os.path.dirname(_SCRIPTS) not in sys.path:
 
 from bn_repro import cli  # pylint: disable=wrong-import-position
 from bn_repro.errors import UserError  # pylint: disable=wrong-import-position
-from bn_repro.metrics import read_metrics, series  # pylint: disable=wrong-import-position
+from bn_repro.metrics import series
+from bn_repro.rundir import RunDir
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("variants", None, "Sweep dir of configs/ablation_sweeps.py:variants.")
@@ -110,7 +111,7 @@ def load_settings(sweep_dir: str, label: Callable[[dict[str, Any]], str]) -> lis
   for group in sr.group_points(res, drop=(SEED,)):
     dirs = [os.path.join(sweep_dir, p.name) for p in group.points]
     runs = [
-      read_metrics(d) if os.path.isfile(os.path.join(d, "metrics.jsonl")) else [] for d in dirs
+      RunDir(d).metrics() if os.path.isfile(os.path.join(d, "metrics.jsonl")) else [] for d in dirs
     ]
     settings.append(
       Setting(label(group.fields), group.fields, runs, [p.status for p in group.points], dirs)

@@ -31,7 +31,7 @@ from bn_repro import (
   runs,  # pylint: disable=wrong-import-position
 )
 from bn_repro.errors import UserError  # pylint: disable=wrong-import-position
-from bn_repro.metrics import write_json  # pylint: disable=wrong-import-position
+from bn_repro.rundir import write_json
 
 RESULTS_FILE = "adabn.json"
 FIGURE_FILE = "adabn.png"

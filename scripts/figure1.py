@@ -33,11 +33,8 @@ if _REPO_ROOT not in sys.path:
 
 from bn_repro import cli  # pylint: disable=g-import-not-at-top,wrong-import-position
 from bn_repro.errors import UserError  # pylint: disable=g-import-not-at-top,wrong-import-position
-from bn_repro.metrics import (
-  METRICS_FILE,  # pylint: disable=g-import-not-at-top,wrong-import-position
-  read_metrics,  # pylint: disable=g-import-not-at-top,wrong-import-position
-  series,  # pylint: disable=g-import-not-at-top,wrong-import-position
-)
+from bn_repro.metrics import series  # pylint: disable=g-import-not-at-top,wrong-import-position
+from bn_repro.rundir import RunDir  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("bn", None, "Run dir of the net trained with BN.")
@@ -113,11 +110,11 @@ def load_run(run_dir: str, max_step: int | None = None) -> Run:
   """
   if not os.path.isdir(run_dir):
     raise UserError(f"run dir {run_dir} does not exist")
-  metrics_path = os.path.join(run_dir, METRICS_FILE)
+  metrics_path = RunDir(run_dir).metrics_path
   if not os.path.isfile(metrics_path):
     raise UserError(f"{metrics_path} does not exist")
   try:
-    events = read_metrics(run_dir)
+    events = RunDir(run_dir).metrics()
   except (OSError, ValueError) as e:
     raise UserError(f"cannot read {metrics_path}: {e}") from e
   for e in events:

@@ -26,7 +26,7 @@ if _REPO_ROOT not in sys.path:
   sys.path.insert(0, _REPO_ROOT)
 
 from bn_repro import runs  # pylint: disable=wrong-import-position
-from bn_repro.metrics import write_json  # pylint: disable=wrong-import-position
+from bn_repro.rundir import write_json
 
 RESULTS_FILE = "precise_bn.json"
 RUN_DIR = "run"

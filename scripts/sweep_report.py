@@ -53,7 +53,7 @@ if os.path.dirname(_SCRIPTS) not in sys.path:
 
 from bn_repro import cli  # pylint: disable=wrong-import-position
 from bn_repro.errors import UserError  # pylint: disable=wrong-import-position
-from bn_repro.metrics import read_metrics  # pylint: disable=wrong-import-position
+from bn_repro.rundir import RunDir
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("sweep_dir", None, "Sweep directory (holds sweep.json).")
@@ -207,7 +207,7 @@ def _load_point(sweep_dir: str, entry: dict[str, Any], target: float) -> PointRe
   if not os.path.isfile(metrics):
     return p
   try:
-    events = read_metrics(d)
+    events = RunDir(d).metrics()
   except (OSError, ValueError) as e:
     raise UserError(f"cannot read {metrics}: {e}") from None
   if not any(ACC_KEY in e for e in events):

@@ -16,7 +16,7 @@ from test_train import synthetic, tiny_config
 
 from bn_repro import batched, parallel, train
 from bn_repro.errors import UserError
-from bn_repro.metrics import read_metrics
+from bn_repro.rundir import RunDir
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 RUNS = [(0, 0.5), (1, 0.5), (0, 0.1)]  # (seed, learning rate)
@@ -140,7 +140,7 @@ def test_train_batched_writes_each_run_and_records_divergence(tmp_path, monkeypa
   status = batched.train_batched(configs, dirs)
   assert status == ["done", "done", "diverged"]
   for d in dirs[:2]:
-    assert [e["step"] for e in read_metrics(d)] == [0, 4, 8]
+    assert [e["step"] for e in RunDir(d).metrics()] == [0, 4, 8]
     assert json.load(open(f"{d}/status.json"))["status"] == "done"
   diverged = json.load(open(f"{dirs[2]}/status.json"))
   assert diverged["status"] == "diverged" and 1 <= diverged["step"] <= 8
@@ -189,6 +189,6 @@ def test_stopped_batched_runs_resume_to_the_uninterrupted_result(tmp_path, monke
 
   assert batched.train_batched(configs, resumed) == ["done"] * 4
   for a, b in zip(straight, resumed):
-    assert [e["step"] for e in read_metrics(b)] == [0, 4, 8]
-    assert untimed(read_metrics(b)) == untimed(read_metrics(a))
+    assert [e["step"] for e in RunDir(b).metrics()] == [0, 4, 8]
+    assert untimed(RunDir(b).metrics()) == untimed(RunDir(a).metrics())
     assert json.load(open(f"{b}/status.json")) == {"status": "done", "step": 8}

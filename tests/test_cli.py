@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from idx_files import write_mnist_dir, write_pair
 
-from bn_repro.metrics import read_metrics
+from bn_repro.rundir import RunDir
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -63,7 +63,7 @@ def test_run_writes_metrics_and_checkpoints_and_resumes_exactly(tmp_path, tiny_i
   assert r.returncode == 0, r.stderr
   assert "Resumed from the checkpoint at step 8" in r.stderr
 
-  a, b = read_metrics(straight), read_metrics(resumed)
+  a, b = RunDir(straight).metrics(), RunDir(resumed).metrics()
   assert [e["step"] for e in a] == [0, 4, 8, 12] == [e["step"] for e in b]
   for ea, eb in zip(a, b):
     for k in ("train/loss", "eval/accuracy", "eval/loss", "probe/p50"):

@@ -15,7 +15,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from idx_files import write_mnist_dir
 
-from bn_repro.metrics import read_metrics
+from bn_repro.rundir import RunDir
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -100,7 +100,7 @@ def test_two_processes_equal_one_process(tmp_path):
 
   for a, b in zip(final_params(single), final_params(multi)):
     np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)
-  ma, mb = read_metrics(single), read_metrics(multi)
+  ma, mb = RunDir(single).metrics(), RunDir(multi).metrics()
   assert [e["step"] for e in ma] == [e["step"] for e in mb] == [0, 4, 8]
   for ea, eb in zip(ma, mb):
     for k in ("train/loss", "eval/accuracy", "eval/loss", "probe/p50"):

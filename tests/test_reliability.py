@@ -13,7 +13,7 @@ import orbax.checkpoint as ocp
 import pytest
 from idx_files import write_mnist_dir
 
-from bn_repro.metrics import read_metrics
+from bn_repro.rundir import RunDir
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 STEPS = 1200
@@ -80,7 +80,7 @@ def final_state(workdir) -> dict:
 
 def comparable_metrics(workdir):
   skip = {"steps_per_sec", "compile_seconds"}
-  return [{k: v for k, v in e.items() if k not in skip} for e in read_metrics(workdir)]
+  return [{k: v for k, v in e.items() if k not in skip} for e in RunDir(workdir).metrics()]
 
 
 @pytest.fixture(scope="module")
@@ -163,7 +163,7 @@ def test_divergence_is_recorded_and_keeps_last_good_checkpoint(tmp_path, idx):
   assert f"diverged at step {status['step']}" in r.stderr
   steps = sorted(int(s) for s in os.listdir(workdir / "checkpoints"))
   assert steps and steps[-1] < status["step"]
-  for e in read_metrics(workdir):
+  for e in RunDir(workdir).metrics():
     for k, v in e.items():
       if k.startswith("eval/"):
         assert np.isfinite(v), e

@@ -6,7 +6,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from bn_repro import train
-from bn_repro.metrics import read_metrics
+from bn_repro.rundir import RunDir
 from configs import inception_small
 
 
@@ -34,7 +34,7 @@ def test_streamed_imagenet_trains_evaluates_and_resumes(tmp_path):
     c2.num_steps = 2
     train.train_and_evaluate(c2, str(tmp_path / "resumed"))
     train.train_and_evaluate(c, str(tmp_path / "resumed"))
-  a, b = read_metrics(tmp_path / "straight"), read_metrics(tmp_path / "resumed")
+  a, b = RunDir(tmp_path / "straight").metrics(), RunDir(tmp_path / "resumed").metrics()
   assert [e["step"] for e in a] == [0, 2, 4] == [e["step"] for e in b]
   evals = [e for e in a if "eval/accuracy" in e]
   # 20 eval examples, each seen once: accuracies are multiples of 1/20.

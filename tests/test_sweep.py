@@ -18,7 +18,7 @@ from idx_files import write_mnist_dir
 
 from bn_repro import sweep as sw
 from bn_repro.errors import UserError
-from bn_repro.metrics import read_metrics
+from bn_repro.rundir import RunDir
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 BASE = f"{REPO}/configs/mnist_mlp.py:bn_sigmoid"
@@ -268,7 +268,11 @@ def test_sweep_runs_in_parallel_records_divergence_and_survives_sigkill(swept):
     status = _status(workdir / name)
     if "lr=0.1" in name:
       assert status == {"status": "done", "step": 8}, name
-      assert [e["step"] for e in read_metrics(workdir / name) if "eval/accuracy" in e] == [0, 4, 8]
+      assert [e["step"] for e in RunDir(workdir / name).metrics() if "eval/accuracy" in e] == [
+        0,
+        4,
+        8,
+      ]
     else:
       assert status["status"] == "diverged" and status["step"] >= 1, (name, status)
     assert json.loads((workdir / name / "config.json").read_text())["model"]["hidden"] == [8, 8]
@@ -341,7 +345,7 @@ def test_report_writes_tables_figures_and_report(swept):
   rows = {row["name"]: row for row in csv.DictReader(open(out / "results.csv"))}
   assert list(rows) == swept["names"]
   for name, row in rows.items():
-    evals = [e for e in read_metrics(workdir / name) if "eval/accuracy" in e]
+    evals = [e for e in RunDir(workdir / name).metrics() if "eval/accuracy" in e]
     accs = [e["eval/accuracy"] for e in evals]
     best = max(range(len(accs)), key=lambda i: (accs[i], -i))
     assert float(row["best_accuracy"]) == accs[best]

@@ -14,7 +14,7 @@ from test_batched import untimed
 from test_sweep import BASE, REPO, TINY, _run, _runner, _sweep_file
 
 from bn_repro import sweep as sw
-from bn_repro.metrics import read_metrics
+from bn_repro.rundir import RunDir
 
 
 def test_points_that_differ_only_in_seed_and_learning_rate_share_a_group(tmp_path):
@@ -106,7 +106,7 @@ def test_batched_sweep_writes_what_the_points_write_alone(both):
     assert _files(batched) == _files(single), name
     for f in ("status.json", "config.json"):
       assert json.loads((single / f).read_text()) == json.loads((batched / f).read_text())
-    want, got = (untimed(read_metrics(d)) for d in (single, batched))
+    want, got = (untimed(RunDir(d).metrics()) for d in (single, batched))
     assert [sorted(e) for e in got] == [sorted(e) for e in want], name
     for w, g in zip(want, got):
       for k, v in w.items():
@@ -167,7 +167,7 @@ def test_batched_group_on_a_cpu_host_spreads_over_one_device_per_core(tmp_path):
   names = ["lr=0.1,seed=0", "lr=0.5,seed=0", "lr=0.1,seed=1", "lr=0.5,seed=1"]
   assert "4 batched runs on 2 row(s) of 1 device(s)" in (batched / names[0] / "log.txt").read_text()
   for name in names:
-    want, got = (untimed(read_metrics(d / name)) for d in (single, batched))
+    want, got = (untimed(RunDir(d / name).metrics()) for d in (single, batched))
     assert got == want, name
     restored = [
       ocp.StandardCheckpointer().restore(d / name / "checkpoints/8/default")
