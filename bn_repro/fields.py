@@ -39,9 +39,7 @@ def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 def differ(a: Mapping[str, Any], b: Mapping[str, Any], ignore: Sequence[str] = ()) -> list[str]:
   """The dotted fields both trees have whose values differ, sorted (NaN equals NaN)."""
   fa, fb = flatten(a), flatten(b)
-  return sorted(
-    k for k in set(fa) & set(fb) if k not in ignore and not same(fa[k], fb[k])
-  )
+  return sorted(k for k in set(fa) & set(fb) if k not in ignore and not same(fa[k], fb[k]))
 
 
 def same(a: Any, b: Any) -> bool:

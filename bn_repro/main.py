@@ -69,11 +69,12 @@ def _main(argv):
       f"unexpected arguments {' '.join(argv[1:])!r}; fields are set as --config.<field>=<value>"
     )
   _init_distributed()
-  from bn_repro import train  # pylint: disable=g-import-not-at-top
+  from bn_repro import training
   from bn_repro.errors import UserError  # pylint: disable=g-import-not-at-top
+  from bn_repro.rundir import RunDir
 
   try:
-    train.train_and_evaluate(
+    training.train_and_evaluate(
       _CONFIG.value,
       _WORKDIR.value,
       fallback_checkpoint=_FALLBACK.value,
@@ -81,17 +82,17 @@ def _main(argv):
     )
   except UserError as e:
     _fail(str(e))
-  except train.Stopped as e:
+  except training.Stopped as e:
     print(
       f"bn-repro: stopped by signal {e.signum} at step {e.step} after saving a checkpoint; "
       "rerun the same command to resume",
       file=sys.stderr,
     )
     sys.exit(EXIT_STOPPED)
-  except train.Diverged as e:
+  except training.Diverged as e:
     print(
       f"bn-repro: the run diverged at step {e.step}; status recorded in "
-      f"{_WORKDIR.value}/status.json",
+      f"{RunDir(_WORKDIR.value).status_path}",
       file=sys.stderr,
     )
     sys.exit(EXIT_DIVERGED)

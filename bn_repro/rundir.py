@@ -24,11 +24,12 @@ import fcntl
 import json
 import os
 import shutil
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from etils import epath
 
+from bn_repro import fields
 from bn_repro.errors import UserError
 
 FINISHED = ("done", "diverged")
@@ -193,6 +194,23 @@ class RunDir:
       return True
     finally:
       os.close(fd)
+
+  def check_config(self, config: Mapping[str, Any], may_change: Sequence[str] = ()) -> None:
+    """Refuses to resume a run whose saved config differs from `config` in a field
+    outside `may_change` (fields only one side has come from another version of the
+    code, not from the user, and are let through)."""
+    if not self.has_config():
+      return
+    saved = fields.flatten(read_json(self.config_path))
+    new = fields.flatten(config)
+    differ = fields.differ(saved, new, ignore=may_change)
+    if differ:
+      detail = ", ".join(f"{k} ({saved.get(k)!r} -> {new.get(k)!r})" for k in differ)
+      raise UserError(
+        f"workdir {self} holds a run with a different config: {detail}; "
+        "use a new --workdir, rerun with the saved config, or pass --allow_config_change",
+        field="--workdir",
+      )
 
   # Writing.
 

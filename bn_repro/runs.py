@@ -1,17 +1,20 @@
-"""A finished run directory opened for analysis: its config, data, restored state, Algorithm 2.
+"""A finished run directory opened for analysis: its config, metrics, data, restored state.
 
-Scripts that re-estimate BN population statistics (scripts/precise_bn.py,
-scripts/adabn.py) read a run written by `train.train_and_evaluate` with `open_run`,
-which restores a checkpoint through the trainer's own manager and restore path and
-writes nothing into the run. `save_run` writes re-estimated statistics as a new run
-directory that `open_run` reads back. The scripts share their flags and their
+`open_run` reads a run written by `training.train_and_evaluate` (with or without BN),
+restores a checkpoint through bn_repro.checkpoints and writes nothing into the run:
+
+  run = runs.open_run("runs/bn")
+  run.config, run.step, run.metrics(), run.trainer.evaluate(run.state)
+
+For a BN run on in-memory data `run.trainer` is an `Estimator`, which also re-estimates
+the population statistics with Algorithm 2 over any number of batches
+(scripts/precise_bn.py, scripts/adabn.py); `save_run` writes re-estimated statistics as
+a new run directory that `open_run` reads back. The scripts share their flags and their
 bad-input convention (one line on stderr, exit code 2, as `bn-repro`) from here.
 """
 
 import argparse
-import ast
 import dataclasses
-import json
 import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -19,18 +22,16 @@ from typing import Any
 
 import jax
 import ml_collections
-import orbax.checkpoint as ocp
 
-from bn_repro import data, parallel, train, validation
+from bn_repro import checkpoints, data, fields, parallel, validation
 from bn_repro.errors import EXIT_BAD_INPUT, UserError
 from bn_repro.models import common
-from bn_repro.rundir import write_json
-from bn_repro.sweep import parse_overrides
+from bn_repro.rundir import RunDir
+from bn_repro.training import POPULATION_SEED_OFFSET, Trainer, TrainState
+from bn_repro.training import step as steps_lib
 
-SOURCE_FILE = "source.json"  # in a run written by save_run: where its statistics came from
 
-
-class Estimator(train.Trainer):
+class Estimator(Trainer):
   """A Trainer whose BN layers average batch statistics exactly (Algorithm 2), over any N.
 
   Built with bn.population='average', so that each training-mode forward adds the
@@ -52,20 +53,19 @@ class Estimator(train.Trainer):
     config = config.copy_and_resolve_references()
     config.bn.population, config.bn.unbiased = "average", unbiased
     super().__init__(config, train_ds, eval_ds, devs)
-    self.template = self.init_state()  # also tells evaluate() whether the model has a probe
     dtype = common.DTYPES[config.dtype]
     self._precise = parallel.data_parallel(
-      lambda *a: train.recompute_population(*a, dtype=dtype), devs, backend=config.parallel
+      lambda *a: steps_lib.recompute_population(*a, dtype=dtype), devs, backend=config.parallel
     )
 
-  def precise_population(self, state: train.TrainState, num_batches: int) -> train.TrainState:
+  def precise_population(self, state: TrainState, num_batches: int) -> TrainState:
     """`state` (replicated) with Algorithm 2's statistics over `num_batches` training batches.
 
     The batches are the first `num_batches` of the stream Trainer.recompute_population
     draws from (so N = bn.population_batches repeats a run's own Algorithm 2); the
     weights are not touched.
     """
-    idx = self.feed.indices(self.config.seed + train.POPULATION_SEED_OFFSET, 0, num_batches)
+    idx = self.feed.indices(self.config.seed + POPULATION_SEED_OFFSET, 0, num_batches)
     return self._precise(state, *self.feed.dataset, idx)
 
 
@@ -73,14 +73,25 @@ class Estimator(train.Trainer):
 class Run:
   """A run directory opened for analysis."""
 
-  workdir: str
+  dir: RunDir
   config: ml_collections.ConfigDict  # as saved, with the overrides applied
   step: int  # of the restored checkpoint
-  estimator: Estimator  # on the run's own data
-  state: train.TrainState  # restored, replicated over estimator.devs
-  train_ds: data.ArrayDataset
-  eval_ds: data.ArrayDataset
-  source: dict[str, Any] | None = None  # SOURCE_FILE of a run written by save_run
+  trainer: Trainer  # on the run's own data: an Estimator for a BN run held in memory
+  state: TrainState  # restored, replicated over trainer.devs
+  train_ds: data.ArrayDataset | None  # None for a streamed dataset
+  eval_ds: data.ArrayDataset | None
+  source: dict[str, Any] | None = None  # where save_run's statistics came from
+
+  @property
+  def workdir(self) -> str:
+    return str(self.dir)
+
+  def metrics(self) -> list[dict[str, Any]]:
+    return self.dir.metrics()
+
+  def evaluate(self) -> dict[str, float]:
+    """The restored state's eval metrics on the run's eval set."""
+    return self.trainer.evaluate(self.state)
 
   @property
   def stored_statistics(self) -> str:
@@ -92,174 +103,22 @@ class Run:
       f"{', unbiased' if self.source['unbiased'] else ''}"
     )
 
+  def require_population(self) -> Estimator:
+    """The Estimator of a BN run on in-memory data; UserError naming why otherwise."""
+    check_population(self.config, str(self.dir))
+    assert isinstance(self.trainer, Estimator)
+    return self.trainer
+
   def on_data(self, train_ds: data.ArrayDataset, eval_ds: data.ArrayDataset) -> Estimator:
     """An Estimator of the same model, devices and `unbiased` on other data (a shifted domain)."""
+    estimator = self.require_population()
     return Estimator(
-      self.config,
-      train_ds,
-      eval_ds,
-      self.estimator.devs,
-      unbiased=self.estimator.config.bn.unbiased,
+      self.config, train_ds, eval_ds, estimator.devs, unbiased=estimator.config.bn.unbiased
     )
 
 
-def load_config(workdir: str) -> ml_collections.ConfigDict:
-  """The config.json of a run directory."""
-  if not os.path.isdir(workdir):
-    raise UserError(
-      f"run directory {workdir} does not exist; pass the --workdir of a bn-repro run",
-      field="--workdir",
-    )
-  path = os.path.join(workdir, train.CONFIG_FILE)
-  if not os.path.isfile(path):
-    raise UserError(
-      f"{workdir} has no {train.CONFIG_FILE}, so bn-repro did not write it; "
-      "pass the --workdir of a bn-repro run",
-      field="--workdir",
-    )
-  return ml_collections.ConfigDict(_read_json(path))
-
-
-def _read_json(path: str) -> dict[str, Any]:
-  """A JSON object from a run directory."""
-  try:
-    with open(path) as f:
-      obj = json.load(f)
-  except (OSError, ValueError) as e:
-    raise UserError(
-      f"cannot read {path} ({e}); pass a run whose files are intact", field="--workdir"
-    ) from None
-  if not isinstance(obj, dict):
-    raise UserError(
-      f"{path} holds no JSON object; pass a run whose files are intact", field="--workdir"
-    )
-  return obj
-
-
-# The value types an override may give a field of each saved type.
-_OVERRIDE_TYPES = {
-  bool: (bool,),
-  int: (int,),
-  float: (int, float),
-  list: (list, tuple),
-  str: (str,),
-}
-
-
-def apply_overrides(config: ml_collections.ConfigDict, overrides: Mapping[str, str]) -> None:
-  """Sets dotted fields from strings: as given for a string field, else as a Python literal
-  of the field's type (ints may set a float field, tuples a list field)."""
-  for field, text in overrides.items():
-    *parents, name = field.split(".")
-    node = config
-    for part in parents:
-      node = node.get(part) if isinstance(node, ml_collections.ConfigDict) else None
-    if not isinstance(node, ml_collections.ConfigDict) or name not in node:
-      raise UserError(
-        f"{field!r} is not a field of the run's {train.CONFIG_FILE}; override "
-        "one of its fields, e.g. data.idx_dir=DIR",
-        field="--override",
-      )
-    old = node[name]
-    try:
-      value = text if isinstance(old, str) else ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-      value = None
-    allowed = _OVERRIDE_TYPES.get(type(old), (type(old),))
-    if not isinstance(value, allowed) or (isinstance(value, bool) and bool not in allowed):
-      raise UserError(
-        f"{field}={text!r} is not a {type(old).__name__} like the saved "
-        f"{old!r}; give a value of that type",
-        field="--override",
-      )
-    node[name] = list(value) if isinstance(old, list) else value
-
-
-class _StepsUpTo:
-  """A checkpoint manager that lists only the steps up to `last`, so that
-  `train._restore` opens a chosen checkpoint (or, with fallback, an older one)."""
-
-  def __init__(self, mgr: ocp.CheckpointManager, last: int):
-    self._mgr, self._last = mgr, last
-
-  def all_steps(self) -> list[int]:
-    return [s for s in self._mgr.all_steps() if s <= self._last]
-
-  def __getattr__(self, name: str) -> Any:
-    return getattr(self._mgr, name)
-
-
-def restore(
-  workdir: str,
-  template: train.TrainState,
-  config: ml_collections.ConfigDict,
-  *,
-  step: int | None = None,
-  fallback: bool = False,
-) -> tuple[int, train.TrainState]:
-  """(step, state) of the newest checkpoint (or the one at `step`) of a run, read only."""
-  directory = os.path.join(workdir, train.CHECKPOINT_DIR)
-  if not os.path.isdir(directory):  # checked first: the manager would create it
-    raise UserError(
-      f"{workdir} has no {train.CHECKPOINT_DIR}/; train it first or pass a run "
-      "that has checkpoints",
-      field="--workdir",
-    )
-  mgr = train.checkpoint_manager(workdir)
-  try:
-    steps = sorted(mgr.all_steps())
-    if not steps:
-      raise UserError(
-        f"{directory} holds no checkpoint; train the run first or pass one that has checkpoints",
-        field="--workdir",
-      )
-    if step is not None and step not in steps:
-      raise UserError(
-        f"{directory} has no checkpoint at step {step}; choose one of {steps}", field="--step"
-      )
-    found, restored = train._restore(  # pylint: disable=protected-access
-      mgr if step is None else _StepsUpTo(mgr, step),
-      train.to_checkpoint(template, config),
-      fallback,
-    )
-  finally:
-    mgr.close()
-  return found, template.replace(
-    step=restored["step"],
-    params=restored["params"],
-    batch_stats=restored["batch_stats"],
-    opt_state=restored["opt_state"],
-  )
-
-
-def open_run(
-  workdir: str,
-  *,
-  step: int | None = None,
-  overrides: Mapping[str, str] | None = None,
-  unbiased: bool = False,
-  fallback: bool = False,
-) -> Run:
-  """Opens a BN run for re-estimating its population statistics; nothing is written to it.
-
-  Args:
-    workdir: a run directory written by `train.train_and_evaluate` (or `save_run`).
-    step: the checkpoint to restore (default: the newest).
-    overrides: {dotted field: value string}, e.g. {"data.idx_dir": DIR} when the
-      data has moved; applied to the saved config before the data is loaded.
-    unbiased: Algorithm 2 with m/(m-1) on each batch variance.
-    fallback: if the checkpoint cannot be restored, use the newest older one that can.
-  """
-  config = load_config(workdir)
-  apply_overrides(config, overrides or {})
-  try:
-    validation.validate(config)
-  except (AttributeError, KeyError) as e:
-    raise UserError(
-      f"{train.CONFIG_FILE} lacks the field {e}, so an older bn_repro wrote "
-      "it; add the field with --override or retrain",
-      field="--workdir",
-    ) from None
+def check_population(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """Refuses a run whose population statistics cannot be re-estimated here."""
   if not config.model.use_bn:
     raise UserError(
       f"{workdir} was trained without BN (model.use_bn=False), so it has no "
@@ -272,16 +131,127 @@ def open_run(
       "held in memory; pass a run on MNIST or CIFAR-10",
       field="--workdir",
     )
+
+
+def load_config(workdir: str) -> ml_collections.ConfigDict:
+  """The config.json of a run directory."""
+  return ml_collections.ConfigDict(RunDir(workdir).config())
+
+
+def apply_overrides(config: ml_collections.ConfigDict, overrides: Mapping[str, str]) -> None:
+  """Sets dotted fields from strings: as given for a string field, else as a Python literal
+  of the field's type (ints may set a float field, tuples a list field)."""
+  for field, text in overrides.items():
+    *parents, name = field.split(".")
+    node = config
+    for part in parents:
+      node = node.get(part) if isinstance(node, ml_collections.ConfigDict) else None
+    if not isinstance(node, ml_collections.ConfigDict) or name not in node:
+      raise UserError(
+        f"{field!r} is not a field of the run's {RunDir.CONFIG}; override "
+        "one of its fields, e.g. data.idx_dir=DIR",
+        field="--override",
+      )
+    old = node[name]
+    try:
+      node[name] = fields.parse_like(text, old)
+    except ValueError:
+      raise UserError(
+        f"{field}={text!r} is not a {type(old).__name__} like the saved "
+        f"{old!r}; give a value of that type",
+        field="--override",
+      ) from None
+
+
+def restore(
+  workdir: str,
+  template: TrainState,
+  config: ml_collections.ConfigDict,
+  *,
+  step: int | None = None,
+  fallback: bool = False,
+) -> tuple[int, TrainState]:
+  """(step, state) of the newest checkpoint (or the one at `step`) of a run, read only."""
+  run = RunDir(workdir)
+  if not run.checkpoint_dir.is_dir():  # checked first: the manager would create it
+    raise UserError(
+      f"{workdir} has no {RunDir.CHECKPOINTS}/; train it first or pass a run that has checkpoints",
+      field="--workdir",
+    )
+  mgr = checkpoints.manager(run)
+  try:
+    steps = sorted(mgr.all_steps())
+    if not steps:
+      raise UserError(
+        f"{run.checkpoint_dir} holds no checkpoint; train the run first or pass one that "
+        "has checkpoints",
+        field="--workdir",
+      )
+    if step is not None and step not in steps:
+      raise UserError(
+        f"{run.checkpoint_dir} has no checkpoint at step {step}; choose one of {steps}",
+        field="--step",
+      )
+    template_tree = checkpoints.to_checkpoint(template, config)
+    found, restored = checkpoints.restore(mgr, template_tree, fallback, last=step)
+  finally:
+    mgr.close()
+  return found, checkpoints.from_checkpoint(template, restored)
+
+
+def open_run(
+  workdir: str,
+  *,
+  step: int | None = None,
+  overrides: Mapping[str, str] | None = None,
+  unbiased: bool = False,
+  fallback: bool = False,
+) -> Run:
+  """Opens a run (with or without BN) for analysis; nothing is written to it.
+
+  Args:
+    workdir: a run directory written by `training.train_and_evaluate` (or `save_run`).
+    step: the checkpoint to restore (default: the newest).
+    overrides: {dotted field: value string}, e.g. {"data.idx_dir": DIR} when the
+      data has moved; applied to the saved config before the data is loaded.
+    unbiased: the Estimator's Algorithm 2 with m/(m-1) on each batch variance.
+    fallback: if the checkpoint cannot be restored, use the newest older one that can.
+  """
+  run_dir = RunDir(workdir)
+  config = ml_collections.ConfigDict(run_dir.config())
+  apply_overrides(config, overrides or {})
+  try:
+    validation.validate(config)
+  except (AttributeError, KeyError) as e:
+    raise UserError(
+      f"{RunDir.CONFIG} lacks the field {e}, so an older bn_repro wrote "
+      "it; add the field with --override or retrain",
+      field="--workdir",
+    ) from None
   devs = parallel.devices(config.num_devices)
   validation.validate_devices(config, len(devs), jax.process_count())
-  train_ds, eval_ds = data.load_splits(config.data)
-  validation.validate_data(config, train_ds, eval_ds)
-  estimator = Estimator(config, train_ds, eval_ds, devs, unbiased=unbiased)
-  found, state = restore(workdir, estimator.template, config, step=step, fallback=fallback)
-  source_path = os.path.join(workdir, SOURCE_FILE)
-  source = _read_json(source_path) if os.path.isfile(source_path) else None
+  train_ds = eval_ds = None
+  if config.data.name in data.STREAMED:
+    trainer = Trainer(config, None, None, devs)
+  else:
+    train_ds, eval_ds = data.load_splits(config.data)
+    validation.validate_data(config, train_ds, eval_ds)
+    trainer = (
+      Estimator(config, train_ds, eval_ds, devs, unbiased=unbiased)
+      if config.model.use_bn
+      else Trainer(config, train_ds, eval_ds, devs)
+    )
+  template = trainer.init_state()  # also tells evaluate() whether the model has a probe
+  found, state = restore(workdir, template, config, step=step, fallback=fallback)
   return Run(
-    workdir, config, found, estimator, parallel.replicate(state, devs), train_ds, eval_ds, source
+    run_dir,
+    config,
+    found,
+    trainer,
+    parallel.replicate(state, devs),
+    train_ds,
+    eval_ds,
+    run_dir.source(),
   )
 
 
@@ -291,22 +261,20 @@ def check_new(workdir: str) -> None:
     raise UserError(f"{workdir} exists; choose another --out or delete it", field="--out")
 
 
-def save_run(workdir: str, run: Run, state: train.TrainState, source: Mapping[str, Any]) -> None:
+def save_run(workdir: str, run: Run, state: TrainState, source: Mapping[str, Any]) -> None:
   """Writes `state` (replicated) as a new run directory that `open_run` reads.
 
-  It holds the run's config.json, one checkpoint at the run's step and
-  SOURCE_FILE (`source`: where the statistics came from).
+  It holds the run's config.json, one checkpoint at the run's step and source.json
+  (`source`: where the statistics came from).
   """
   check_new(workdir)
-  os.makedirs(workdir)
-  write_json(os.path.join(workdir, train.CONFIG_FILE), run.config.to_dict())
-  write_json(os.path.join(workdir, SOURCE_FILE), dict(source))
-  mgr = train.checkpoint_manager(workdir)
+  out = RunDir(workdir)
+  out.path.mkdir(parents=True)
+  out.write_config(run.config.to_dict())
+  out.write_source(source)
+  mgr = checkpoints.manager(out)
   try:
-    mgr.save(
-      run.step,
-      args=ocp.args.StandardSave(train.to_checkpoint(parallel.unreplicate(state), run.config)),
-    )
+    checkpoints.save(mgr, parallel.unreplicate(state), run.config)
     mgr.wait_until_finished()
   finally:
     mgr.close()
@@ -350,11 +318,13 @@ def argument_parser(description: str) -> ArgumentParser:
 
 
 def open_from_args(args: argparse.Namespace) -> Run:
-  """`open_run` with the flags of `argument_parser`."""
+  """`open_run` with the flags of `argument_parser`, for a run whose population statistics
+  can be re-estimated (refused before its data is loaded otherwise)."""
+  check_population(load_config(args.workdir), args.workdir)
   return open_run(
     args.workdir,
     step=args.step,
-    overrides=parse_overrides(args.override),
+    overrides=fields.parse_assignments(args.override),
     unbiased=args.unbiased,
     fallback=args.fallback_checkpoint,
   )

@@ -525,7 +525,7 @@ def batch_groups(
   the order of their first points."""
   import ml_collections  # pylint: disable=g-import-not-at-top
 
-  from bn_repro import batched  # pylint: disable=g-import-not-at-top
+  from bn_repro import training as batched
 
   groups: dict[Any, list[int]] = {}
   for i in indices:
@@ -1092,15 +1092,12 @@ def _train_in_process(points: Sequence[ResolvedPoint], cpu_devices: int) -> int:
   """Trains `points` here as one batched program (a --batched group's child), its runs
   spread over `cpu_devices` CPU devices (0: one per usable CPU) on a CPU host: exit 0
   when each is done or diverged (its status.json says which), 4 when stopped."""
-  from bn_repro import (
-    batched,  # pylint: disable=g-import-not-at-top
-    parallel,  # pylint: disable=g-import-not-at-top
-  )
+  from bn_repro import parallel
 
   parallel.add_cpu_devices(cpu_devices)
   from absl import logging  # pylint: disable=g-import-not-at-top
 
-  from bn_repro import train  # pylint: disable=g-import-not-at-top
+  from bn_repro import training
 
   # bn_repro's own lines, and libraries' (orbax logs every save) from ERROR up, as in a
   # single run's log (bn_repro.main).
@@ -1108,12 +1105,12 @@ def _train_in_process(points: Sequence[ResolvedPoint], cpu_devices: int) -> int:
     lambda r: r.levelno >= pylogging.ERROR or f"{os.sep}bn_repro{os.sep}" in r.pathname
   )
   try:
-    batched.train_batched(
+    training.train_batched(
       [_parse_config(p.config, p.overrides) for p in points], [p.workdir for p in points]
     )
   except UserError as e:
     _fail(str(e))
-  except train.Stopped as e:
+  except training.Stopped as e:
     print(
       f"bn-repro sweep: stopped by signal {e.signum} at step {e.step} after saving "
       "checkpoints; rerun to resume",

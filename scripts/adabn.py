@@ -88,7 +88,7 @@ def _adabn(argv) -> None:
   out = runs.output_dir(args.out, args.workdir, "adabn")
   run = runs.open_from_args(args)
 
-  clean = run.estimator.evaluate(run.state)
+  clean = run.require_population().evaluate(run.state)
   rows = []
   for shift in shifts:
     estimator = run.on_data(

@@ -27,7 +27,7 @@ def main(argv):
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
 
-  from bn_repro import data, parallel, train  # pylint: disable=g-import-not-at-top
+  from bn_repro import data, parallel, training
   from configs import inception_imagenet  # pylint: disable=g-import-not-at-top
 
   rng = np.random.default_rng(0)
@@ -44,10 +44,10 @@ def main(argv):
   for variant in _VARIANTS.value or inception_imagenet.VARIANTS:
     c = inception_imagenet.get_config(variant)
     c.batch_size, c.eval_batch_size, c.dtype = _BATCH.value, _BATCH.value, _DTYPE.value
-    trainer = train.Trainer(c, ds, ds, devs)
+    trainer = training.Trainer(c, ds, ds, devs)
     state = trainer.init_state(ds.images[:2])
     logits = jax.eval_shape(
-      lambda s=state: trainer.model.apply(
+      lambda s=state, model=trainer.model: model.apply(
         {"params": s.params, "batch_stats": s.batch_stats}, ds.images[: _BATCH.value] / 255.0
       )
     )

@@ -47,11 +47,13 @@ def _precise_bn(argv) -> None:
   runs.check_new(run_dir)
   run = runs.open_from_args(args)
 
-  stored = run.estimator.evaluate(run.state)
+  stored = run.require_population().evaluate(run.state)
   rows = [{"statistics": f"stored ({run.stored_statistics})", "batches": None} | stored]
   for n in batches:
-    state = run.estimator.precise_population(run.state, n)
-    rows.append({"statistics": "Algorithm 2", "batches": n} | run.estimator.evaluate(state))
+    state = run.require_population().precise_population(run.state, n)
+    rows.append(
+      {"statistics": "Algorithm 2", "batches": n} | run.require_population().evaluate(state)
+    )
     if n == max(batches):
       largest = state
   batch_size = run.config.batch_size

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from test_train import synthetic, tiny_config
 
-from bn_repro import batched, parallel, train
+from bn_repro import data, parallel, training
 from bn_repro.errors import UserError
 from bn_repro.rundir import RunDir
 
@@ -45,12 +45,12 @@ def four_run_configs():
 def test_batched_runs_equal_sequential_runs():
   configs = run_configs()
   devs = parallel.devices(2)
-  bt = batched.BatchedTrainer(configs, synthetic(64, 0), synthetic(37, 1), devs)
-  states = parallel.replicate(bt.init_states(), devs)
+  bt = training.BatchedTrainer(configs, synthetic(64, 0), synthetic(37, 1), devs)
+  states = parallel.replicate(bt.initial_states(), devs)
   states, metrics, finite = bt.train(states, 0, 5)
   assert finite.all() and metrics.shape == (5, len(RUNS), 2)
   for r, c in enumerate(configs):
-    single = train.Trainer(c, synthetic(64, 0), synthetic(37, 1), devs)
+    single = training.Trainer(c, synthetic(64, 0), synthetic(37, 1), devs)
     s = parallel.replicate(single.init_state(), devs)
     s, m, _ = single.train(s, 0, 5)
     np.testing.assert_allclose(metrics[:, r], m, rtol=1e-4, atol=1e-6)
@@ -68,14 +68,14 @@ def test_runs_spread_over_rows_of_devices_equal_the_runs_alone(data_devices):
   as a run alone): metrics, parameters, statistics and evaluation bit for bit."""
   configs = four_run_configs()
   devs = parallel.devices(data_devices)
-  bt = batched.BatchedTrainer(configs, synthetic(64, 0), synthetic(37, 1), devs, shards=2)
-  states = bt.place(bt.init_states())
+  bt = training.BatchedTrainer(configs, synthetic(64, 0), synthetic(37, 1), devs, shards=2)
+  states = bt.place(bt.initial_states())
   states, metrics, finite = bt.train(states, 0, 5)
   states, more, finite = bt.train(states, 5, 3)  # a second chunk continues the first
   leaf = jax.tree.leaves(states.params)[0]
   assert len(leaf.sharding.device_set) == 2 * data_devices and finite.all()
   for r, c in enumerate(configs):
-    single = train.Trainer(c, synthetic(64, 0), synthetic(37, 1), devs)
+    single = training.Trainer(c, synthetic(64, 0), synthetic(37, 1), devs)
     s = parallel.replicate(single.init_state(), devs)
     s, m, _ = single.train(s, 0, 5)
     s, m2, _ = single.train(s, 5, 3)
@@ -135,9 +135,9 @@ def test_train_batched_writes_each_run_and_records_divergence(tmp_path, monkeypa
     c.max_loss = 100.0
     c.num_steps, c.log_every, c.eval_every, c.checkpoint_every = 8, 4, 4, 4
     c.tensorboard = False
-  monkeypatch.setattr(batched.data, "load_splits", lambda _: (synthetic(64, 0), synthetic(37, 1)))
+  monkeypatch.setattr(data, "load_splits", lambda _: (synthetic(64, 0), synthetic(37, 1)))
   dirs = [str(tmp_path / f"r{i}") for i in range(len(configs))]
-  status = batched.train_batched(configs, dirs)
+  status = training.train_batched(configs, dirs)
   assert status == ["done", "done", "diverged"]
   for d in dirs[:2]:
     assert [e["step"] for e in RunDir(d).metrics()] == [0, 4, 8]
@@ -151,7 +151,7 @@ def test_runs_that_differ_in_shape_are_refused():
   other = copy.deepcopy(configs[0])
   other.model.hidden = (8, 8)
   with pytest.raises(UserError, match="model.hidden"):
-    batched.check_compatible([configs[0], other])
+    training.check_compatible([configs[0], other])
 
 
 def test_stopped_batched_runs_resume_to_the_uninterrupted_result(tmp_path, monkeypatch):
@@ -163,21 +163,21 @@ def test_stopped_batched_runs_resume_to_the_uninterrupted_result(tmp_path, monke
   for c in configs:
     c.num_steps, c.log_every, c.eval_every, c.checkpoint_every = 8, 4, 4, 8
     c.tensorboard, c.num_devices = False, 1
-  monkeypatch.setattr(batched.data, "load_splits", lambda _: (synthetic(64, 0), synthetic(37, 1)))
+  monkeypatch.setattr(data, "load_splits", lambda _: (synthetic(64, 0), synthetic(37, 1)))
   straight = [str(tmp_path / f"straight{i}") for i in range(4)]
-  assert batched.train_batched(configs, straight) == ["done"] * 4
+  assert training.train_batched(configs, straight) == ["done"] * 4
 
   resumed = [str(tmp_path / f"resumed{i}") for i in range(4)]
-  train_chunk = batched.BatchedTrainer.train
+  train_chunk = training.BatchedTrainer.train
 
   def signalled(self, *args):
     os.kill(os.getpid(), signal.SIGTERM)
     return train_chunk(self, *args)
 
   with monkeypatch.context() as m:
-    m.setattr(batched.BatchedTrainer, "train", signalled)
-    with pytest.raises(train.Stopped):
-      batched.train_batched(configs, resumed)
+    m.setattr(training.BatchedTrainer, "train", signalled)
+    with pytest.raises(training.Stopped):
+      training.train_batched(configs, resumed)
   for d in resumed:
     assert json.load(open(f"{d}/status.json")) == {"status": "stopped", "step": 4}
     assert os.listdir(f"{d}/checkpoints") == ["4"]
@@ -185,9 +185,9 @@ def test_stopped_batched_runs_resume_to_the_uninterrupted_result(tmp_path, monke
   shutil.copytree(resumed[1], lagging)
   shutil.rmtree(lagging / "checkpoints")
   with pytest.raises(UserError, match="resumed0 at step 4, .*lagging at step 0"):
-    batched.train_batched(configs, [resumed[0], str(lagging)] + resumed[2:])
+    training.train_batched(configs, [resumed[0], str(lagging)] + resumed[2:])
 
-  assert batched.train_batched(configs, resumed) == ["done"] * 4
+  assert training.train_batched(configs, resumed) == ["done"] * 4
   for a, b in zip(straight, resumed):
     assert [e["step"] for e in RunDir(b).metrics()] == [0, 4, 8]
     assert untimed(RunDir(b).metrics()) == untimed(RunDir(a).metrics())

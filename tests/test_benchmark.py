@@ -1,26 +1,13 @@
-"""scripts/benchmark.py on a few steps (without the small BN-Inception, whose training the
+"""The benchmark (bn_repro.benchmark, scripts/benchmark.py) on a few steps (without the small BN-Inception, whose training the
 Inception tests cover): every row is there and the ratios are the same-round medians the
 docstring promises. Speeds themselves are not checked: the suite has no clock."""
 
-import importlib.util
-import pathlib
-import sys
-
 import pytest
 
-REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+from bn_repro.benchmark import measure as benchmark
 
 
-@pytest.fixture(scope="module")
-def benchmark():
-  spec = importlib.util.spec_from_file_location("benchmark", REPO_ROOT / "scripts" / "benchmark.py")
-  module = importlib.util.module_from_spec(spec)
-  sys.modules["benchmark"] = module
-  spec.loader.exec_module(module)
-  return module
-
-
-def test_measure_reports_every_loop(benchmark, capsys):
+def test_measure_reports_every_loop(capsys):
   res = benchmark.measure("", steps=3, repeats=2, with_inception=False)
   loops = {"floor", "ours_bn", "ours_nobn", "per_step_bn", "per_step_nobn"}
   assert loops <= set(res["steps_per_sec"])

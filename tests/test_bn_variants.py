@@ -8,6 +8,7 @@ import pytest
 from test_train import assert_trees_close, make_trainer, synthetic, tiny_config
 
 import bn_repro
+import bn_repro.training
 from bn_repro import analysis, parallel, validation
 from bn_repro import batch_norm as bn
 from bn_repro.errors import UserError
@@ -316,7 +317,7 @@ def test_train_eval_equals_eval_on_the_same_examples():
   config = tiny_config(eval_train_examples=24)
   ds = synthetic(64, 0)
   first = bn_repro.data.ArrayDataset(ds.images[:24], ds.labels[:24])
-  trainer = bn_repro.train.Trainer(config, ds, first, parallel.devices(2))
+  trainer = bn_repro.training.Trainer(config, ds, first, parallel.devices(2))
   state = parallel.replicate(trainer.init_state(ds.images[:2]), trainer.devs)
   state, _, _ = trainer.train(state, 0, 3)
   out = trainer.evaluate(state)

@@ -9,9 +9,10 @@ import pytest
 from idx_files import write_mnist_dir
 from test_train import set_fields
 
-from bn_repro import data, models, train, validation
+from bn_repro import checkpoints, data, models, training, validation
 from bn_repro.errors import UserError
 from bn_repro.models.lstm import LSTM
+from bn_repro.rundir import RunDir
 from configs import seq_mnist
 
 EPS, DECAY = 1e-5, 0.9
@@ -208,17 +209,17 @@ def test_train_and_evaluate_on_eight_devices_with_algorithm_2(tmp_path):
     }
   )
   workdir = str(tmp_path / "run")
-  last = train.train_and_evaluate(config, workdir)
+  last = training.train_and_evaluate(config, workdir)
   assert len(jax.local_devices()) == 8
   assert last["step"] == 4
   for k in ("train/loss", "eval/accuracy", "eval/loss"):
     assert np.isfinite(last[k]), k
-  assert json.loads((tmp_path / "run" / train.STATUS_FILE).read_text()) == {
+  assert json.loads((tmp_path / "run" / RunDir.STATUS).read_text()) == {
     "status": "done",
     "step": 4,
   }
 
-  saved = train.checkpoint_manager(workdir).restore(4)
+  saved = checkpoints.manager(RunDir(workdir)).restore(4)
   params, stats = saved["params"], saved["batch_stats"]
   assert int(stats["count"]) == 3
   images = data.load_splits(config.data)[0].images.astype(np.float64) / 255

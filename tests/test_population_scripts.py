@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from idx_files import write_mnist_dir
 
-from bn_repro import data, parallel, runs, train
+from bn_repro import data, parallel, runs, training
 from bn_repro.errors import UserError
 from configs import mnist_mlp
 
@@ -46,7 +46,7 @@ def run_dir(tmp_path_factory) -> pathlib.Path:
   c.batch_size, c.eval_batch_size, c.num_steps = BATCH, 40, 8
   c.log_every, c.eval_every, c.checkpoint_every, c.tensorboard = 4, 8, 4, False
   c.data.source, c.data.idx_dir = "idx", str(write_mnist_dir(root, train=96, test=40))
-  train.train_and_evaluate(c, str(root / "run"))
+  training.train_and_evaluate(c, str(root / "run"))
   return root / "run"
 
 
@@ -61,7 +61,7 @@ def numpy_population(run: runs.Run, num_batches: int, unbiased: bool) -> dict:
   host = parallel.unreplicate(run.state)
   p, eps = host.params, run.config.bn.epsilon
   idx = data.train_batch_indices(
-    len(run.train_ds), BATCH, run.config.seed + train.POPULATION_SEED_OFFSET, 0, num_batches
+    len(run.train_ds), BATCH, run.config.seed + training.POPULATION_SEED_OFFSET, 0, num_batches
   )
   means, variances = [[] for _ in HIDDEN], [[] for _ in HIDDEN]
   for batch in idx:
@@ -87,7 +87,7 @@ def assert_statistics(batch_stats, want, num_batches):
 
 
 def test_precise_statistics_are_the_mean_of_the_batch_moments(opened):
-  state = opened.estimator.precise_population(opened.state, 3)
+  state = opened.trainer.precise_population(opened.state, 3)
   host = parallel.unreplicate(state)
   assert_statistics(host.batch_stats, numpy_population(opened, 3, unbiased=False), 3)
   # The weights are frozen; the stored (EMA) statistics were something else.
@@ -98,8 +98,8 @@ def test_precise_statistics_are_the_mean_of_the_batch_moments(opened):
 
 def test_unbiased_scales_the_variances_by_m_over_m_minus_1(run_dir, opened):
   unbiased = runs.open_run(str(run_dir), unbiased=True)
-  got = parallel.unreplicate(unbiased.estimator.precise_population(unbiased.state, 3)).batch_stats
-  biased = parallel.unreplicate(opened.estimator.precise_population(opened.state, 3)).batch_stats
+  got = parallel.unreplicate(unbiased.trainer.precise_population(unbiased.state, 3)).batch_stats
+  biased = parallel.unreplicate(opened.trainer.precise_population(opened.state, 3)).batch_stats
   for layer in biased:
     np.testing.assert_allclose(got[layer]["mean"], biased[layer]["mean"], rtol=1e-6)
     np.testing.assert_allclose(
@@ -152,7 +152,7 @@ def test_saved_run_holds_the_largest_n_statistics_and_the_source_weights(scripts
   assert [r["batches"] for r in rows] == [None, 2, 3]
   # Evaluating the saved run's statistics gives the table's N = 3 row.
   np.testing.assert_allclose(
-    saved.estimator.evaluate(saved.state)["eval/loss"], rows[2]["eval/loss"], rtol=1e-6
+    saved.trainer.evaluate(saved.state)["eval/loss"], rows[2]["eval/loss"], rtol=1e-6
   )
 
 

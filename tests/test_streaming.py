@@ -5,7 +5,7 @@ import json
 import numpy as np
 import tensorflow_datasets as tfds
 
-from bn_repro import train
+from bn_repro import training
 from bn_repro.rundir import RunDir
 from configs import inception_small
 
@@ -29,11 +29,11 @@ def tiny_imagenet_config():
 def test_streamed_imagenet_trains_evaluates_and_resumes(tmp_path):
   c = tiny_imagenet_config()
   with tfds.testing.mock_data(num_examples=20):
-    train.train_and_evaluate(c, str(tmp_path / "straight"))
+    training.train_and_evaluate(c, str(tmp_path / "straight"))
     c2 = tiny_imagenet_config()
     c2.num_steps = 2
-    train.train_and_evaluate(c2, str(tmp_path / "resumed"))
-    train.train_and_evaluate(c, str(tmp_path / "resumed"))
+    training.train_and_evaluate(c2, str(tmp_path / "resumed"))
+    training.train_and_evaluate(c, str(tmp_path / "resumed"))
   a, b = RunDir(tmp_path / "straight").metrics(), RunDir(tmp_path / "resumed").metrics()
   assert [e["step"] for e in a] == [0, 2, 4] == [e["step"] for e in b]
   evals = [e for e in a if "eval/accuracy" in e]

@@ -28,7 +28,7 @@ def test_points_that_differ_only_in_seed_and_learning_rate_share_a_group(tmp_pat
       {"model.use_bn": True, "seed": 5, "model.hidden": (4,)},  # another shape
       {"model.use_bn": True, "seed": 6, "bn.population": "average"},
     ],
-  )  # batched.py refuses it
+  )  # training.check_batchable refuses it
   sweep = sw.Sweep(
     base=BASE,
     grid=grid,

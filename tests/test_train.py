@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bn_repro import data, models, parallel, train
+from bn_repro import data, models, parallel, training
 from configs import mnist_mlp
 
 
@@ -41,7 +41,7 @@ def synthetic(n: int, seed: int) -> data.ArrayDataset:
 
 
 def make_trainer(config, num_devices, train_n=64, eval_n=37):
-  return train.Trainer(
+  return training.Trainer(
     config, synthetic(train_n, 0), synthetic(eval_n, 1), parallel.devices(num_devices)
   )
 
@@ -130,7 +130,7 @@ def test_probe_is_the_last_hidden_layers_pre_nonlinearity():
   for name in ("dense0", "dense1"):
     pre = h @ np.asarray(p[name]["kernel"]) + np.asarray(p[name]["bias"])
     h = 1 / (1 + np.exp(-pre))
-  want = np.percentile(pre[:, 3], train.PERCENTILES)
+  want = np.percentile(pre[:, 3], training.step.PERCENTILES)
   np.testing.assert_allclose(
     [got["probe/p15"], got["probe/p50"], got["probe/p85"]], want, rtol=1e-4, atol=1e-5
   )

@@ -1,7 +1,7 @@
-"""PyTorch eager references of two bn_repro networks, for scripts/benchmark.py.
+"""PyTorch eager references of two bn_repro networks, for the benchmark (scripts/benchmark.py).
 
 PyTorch is optional and never a dependency of bn_repro: this module imports it only
-inside functions, so `import torch_reference` works without it; `available()` says
+inside functions, so importing this module works without it; `available()` says
 whether it can be used. It holds, as the usual eager training loop (zero_grad,
 forward, loss, backward, optimizer.step, one host batch per step through
 torch.from_numpy), with PyTorch's default thread count and torch.manual_seed(0):
@@ -25,18 +25,15 @@ Differences that do not change shapes, parameters or work per step:
     the biased one. Training-mode outputs do not depend on either.
   * Weights are drawn by PyTorch's generator (same distributions, other values).
 
-  python scripts/torch_reference.py   # parameter counts and a short timing of each loop
+  python -m bn_repro.benchmark.torch_reference   # parameter counts and a short timing of each loop
 """
 
 import functools
 import math
-import os
 import sys
 import time
 
 import numpy as np
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 INCEPTION_CONFIG = "bn_x5"  # variant of configs/inception_small.py
 INPUT_SHAPE = (28, 28, 1)  # MNIST, NHWC as bn_repro takes it

@@ -1,0 +1,53 @@
+"""Stop requests: SIGTERM/SIGINT become a stop the training loop honours at its next
+chunk boundary, agreed across processes so that every process stops at the same step."""
+
+import signal
+import threading
+
+import jax
+import numpy as np
+from absl import logging
+from jax.experimental import multihost_utils
+
+
+class StopSignals:
+  """Turns SIGTERM/SIGINT into a request the loop honours at its next chunk boundary.
+
+  A second signal while the first is pending interrupts at once.
+  """
+
+  SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+  def __init__(self):
+    self.requested: int | None = None
+    self._previous = {}
+
+  def _handle(self, signum, frame):
+    del frame
+    if self.requested is not None:
+      raise KeyboardInterrupt
+    self.requested = signum
+    logging.warning(
+      "Signal %d: saving a checkpoint at the end of this chunk, then stopping "
+      "(send it again to stop at once)",
+      signum,
+    )
+
+  def agreed(self) -> int | None:
+    """The pending signal as all processes see it: with several processes, a signal that
+    reached any of them stops all of them at the same step (else the others would wait
+    forever in the next collective)."""
+    if jax.process_count() == 1:
+      return self.requested
+    seen = multihost_utils.process_allgather(np.asarray(self.requested or 0, np.int32))
+    return int(np.max(seen)) or None
+
+  def __enter__(self):
+    if threading.current_thread() is threading.main_thread():
+      for sig in self.SIGNALS:
+        self._previous[sig] = signal.signal(sig, self._handle)
+    return self
+
+  def __exit__(self, *exc):
+    for sig, handler in self._previous.items():
+      signal.signal(sig, handler)
