@@ -23,9 +23,9 @@ import orbax.checkpoint as ocp
 
 from bn_repro import data, parallel, train, validation
 from bn_repro.errors import EXIT_BAD_INPUT, UserError
+from bn_repro.fields import parse_assignments
 from bn_repro.models import common
 from bn_repro.rundir import write_json
-from bn_repro.sweep import parse_overrides
 
 SOURCE_FILE = "source.json"  # in a run written by save_run: where its statistics came from
 
@@ -354,7 +354,7 @@ def open_from_args(args: argparse.Namespace) -> Run:
   return open_run(
     args.workdir,
     step=args.step,
-    overrides=parse_overrides(args.override),
+    overrides=parse_assignments(args.override),
     unbiased=args.unbiased,
     fallback=args.fallback_checkpoint,
   )
