@@ -2,6 +2,9 @@
 
 No JAX: these run in a second."""
 
+import subprocess
+import sys
+
 import pytest
 
 from bn_repro.sweeps import grid as sw
@@ -53,3 +56,19 @@ def test_point_names_are_stable_sorted_and_filesystem_safe():
   assert len(long) <= sw.MAX_NAME and long == sw.point_name({f"f{i}": "v" * 20 for i in range(20)})
   for name in (sw.point_name(a, aliases), long):
     assert "/" not in name and " " not in name
+
+
+def test_grid_imports_the_standard_library_only():
+  code = (
+    "import sys; import bn_repro.sweeps.grid; "
+    "print(sorted(m for m in ('jax', 'absl', 'ml_collections', 'numpy') if m in sys.modules))"
+  )
+  r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+  assert r.returncode == 0 and r.stdout.strip() == "[]", r.stdout + r.stderr
+
+
+def test_pick_names_the_choices():
+  sweeps = {"a": lambda: sw.Sweep(base="x.py:y", grid=sw.axis("seed", (0,)))}
+  assert sw.pick(sweeps, "a", "here.py").grid == [{"seed": 0}]
+  with pytest.raises(ValueError, match="unknown sweep 'b' in here.py; choose one of a"):
+    sw.pick(sweeps, "b", "here.py")
