@@ -24,7 +24,7 @@ Offline on the IDX files of the 10,000-image test set (first 8,000 train, last 2
 report flag). With tfds MNIST drop the four --override flags.
 """
 
-from bn_repro import sweep as sw
+from bn_repro.sweeps import grid as sw
 
 BASE = "mnist_mlp.py:bn_sigmoid"  # relative to this file
 STEPS = 5_000

@@ -13,7 +13,7 @@ Offline on the IDX files of the 10,000-image MNIST test set, 2,000 steps each:
   python scripts/sweep_report.py --sweep_dir=runs/small_five
 """
 
-from bn_repro import sweep as sw
+from bn_repro.sweeps import grid as sw
 from configs import inception_imagenet
 
 VARIANTS = inception_imagenet.VARIANTS

@@ -31,7 +31,7 @@ programs of 4 seeds side by side, the fastest on 2 cores):
     --override=num_steps=2000
 """
 
-from bn_repro import sweep as sw
+from bn_repro.sweeps import grid as sw
 
 BASE = "mnist_mlp.py:bn_sigmoid"  # relative to this file
 ALIASES = {

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from test_train import set_fields
 
-from bn_repro import sweep as sw
 from bn_repro import validation
+from bn_repro.sweeps import grid as sw
 from configs import ablation_sweeps, mnist_mlp
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -19,7 +19,7 @@ SCRIPT = os.path.join(ROOT, "scripts", "ablation_report.py")
 
 
 def write_sweep(root, points):
-  """points: [(name, fields, status, events)] -> a sweep dir as bn_repro.sweep writes it."""
+  """points: [(name, fields, status, events)] -> a sweep dir as bn_repro.sweeps writes it."""
   os.makedirs(root)
   record = {
     "sweep": "configs/ablation_sweeps.py:test",

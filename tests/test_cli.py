@@ -226,7 +226,7 @@ def test_sweep_console_script_loads_sweep_files_that_import_configs(tmp_path):
   "command,program",
   [
     (["-m", "bn_repro.main", "--config=configs/mnist_mlp.py:bn_sigmoid"], "bn-repro"),
-    (["-m", "bn_repro.sweep"], "bn-repro sweep"),
+    (["-m", "bn_repro.sweeps"], "bn-repro sweep"),
     (["scripts/sweep_report.py"], "sweep_report"),
     (["scripts/ablation_report.py"], "ablation_report"),
     (["scripts/figure1.py"], "figure1"),

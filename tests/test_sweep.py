@@ -1,5 +1,5 @@
-"""Sweeps: grids and point names, bad input, and one real tiny sweep run, killed, resumed and
-reported through the CLIs in subprocesses."""
+"""Sweeps: resolving points and bad input, and one real tiny sweep run, killed, resumed and
+reported through the CLIs in subprocesses (the grid language: test_sweep_grid.py)."""
 
 import csv
 import importlib.util
@@ -16,9 +16,10 @@ import time
 import pytest
 from idx_files import write_mnist_dir
 
-from bn_repro import sweep as sw
 from bn_repro.errors import UserError
-from bn_repro.rundir import RunDir
+from bn_repro.rundir import FINISHED, RunDir
+from bn_repro.sweeps import grid as sw
+from bn_repro.sweeps import resolve, runner
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 BASE = f"{REPO}/configs/mnist_mlp.py:bn_sigmoid"
@@ -38,60 +39,12 @@ DEADLINE_S = 900  # only so that a hang fails instead of blocking; nothing asser
 
 
 # ---------------------------------------------------------------------------
-# Grids and names.
-
-
-def test_product_zip_concat():
-  lr = sw.axis("optimizer.learning_rate", (0.1, 1.0))
-  bn = sw.axis("model.use_bn", (True, False))
-  assert sw.product(bn, lr) == [
-    {"model.use_bn": True, "optimizer.learning_rate": 0.1},
-    {"model.use_bn": True, "optimizer.learning_rate": 1.0},
-    {"model.use_bn": False, "optimizer.learning_rate": 0.1},
-    {"model.use_bn": False, "optimizer.learning_rate": 1.0},
-  ]
-  assert sw.zip_(bn, lr) == [
-    {"model.use_bn": True, "optimizer.learning_rate": 0.1},
-    {"model.use_bn": False, "optimizer.learning_rate": 1.0},
-  ]
-  assert sw.concat(bn, [{"seed": 3}]) == bn + [{"seed": 3}]
-  assert len(sw.product(bn, lr, sw.axis("seed", range(3)))) == 12
-  with pytest.raises(ValueError, match="equal length"):
-    sw.zip_(bn, sw.axis("seed", range(3)))
-  with pytest.raises(ValueError, match="model.use_bn"):
-    sw.product(bn, bn)
-
-
-def test_point_names_are_stable_sorted_and_filesystem_safe():
-  aliases = {"model.use_bn": "bn", "optimizer.learning_rate": "lr"}
-  a = {
-    "model.use_bn": True,
-    "model.nonlinearity": "sigmoid",
-    "optimizer.learning_rate": 0.1,
-    "seed": 0,
-  }
-  b = dict(reversed(list(a.items())))
-  assert (
-    sw.point_name(a, aliases)
-    == sw.point_name(b, aliases)
-    == ("bn=on,lr=0.1,nonlinearity=sigmoid,seed=0")
-  )
-  assert sw.point_name({"optimizer.learning_rate": 10.0}, aliases) == "lr=10"
-  assert sw.point_name({"optimizer.learning_rate": 1e-5}, aliases) == "lr=1e-05"
-  assert sw.point_name({"model.hidden": (8, 8)}) == "hidden=8x8"
-  assert sw.point_name({"data.train_split": "test[:8000]"}) == "train_split=test__8000_"
-  assert sw.point_name({"config": "bn_x5"}) == "config=bn_x5"
-  assert sw.point_name({"config": "../inception.py:bn_x5"}) == "config=inception_bn_x5"
-  assert sw.point_name({}) == "base"
-  long = sw.point_name({f"f{i}": "v" * 20 for i in range(20)})
-  assert len(long) <= sw.MAX_NAME and long == sw.point_name({f"f{i}": "v" * 20 for i in range(20)})
-  for name in (sw.point_name(a, aliases), long):
-    assert "/" not in name and " " not in name
+# Resolving.
 
 
 def test_presets_resolve_to_named_points():
-  sweep, sweep_dir = sw.load_sweep(str(REPO / "configs/mnist_sweeps.py") + ":lr_grid")
-  points = sw.resolve(sweep, sweep_dir, "runs/lr", {"num_steps": "100"}, cwd=str(REPO))
+  sweep, sweep_dir = resolve.load_sweep(str(REPO / "configs/mnist_sweeps.py") + ":lr_grid")
+  points = resolve.resolve(sweep, sweep_dir, "runs/lr", {"num_steps": "100"}, cwd=str(REPO))
   assert len(points) == 2 * 2 * 7 * 3 == len({p.name for p in points})
   p = points[0]
   assert p.name == "bn=on,lr=0.01,nonlinearity=sigmoid,seed=0"
@@ -108,8 +61,8 @@ def test_presets_resolve_to_named_points():
     ("relu", False),
   }
 
-  sweep, sweep_dir = sw.load_sweep(str(REPO / "configs/mnist_sweeps.py") + ":figure1")
-  points = sw.resolve(sweep, sweep_dir, "runs/fig1", {}, cwd=str(REPO))
+  sweep, sweep_dir = resolve.load_sweep(str(REPO / "configs/mnist_sweeps.py") + ":figure1")
+  points = resolve.resolve(sweep, sweep_dir, "runs/fig1", {}, cwd=str(REPO))
   assert [p.name for p in points] == ["bn=on", "bn=off"]
   assert [p.resolved["model"]["use_bn"] for p in points] == [True, False]
 
@@ -140,17 +93,17 @@ def test_presets_resolve_to_named_points():
 def test_resolve_rejects_bad_sweeps(grid, fixed, overrides, expect):
   sweep = sw.Sweep(base=BASE, grid=grid, fixed=fixed)
   with pytest.raises(UserError, match=expect):
-    sw.resolve(sweep, str(REPO), "runs/x", overrides, cwd=str(REPO))
+    resolve.resolve(sweep, str(REPO), "runs/x", overrides, cwd=str(REPO))
 
 
 def test_parallel_children_get_one_xla_thread_each():
-  env = sw.child_env(2, {"XLA_FLAGS": "--xla_force_host_platform_device_count=8"})
+  env = runner.child_env(2, {"XLA_FLAGS": "--xla_force_host_platform_device_count=8"})
   assert env["XLA_FLAGS"].split() == [
     "--xla_force_host_platform_device_count=8",
     "--xla_cpu_multi_thread_eigen=false",
   ]
   assert env["XLA_PYTHON_CLIENT_PREALLOCATE"] == "false"
-  assert sw.child_env(1, {"XLA_FLAGS": "--x"}) == {"XLA_FLAGS": "--x"}
+  assert runner.child_env(1, {"XLA_FLAGS": "--x"}) == {"XLA_FLAGS": "--x"}
 
 
 # ---------------------------------------------------------------------------
@@ -160,7 +113,7 @@ def test_parallel_children_get_one_xla_thread_each():
 def _sweep_file(path: pathlib.Path, grid: str) -> pathlib.Path:
   path.write_text(
     textwrap.dedent(f"""\
-      from bn_repro import sweep as sw
+      from bn_repro.sweeps import grid as sw
 
       def get_sweep(name):
         return sw.Sweep(base={BASE!r}, grid={grid}, fixed={TINY!r},
@@ -172,7 +125,7 @@ def _sweep_file(path: pathlib.Path, grid: str) -> pathlib.Path:
 
 
 def _runner(*args) -> list[str]:
-  return [sys.executable, "-m", "bn_repro.sweep", *args]
+  return [sys.executable, "-m", "bn_repro.sweeps", *args]
 
 
 def _run(cmd, **kwargs) -> subprocess.CompletedProcess:
@@ -228,7 +181,7 @@ def swept(tmp_path_factory):
       _runner(*args), cwd=REPO, stdout=out, stderr=subprocess.STDOUT, env=dict(os.environ)
     )
     deadline = time.monotonic() + DEADLINE_S
-    while not any(_status(workdir / n).get("status") in sw.FINISHED for n in names):
+    while not any(_status(workdir / n).get("status") in FINISHED for n in names):
       assert proc.poll() is None, (tmp / "run1.out").read_text()
       assert time.monotonic() < deadline, "no point finished"
       time.sleep(0.2)
@@ -237,7 +190,7 @@ def swept(tmp_path_factory):
   finished = {
     n: (workdir / n / "status.json").stat().st_mtime_ns
     for n in names
-    if _status(workdir / n).get("status") in sw.FINISHED
+    if _status(workdir / n).get("status") in FINISHED
   }
   run2 = _run(_runner(*args))
   mtimes = {n: (workdir / n / "status.json").stat().st_mtime_ns for n in names}

@@ -13,8 +13,9 @@ from idx_files import write_mnist_dir
 from test_batched import untimed
 from test_sweep import BASE, REPO, TINY, _run, _runner, _sweep_file
 
-from bn_repro import sweep as sw
 from bn_repro.rundir import RunDir
+from bn_repro.sweeps import grid as sw
+from bn_repro.sweeps import resolve, runner
 
 
 def test_points_that_differ_only_in_seed_and_learning_rate_share_a_group(tmp_path):
@@ -35,10 +36,10 @@ def test_points_that_differ_only_in_seed_and_learning_rate_share_a_group(tmp_pat
     fixed=TINY,
     aliases={"model.use_bn": "bn", "optimizer.learning_rate": "lr"},
   )
-  points = sw.resolve(sweep, str(REPO), str(tmp_path), {}, cwd=str(REPO))
+  points = resolve.resolve(sweep, str(REPO), str(tmp_path), {}, cwd=str(REPO))
   everything = range(len(points))
-  assert sw.batch_groups(points, everything) == [[0, 1, 2, 3], [4, 5, 6, 7], [8], [9]]
-  assert sw.batch_groups(points, everything, max_runs=3) == [
+  assert runner.batch_groups(points, everything) == [[0, 1, 2, 3], [4, 5, 6, 7], [8], [9]]
+  assert runner.batch_groups(points, everything, max_runs=3) == [
     [0, 1],
     [2, 3],
     [4, 5],
@@ -46,16 +47,22 @@ def test_points_that_differ_only_in_seed_and_learning_rate_share_a_group(tmp_pat
     [8],
     [9],
   ]
-  assert sw.batch_groups(points, [0, 5, 2]) == [[0, 2], [5]]
+  assert runner.batch_groups(points, [0, 5, 2]) == [[0, 2], [5]]
   # Fewer groups than processes: the largest split evenly, 2 runs a part at least.
-  assert sw.batch_groups(points, range(8), parallel=4) == [[0, 1], [2, 3], [4, 5], [6, 7]]
-  assert sw.batch_groups(points, [0, 1, 2, 3, 4, 5], parallel=3) == [[0, 1], [2, 3], [4, 5]]
-  assert sw.batch_groups(points, [0, 1, 2, 4, 5, 6, 7], parallel=3) == [[0, 1, 2], [4, 5], [6, 7]]
-  assert sw.batch_groups(points, [0, 1, 2, 4], parallel=4) == [[0, 1, 2], [4]]
-  assert sw.batch_groups(points, everything, parallel=2) == sw.batch_groups(points, everything)
+  assert runner.batch_groups(points, range(8), parallel=4) == [[0, 1], [2, 3], [4, 5], [6, 7]]
+  assert runner.batch_groups(points, [0, 1, 2, 3, 4, 5], parallel=3) == [[0, 1], [2, 3], [4, 5]]
+  assert runner.batch_groups(points, [0, 1, 2, 4, 5, 6, 7], parallel=3) == [
+    [0, 1, 2],
+    [4, 5],
+    [6, 7],
+  ]
+  assert runner.batch_groups(points, [0, 1, 2, 4], parallel=4) == [[0, 1, 2], [4]]
+  assert runner.batch_groups(points, everything, parallel=2) == runner.batch_groups(
+    points, everything
+  )
   # A point that resumes from another step than its partners trains apart.
   (tmp_path / points[1].name / "checkpoints" / "4").mkdir(parents=True)
-  assert sw.batch_groups(points, everything)[:3] == [[0, 2, 3], [1], [4, 5, 6, 7]]
+  assert runner.batch_groups(points, everything)[:3] == [[0, 2, 3], [1], [4, 5, 6, 7]]
 
 
 def _files(point_dir: pathlib.Path) -> list[str]:

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from bn_repro import sweep as sw
+from bn_repro.sweeps import resolve
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SPEC = "configs/inception_sweeps.py:small_five"
@@ -52,7 +52,7 @@ PAPER = {
 }
 
 
-def _variant(point: sw.ResolvedPoint) -> str:
+def _variant(point: resolve.ResolvedPoint) -> str:
   return point.config.rpartition(":")[2]
 
 
@@ -60,12 +60,10 @@ def _variant(point: sw.ResolvedPoint) -> str:
 def report(tmp_path_factory):
   """The sweep dir as the runner writes it, with synthetic metrics; then the report CLI."""
   workdir = tmp_path_factory.mktemp("small_five")
-  sweep, sweep_dir = sw.load_sweep(str(REPO / SPEC))
-  points = sw.resolve(sweep, sweep_dir, str(workdir), {}, cwd=str(REPO), label=SPEC)
+  sweep, sweep_dir = resolve.load_sweep(str(REPO / SPEC))
+  points = resolve.resolve(sweep, sweep_dir, str(workdir), {}, cwd=str(REPO), label=SPEC)
   assert sorted(map(_variant, points)) == sorted(CURVES)
-  record = sw._sweep_record(  # pylint: disable=protected-access
-    SPEC, sweep, str(workdir), {}, points, str(REPO)
-  )
+  record = resolve.sweep_record(SPEC, sweep, str(workdir), {}, points, str(REPO))
   (workdir / "sweep.json").write_text(json.dumps(record))
   for point in points:
     v = _variant(point)
