@@ -74,7 +74,7 @@ def parse_like(text: str, like: Any) -> Any:
   if isinstance(like, str):
     return text
   try:
-    value = ast.literal_eval(text)
+    value: Any = ast.literal_eval(text)
   except (ValueError, SyntaxError):
     raise ValueError(f"{text!r} is not a {type(like).__name__} like {like!r}") from None
   allowed = _ACCEPTS.get(type(like), (type(like),))

@@ -52,7 +52,7 @@ def add_cpu_devices(count: int = 0) -> bool:
   if (
     count <= 1
     or "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", "")
-    or jax.config.jax_num_cpu_devices >= 0
+    or jax.config.jax_num_cpu_devices >= 0  # type: ignore[attr-defined]
   ):
     return False
   try:
@@ -163,7 +163,7 @@ def data_parallel(
   *,
   donate_argnums: Sequence[int] = (),
   backend: str = "pmap",
-) -> Callable:
+) -> Any:  # a jax.jit / jax.pmap function (with .lower)
   """Maps a per-device function (collectives over `AXIS`) over `devs`.
 
   "pmap": jax.pmap. "shard_map": jax.jit of jax.shard_map over a 1-D mesh, with
@@ -189,7 +189,7 @@ def _jit_shard_map(
   in_specs: Any,
   out_specs: Any,
   donate_argnums: Sequence[int],
-) -> Callable:
+) -> Any:  # a jax.jit / jax.pmap function (with .lower)
   """jax.jit of jax.shard_map with each device's block (leading axis of size 1)
   squeezed, so that `fn` sees the same per-device shapes as under pmap."""
 
@@ -211,7 +211,7 @@ def run_parallel(
   in_run_axes: Sequence[int | None],
   out_run_axes: Sequence[int | None],
   donate_argnums: Sequence[int] = (),
-) -> Callable:
+) -> Any:  # a jax.jit / jax.pmap function (with .lower)
   """Maps a per-device function over `shards` rows of data-parallel devices, each row
   taking its share of the runs: jax.jit of jax.shard_map over the RUNS x AXIS mesh.
 

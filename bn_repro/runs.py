@@ -65,8 +65,8 @@ class Estimator(Trainer):
     draws from (so N = bn.population_batches repeats a run's own Algorithm 2); the
     weights are not touched.
     """
-    idx = self.feed.indices(self.config.seed + POPULATION_SEED_OFFSET, 0, num_batches)
-    return self._precise(state, *self.feed.dataset, idx)
+    idx = self.in_memory.indices(self.config.seed + POPULATION_SEED_OFFSET, 0, num_batches)
+    return self._precise(state, *self.in_memory.dataset, idx)
 
 
 @dataclasses.dataclass

@@ -21,8 +21,8 @@ temporaries, per device) and the process's peak RSS; 8 seeds of the BN MLP train
 together in one program (bn_repro.training.BatchedTrainer, vmap over runs, spread over one CPU
 device per core as the sweep runner's --batched does, and on one device) against
 the same runs one after another, in run-steps/s; the small BN-Inception's images/s
-(forward + backward) and compile time, with the convolutions config.model.conv_impl="auto" picks (im2col on CPU) and
-with XLA's own, and PyTorch eager's on the same network. --figure1 (needs --idx_dir) also
+(forward + backward) and compile time, with the convolutions config.model.conv_impl="auto"
+picks (im2col on CPU) and with XLA's own, and PyTorch eager's on the same network. --figure1 (needs --idx_dir) also
 times the whole Figure 1 reproduction, `scripts/figure1.sh` in a subprocess as a
 user runs it. --profile adds where the time of one step goes: the XLA operations
 of the floor's and our steps, in microseconds per step, from a jax.profiler trace.

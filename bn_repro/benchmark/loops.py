@@ -6,26 +6,30 @@ and, where it has one, `compiled` (the XLA program, for its memory analysis).
 
 import time
 
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax import lax
 
-def datasets(idx_dir: str):
-  import numpy as np
+from bn_repro import configs, data, parallel, training
 
-  from bn_repro import data
 
+def datasets(idx_dir: str) -> tuple[data.ArrayDataset, data.ArrayDataset]:
+  """The t10k split from the IDX files in `idx_dir`, or random images of its shape."""
   if idx_dir:
     cfg = config("bn_sigmoid", idx_dir).data
     return data.load_splits(cfg)
   rng = np.random.default_rng(0)
   make = lambda n: data.ArrayDataset(
-    rng.integers(0, 256, (n, 28, 28, 1), dtype=np.uint8), rng.integers(0, 10, n).astype(np.int32)
+    rng.integers(0, 256, (n, 28, 28, 1), dtype=np.uint8), np.asarray(rng.integers(0, 10, n), np.int32)
   )
   return make(8000), make(2000)
 
 
 def config(variant: str, idx_dir: str):
-  from configs import mnist_mlp
-
-  c = mnist_mlp.getconfig(variant)
+  c = configs.get(f"mnist_mlp:{variant}")
   c.num_devices = 1
   c.data.source = "idx"
   c.data.idx_dir = idx_dir
@@ -37,8 +41,6 @@ class Ours:
   """bn_repro's training chunk, compiled once, timed without compilation."""
 
   def __init__(self, variant, train_ds, eval_ds, steps):
-    from bn_repro import parallel, training
-
     self.trainer = training.Trainer(config(variant, ""), train_ds, eval_ds, parallel.devices(1))
     self.state = parallel.replicate(self.trainer.init_state(train_ds.images[:2]), self.trainer.devs)
     self.steps, self.pos = steps, 0
@@ -57,11 +59,6 @@ class Floor:
   """The MLP step's matmuls and the SGD update only, in one lax.scan."""
 
   def __init__(self, train_ds, steps):
-    import jax
-    import jax.numpy as jnp
-    import numpy as np
-    from jax import lax
-
     rng = np.random.default_rng(0)
     idx = rng.integers(0, len(train_ds), (steps, 60))
     self.x = jnp.asarray(train_ds.images[idx].reshape(steps, 60, -1), jnp.float32) / 255
@@ -89,8 +86,6 @@ class Floor:
     self.steps = steps
 
   def run(self):
-    import jax
-
     self.w = jax.block_until_ready(self.fn(self.w, self.x))
 
 
@@ -98,12 +93,6 @@ class PerStep:
   """The usual Flax loop: jax.jit(step) with flax.linen.BatchNorm, one dispatch per step."""
 
   def __init__(self, use_bn, train_ds, steps):
-    import flax.linen as nn
-    import jax
-    import jax.numpy as jnp
-    import numpy as np
-    import optax
-
     class Net(nn.Module):
       @nn.compact
       def __call__(self, x, train):
@@ -154,26 +143,22 @@ class PerStep:
     )
 
   def run(self):
-    import jax
-
     for _ in range(self.steps):
       self._one()
     jax.block_until_ready(self.loss)
 
 
 class Batched:
-  """`runs` seeds of the MLP (BN) in one program (bn_repro.training.BatchedTrainer), run-steps per second."""
+  """`runs` seeds of the MLP (BN) in one program (training.BatchedTrainer): run-steps/s."""
 
   def __init__(self, train_ds, eval_ds, steps, runs, spread=True):
-    from bn_repro import parallel, training
-
-    configs = []
+    seeds = []
     for seed in range(runs):
       c = config("bn_sigmoid", "")
       c.seed = seed
-      configs.append(c)
+      seeds.append(c)
     self.shards = parallel.run_shards(runs, 1) if spread else 1
-    self.bt = training.BatchedTrainer(configs, train_ds, eval_ds, parallel.devices(1), self.shards)
+    self.bt = training.BatchedTrainer(seeds, train_ds, eval_ds, parallel.devices(1), self.shards)
     self.states = self.bt.place(self.bt.initial_states())
     self.steps, self.pos = steps, 0
     t = time.perf_counter()
@@ -191,10 +176,7 @@ class SmallInception:
   `conv_impl` as config.model.conv_impl (models/conv.py)."""
 
   def __init__(self, train_ds, eval_ds, steps, conv_impl="auto"):
-    from bn_repro import parallel, training
-    from configs import inception_small
-
-    c = inception_small.getconfig("bn_x5")
+    c = configs.get("inception_small:bn_x5")
     c.model.conv_impl = conv_impl
     c.num_devices = 1
     self.trainer = training.Trainer(c, train_ds, eval_ds, parallel.devices(1))

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from typing import Any
 
 from bn_repro.benchmark import loops
 
@@ -67,7 +68,8 @@ def step_profile(runner, steps: int) -> dict:
     with gzip.open(glob.glob(os.path.join(tmp, "**", "*.trace.json.gz"), recursive=True)[0]) as f:
       trace = json.load(f)
   events = trace["traceEvents"] if isinstance(trace, dict) else trace
-  total, count = collections.defaultdict(float), collections.Counter()
+  total: dict[str, float] = collections.defaultdict(float)
+  count: collections.Counter[str] = collections.Counter()
   for e in events:
     # XLA:CPU marks each operation twice ("name" and "end: name"); "$..." are Python frames.
     if e.get("ph") == "X" and not e["name"].startswith(("$", "Thunk", "end: ")):
@@ -106,7 +108,7 @@ def build_loops(train_ds, eval_ds, steps: int, with_inception: bool) -> dict:
   """Every loop the benchmark times, by name, compiled and ready."""
   from bn_repro.benchmark import torch_reference
 
-  timed = {"floor": loops.Floor(train_ds, steps)}
+  timed: dict[str, Any] = {"floor": loops.Floor(train_ds, steps)}
   for bn in ("bn", "nobn"):
     timed[f"ours_{bn}"] = loops.Ours(f"{bn}_sigmoid", train_ds, eval_ds, steps)
     timed[f"per_step_{bn}"] = loops.PerStep(bn == "bn", train_ds, steps)

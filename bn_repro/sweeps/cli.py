@@ -200,7 +200,7 @@ def _run_sweep(
   cwd: str,
 ) -> int:
   """Writes the sweep's record and each selected point's pending status; runs them."""
-  workdir = _WORKDIR.value
+  workdir = _WORKDIR.value or ""
   SweepDir(workdir).write_record(resolve.sweep_record(spec, sweep, command, overrides, points, cwd))
   for i in selected:  # pending until started
     run = points[i].run_dir
@@ -227,7 +227,7 @@ def main(argv: Sequence[str]) -> int:
       PROGRAM,
       f"unexpected arguments {' '.join(argv[1:])!r}; fields are set with --override=FIELD=VALUE",
     )
-  spec, workdir, cwd = _SWEEP.value, _WORKDIR.value, os.getcwd()
+  spec, workdir, cwd = _SWEEP.value or "", _WORKDIR.value or "", os.getcwd()  # required flags
   try:
     _check_flags()
     overrides = fields.parse_assignments(_OVERRIDE.value, flag="--override")

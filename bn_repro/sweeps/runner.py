@@ -364,6 +364,7 @@ class Runner:
     """A job's command: the trainer's for one point, the batched child's for several."""
     if len(points) == 1:
       return points[0].argv()
+    assert self.batch_command is not None  # groups of several points exist with --batched only
     return [
       *self.batch_command,
       "--in_process",

@@ -87,9 +87,9 @@ class Trainer:
     )
     self._compiled: dict[int, Any] = {}
     self.compile_seconds = 0.0
-    self.feed = (
+    self.feed: InMemoryFeed | StreamFeed = (
       InMemoryFeed(config, train_ds, eval_ds, devs)
-      if train_ds is not None
+      if train_ds is not None and eval_ds is not None
       else StreamFeed(config, devs)
     )
     self.num_train = self.feed.num_train
@@ -140,12 +140,18 @@ class Trainer:
     """The compiled program of a chunk of `steps` steps (after a chunk that long has run)."""
     return self._compiled[steps]
 
+  @property
+  def in_memory(self) -> InMemoryFeed:
+    """The feed of a dataset held in device memory (Algorithm 2 and batched runs need one)."""
+    assert isinstance(self.feed, InMemoryFeed), "a streamed dataset has no copy on the devices"
+    return self.feed
+
   def recompute_population(self, state):
     """Algorithm 2 over bn.population_batches training batches (in-memory datasets)."""
-    idx = self.feed.indices(
+    idx = self.in_memory.indices(
       self.config.seed + POPULATION_SEED_OFFSET, 0, self.config.bn.population_batches
     )
-    return self._population(state, *self.feed.dataset, idx)
+    return self._population(state, *self.in_memory.dataset, idx)
 
   def evaluate(self, state) -> dict[str, float]:
     """eval/* (and probe/*) on the eval set; train_eval/* on the first
@@ -169,7 +175,7 @@ class Trainer:
           probes, mask = (np.asarray(x) for x in multihost_utils.process_allgather((probes, mask)))
         values.append(probes.reshape(-1)[mask.reshape(-1) > 0])
     correct, top5, loss, count = totals
-    out = {
+    out: dict[str, float] = {
       f"{prefix}/accuracy": correct / count,
       f"{prefix}/top5": top5 / count,
       f"{prefix}/loss": loss / count,
@@ -250,7 +256,7 @@ class BatchedTrainer:
       self._train = parallel.data_parallel(
         chunk, self.devs, donate_argnums=(0,), backend=unit.parallel
       )
-      self.dataset = self.trainer.feed.dataset
+      self.dataset = self.trainer.in_memory.dataset
     else:
       self._rows, self._mesh_devs = shards, jax.local_devices()[: shards * len(self.devs)]
       if self._mesh_devs[: len(self.devs)] != self.devs:
@@ -264,7 +270,7 @@ class BatchedTrainer:
         out_run_axes=(1, 2, 1),
         donate_argnums=(0,),
       )
-      self.dataset = self._shard(jax.tree.map(np.asarray, self.trainer.feed.dataset), None)
+      self.dataset = self._shard(jax.tree.map(np.asarray, self.trainer.in_memory.dataset), None)
     self.scales = self._replicate(
       np.array([c.optimizer.learning_rate for c in configs], np.float32), 1
     )
@@ -298,7 +304,7 @@ class BatchedTrainer:
 
   def train(self, states, start: int, steps: int):
     """`steps` steps of every run: states, host metrics [step, run, 2], finite [run]."""
-    feed = self.trainer.feed
+    feed = self.trainer.in_memory
     idx = np.stack(
       [
         data.train_batch_indices(feed.num_train, c.batch_size, c.seed, start, steps)

@@ -213,7 +213,7 @@ class Loop:
   def save_or_stop(self, states: Any, step: int, stop_signal: int | None) -> None:
     """Checkpoints where due or asked for; after a stop signal, status "stopped" and Stopped."""
     config = self.config
-    stopping = bool(stop_signal) and step < config.num_steps
+    stopping = stop_signal is not None and step < config.num_steps
     for r, run in enumerate(self.runs):
       if run.status != "running":
         continue
@@ -223,7 +223,7 @@ class Loop:
       if stopping:
         run.writer.flush()
         run.set_status("stopped", step)
-    if stopping:
+    if stop_signal is not None and stopping:
       raise Stopped(step, stop_signal)
 
   def log(self, step: int, start: int, t_start: float) -> None:
