@@ -1,4 +1,4 @@
-"""Command line: `bn-repro --config=configs/mnist_mlp.py:bn_sigmoid --workdir=runs/x`.
+"""Command line: `bn-repro --config=bn_repro/configs/mnist_mlp.py:bn_sigmoid --workdir=runs/x`.
 
 Fields are overridden with `--config.<field>=<value>`. Exit codes: 0 done,
 2 bad input (one line on stderr), 3 the run diverged (recorded in the workdir),
@@ -16,7 +16,7 @@ from bn_repro import cli
 from bn_repro.errors import EXIT_DIVERGED, EXIT_STOPPED
 
 _CONFIG = config_flags.DEFINE_config_file(
-  "config", None, "Config file, e.g. configs/mnist_mlp.py:bn_sigmoid.", lock_config=True
+  "config", None, "Config file, e.g. bn_repro/configs/mnist_mlp.py:bn_sigmoid.", lock_config=True
 )
 _WORKDIR = flags.DEFINE_string(
   "workdir", None, "Directory for checkpoints, metrics and the resolved config."
@@ -102,16 +102,15 @@ def _fail(message: str) -> None:
 
 
 def _config_import_path(argv) -> None:
-  """Checks that the config file exists, and lets it import its siblings (cli.add_config_root)."""
+  """Checks that the config file exists."""
   for arg in argv:
     if arg.startswith("--config="):
       path = os.path.abspath(arg.split("=", 1)[1].split(":", 1)[0])
       if not os.path.isfile(path):  # ml_collections would defer this to a traceback
         _fail(
           f"{arg}: there is no file {path}; pass a config file and variant, e.g. "
-          "--config=configs/mnist_mlp.py:bn_sigmoid"
+          "--config=bn_repro/configs/mnist_mlp.py:bn_sigmoid"
         )
-      cli.add_config_root(path)
 
 
 def _parse_flags(argv):

@@ -248,7 +248,6 @@ def load_sweep(spec: str) -> tuple[Sweep, str]:
   if not os.path.isfile(path):
     raise UserError(f"{path} does not exist", field="--sweep")
   module_name = "_bn_repro_sweep_" + re.sub(r"\W", "_", os.path.abspath(path))
-  cli.add_config_root(path)  # sweep files import configs.<name>, also from the console script
   try:
     module_spec = importlib.util.spec_from_file_location(module_name, path)
     module = importlib.util.module_from_spec(module_spec)

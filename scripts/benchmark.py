@@ -71,7 +71,7 @@ def _datasets(idx_dir: str):
 
 
 def _config(variant: str, idx_dir: str):
-  from configs import mnist_mlp  # pylint: disable=g-import-not-at-top
+  from bn_repro.configs import mnist_mlp  # pylint: disable=g-import-not-at-top
 
   c = mnist_mlp.get_config(variant)
   c.num_devices = 1
@@ -240,7 +240,7 @@ class SmallInception:
 
   def __init__(self, train_ds, eval_ds, steps, conv_impl="auto"):
     from bn_repro import parallel, train  # pylint: disable=g-import-not-at-top
-    from configs import inception_small  # pylint: disable=g-import-not-at-top
+    from bn_repro.configs import inception_small  # pylint: disable=g-import-not-at-top
 
     c = inception_small.get_config("bn_x5")
     c.model.conv_impl = conv_impl

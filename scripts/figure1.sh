@@ -18,7 +18,7 @@ run() {
   shift 2
   local pin=()
   [[ -n $cpus ]] && pin=(taskset -c "$cpus")
-  "${pin[@]}" python -m bn_repro.main --config="configs/mnist_mlp.py:${variant}_sigmoid" \
+  "${pin[@]}" python -m bn_repro.main --config="bn_repro/configs/mnist_mlp.py:${variant}_sigmoid" \
     --workdir="$out/$variant" "$@"
 }
 # Two CPUs this script may use (the first twice if it has one); none without taskset.

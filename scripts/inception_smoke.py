@@ -28,7 +28,7 @@ def main(argv):
   import numpy as np  # pylint: disable=g-import-not-at-top
 
   from bn_repro import data, parallel, train  # pylint: disable=g-import-not-at-top
-  from configs import inception_imagenet  # pylint: disable=g-import-not-at-top
+  from bn_repro.configs import inception_imagenet  # pylint: disable=g-import-not-at-top
 
   rng = np.random.default_rng(0)
   n = 2 * _BATCH.value

@@ -199,7 +199,7 @@ def _check_inception_config(config):
 
 
 def _inception_config():
-  from configs import inception_small  # pylint: disable=g-import-not-at-top
+  from bn_repro.configs import inception_small  # pylint: disable=g-import-not-at-top
 
   config = inception_small.get_config(INCEPTION_CONFIG)
   _check_inception_config(config)
@@ -293,7 +293,7 @@ class MlpLoop(_EagerLoop):
     """
     import torch  # pylint: disable=g-import-not-at-top
 
-    from configs import mnist_mlp  # pylint: disable=g-import-not-at-top
+    from bn_repro.configs import mnist_mlp  # pylint: disable=g-import-not-at-top
 
     config = mnist_mlp.get_config("bn_sigmoid" if use_bn else "nobn_sigmoid")
     _check_mlp_config(config)

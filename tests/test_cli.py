@@ -20,7 +20,7 @@ def tiny_idx(tmp_path_factory) -> pathlib.Path:
   return write_mnist_dir(tmp_path_factory.mktemp("idx"), train=96, test=30)
 
 
-def cli(workdir, *overrides, config="configs/mnist_mlp.py:bn_sigmoid"):
+def cli(workdir, *overrides, config="bn_repro/configs/mnist_mlp.py:bn_sigmoid"):
   cmd = [
     sys.executable,
     "-m",
@@ -149,9 +149,9 @@ def test_bad_data_directory(tmp_path, setup):
 @pytest.mark.parametrize(
   "config,expect",
   [
-    ("configs/mnist_mlp.py:bn_swish", "bn_swish"),
-    ("configs/inception_small.py:nonsense", "unknown variant 'nonsense'"),
-    ("configs/no_such_file.py", "there is no file"),
+    ("bn_repro/configs/mnist_mlp.py:bn_swish", "bn_swish"),
+    ("bn_repro/configs/inception_small.py:nonsense", "unknown variant 'nonsense'"),
+    ("bn_repro/configs/no_such_file.py", "there is no file"),
     ("{tmp}/broken.py", "SyntaxError"),
   ],
 )
@@ -186,12 +186,16 @@ def test_profile_window_writes_a_trace(tmp_path, tiny_idx):
 
 
 def test_console_script_loads_configs_that_import_siblings_from_any_directory(tmp_path):
-  """configs/inception_small.py imports configs.inception_imagenet: the installed `bn-repro`
+  """inception_small.py imports bn_repro.configs.inception_imagenet: the installed `bn-repro`
   (no `python -m`, so no repo root on sys.path) run from elsewhere must still import it; an
   unknown variant then fails in get_config itself, before anything is written."""
   script = os.path.join(os.path.dirname(sys.executable), "bn-repro")
   r = subprocess.run(
-    [script, f"--config={REPO}/configs/inception_small.py:nonsense", f"--workdir={tmp_path}/w"],
+    [
+      script,
+      f"--config={REPO}/bn_repro/configs/inception_small.py:nonsense",
+      f"--workdir={tmp_path}/w",
+    ],
     cwd=tmp_path,
     capture_output=True,
     text=True,
@@ -203,13 +207,13 @@ def test_console_script_loads_configs_that_import_siblings_from_any_directory(tm
 
 
 def test_sweep_console_script_loads_sweep_files_that_import_configs(tmp_path):
-  """The README's `bn-repro-sweep --sweep=configs/inception_sweeps.py:small_five`: the sweep
-  file imports configs.inception_small; the installed script must find it from anywhere."""
+  """`bn-repro-sweep --sweep=bn_repro/configs/inception_sweeps.py:small_five`: the sweep file
+  imports bn_repro.configs.inception_imagenet; the installed script must find it from anywhere."""
   script = os.path.join(os.path.dirname(sys.executable), "bn-repro-sweep")
   r = subprocess.run(
     [
       script,
-      f"--sweep={REPO}/configs/inception_sweeps.py:small_five",
+      f"--sweep={REPO}/bn_repro/configs/inception_sweeps.py:small_five",
       f"--workdir={tmp_path}/w",
       "--print_commands",
     ],
@@ -225,7 +229,7 @@ def test_sweep_console_script_loads_sweep_files_that_import_configs(tmp_path):
 @pytest.mark.parametrize(
   "command,program",
   [
-    (["-m", "bn_repro.main", "--config=configs/mnist_mlp.py:bn_sigmoid"], "bn-repro"),
+    (["-m", "bn_repro.main", "--config=bn_repro/configs/mnist_mlp.py:bn_sigmoid"], "bn-repro"),
     (["-m", "bn_repro.sweep"], "bn-repro sweep"),
     (["scripts/sweep_report.py"], "sweep_report"),
     (["scripts/ablation_report.py"], "ablation_report"),

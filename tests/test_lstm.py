@@ -10,9 +10,9 @@ from idx_files import write_mnist_dir
 from test_train import set_fields
 
 from bn_repro import data, models, train, validation
+from bn_repro.configs import seq_mnist
 from bn_repro.errors import UserError
 from bn_repro.models.lstm import LSTM
-from configs import seq_mnist
 
 EPS, DECAY = 1e-5, 0.9
 

@@ -21,7 +21,7 @@ from bn_repro.errors import UserError
 from bn_repro.metrics import read_metrics
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-BASE = f"{REPO}/configs/mnist_mlp.py:bn_sigmoid"
+BASE = f"{REPO}/bn_repro/configs/mnist_mlp.py:bn_sigmoid"
 TINY = {
   "model.hidden": (8, 8),
   "batch_size": 16,
@@ -90,13 +90,13 @@ def test_point_names_are_stable_sorted_and_filesystem_safe():
 
 
 def test_presets_resolve_to_named_points():
-  sweep, sweep_dir = sw.load_sweep(str(REPO / "configs/mnist_sweeps.py") + ":lr_grid")
+  sweep, sweep_dir = sw.load_sweep(str(REPO / "bn_repro/configs/mnist_sweeps.py") + ":lr_grid")
   points = sw.resolve(sweep, sweep_dir, "runs/lr", {"num_steps": "100"}, cwd=str(REPO))
   assert len(points) == 2 * 2 * 7 * 3 == len({p.name for p in points})
   p = points[0]
   assert p.name == "bn=on,lr=0.01,nonlinearity=sigmoid,seed=0"
   assert p.workdir == os.path.join("runs/lr", p.name)
-  assert p.config == "configs/mnist_mlp.py:bn_sigmoid"
+  assert p.config == "bn_repro/configs/mnist_mlp.py:bn_sigmoid"
   assert p.overrides["max_loss"] == "1000.0" and p.overrides["num_steps"] == "100"
   assert p.resolved["num_steps"] == 100 and p.resolved["optimizer"]["learning_rate"] == 0.01
   lrs = sorted({q.resolved["optimizer"]["learning_rate"] for q in points})
@@ -108,7 +108,7 @@ def test_presets_resolve_to_named_points():
     ("relu", False),
   }
 
-  sweep, sweep_dir = sw.load_sweep(str(REPO / "configs/mnist_sweeps.py") + ":figure1")
+  sweep, sweep_dir = sw.load_sweep(str(REPO / "bn_repro/configs/mnist_sweeps.py") + ":figure1")
   points = sw.resolve(sweep, sweep_dir, "runs/fig1", {}, cwd=str(REPO))
   assert [p.name for p in points] == ["bn=on", "bn=off"]
   assert [p.resolved["model"]["use_bn"] for p in points] == [True, False]

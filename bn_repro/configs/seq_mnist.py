@@ -28,7 +28,7 @@ without BN at steps 250 / 500 / 3,000; with BN 0.44 / 0.71 / 0.92 and between 0.
 
 import ml_collections
 
-from configs import mnist_mlp
+from bn_repro.configs import mnist_mlp
 
 SEQUENCES = ("rows", "pixels")
 

@@ -17,7 +17,7 @@ baseline learns within a few thousand steps of batch 32.
 
 import ml_collections
 
-from configs import inception_imagenet
+from bn_repro.configs import inception_imagenet
 
 DATASETS = {
   "mnist": dict(name="mnist", train_split="train", eval_split="test"),

@@ -14,7 +14,7 @@ Offline on the IDX files of the 10,000-image MNIST test set, 2,000 steps each:
 """
 
 from bn_repro import sweep as sw
-from configs import inception_imagenet
+from bn_repro.configs import inception_imagenet
 
 VARIANTS = inception_imagenet.VARIANTS
 
