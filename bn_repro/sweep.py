@@ -74,7 +74,7 @@ import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
-from bn_repro import cli
+from bn_repro import cli, configs
 from bn_repro.errors import EXIT_DIVERGED, EXIT_STOPPED, UserError
 from bn_repro.metrics import write_json
 
@@ -245,8 +245,10 @@ def load_sweep(spec: str) -> tuple[Sweep, str]:
   path, sep, name = spec.partition(":")
   if not sep or not name:
     raise UserError(f"expected FILE.py:NAME, got {spec!r}", field="--sweep")
-  if not os.path.isfile(path):
-    raise UserError(f"{path} does not exist", field="--sweep")
+  try:
+    path = configs.resolve_path(path, kind="sweep")  # a file, or a packaged name: mnist_sweeps
+  except UserError as e:
+    raise UserError(str(e), field="--sweep") from None
   module_name = "_bn_repro_sweep_" + re.sub(r"\W", "_", os.path.abspath(path))
   try:
     module_spec = importlib.util.spec_from_file_location(module_name, path)
@@ -283,7 +285,7 @@ def parse_overrides(items: Sequence[str]) -> dict[str, str]:
 
 def _config_arg(spec: str, sweep_dir: str, cwd: str) -> str:
   """A "file.py:variant" relative to the sweep file, as a --config value for `cwd`."""
-  file, sep, variant = spec.partition(":")
+  file, sep, variant = configs.resolve_path(spec, root=sweep_dir).partition(":")
   path = os.path.normpath(os.path.join(sweep_dir, file))
   if not os.path.isfile(path):
     raise UserError(f"config file {path} does not exist")

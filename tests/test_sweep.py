@@ -90,7 +90,7 @@ def test_point_names_are_stable_sorted_and_filesystem_safe():
 
 
 def test_presets_resolve_to_named_points():
-  sweep, sweep_dir = sw.load_sweep(str(REPO / "bn_repro/configs/mnist_sweeps.py") + ":lr_grid")
+  sweep, sweep_dir = sw.load_sweep("mnist_sweeps:lr_grid")
   points = sw.resolve(sweep, sweep_dir, "runs/lr", {"num_steps": "100"}, cwd=str(REPO))
   assert len(points) == 2 * 2 * 7 * 3 == len({p.name for p in points})
   p = points[0]
