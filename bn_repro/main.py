@@ -1,4 +1,4 @@
-"""Command line: `bn-repro --config=mnist_mlp:bn_sigmoid --workdir=runs/x`.
+"""Command line: `bn-repro --config=mnist_mlp:bn_sigmoid,t10k --workdir=runs/x`.
 
 `--config` takes a config file or a packaged config's name, then ':' and its argument
 (bn_repro.configs.resolve_path). Fields are overridden with `--config.<field>=<value>`.
@@ -19,7 +19,7 @@ from bn_repro.errors import EXIT_DIVERGED, EXIT_STOPPED
 _CONFIG = config_flags.DEFINE_config_file(
   "config",
   None,
-  "Config file or packaged config and its argument, e.g. mnist_mlp:bn_sigmoid.",
+  "Config file or packaged config and its argument, e.g. mnist_mlp:bn_sigmoid,t10k.",
   lock_config=True,
 )
 _WORKDIR = flags.DEFINE_string(

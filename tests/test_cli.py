@@ -150,7 +150,7 @@ def test_bad_data_directory(tmp_path, setup):
   "config,expect",
   [
     ("mnist_mlp:bn_swish", "--config=mnist_mlp:bn_swish: ValueError: unknown variant"),
-    ("configs/inception_small.py:nonsense", "unknown variant 'nonsense'"),
+    ("configs/inception_small.py:nonsense", "unknown variant, dataset or preset 'nonsense'"),
     ("configs/no_such_file.py", "there is no file"),
     ("no_such_config:bn", "the packaged configs are mnist_mlp, seq_mnist"),
     ("{tmp}/broken.py", "SyntaxError"),
@@ -200,7 +200,7 @@ def test_console_script_loads_packaged_configs_that_import_siblings_from_any_dir
     timeout=600,
   )
   assert r.returncode == 2
-  assert "unknown variant 'nonsense'" in r.stderr, r.stderr
+  assert "unknown variant, dataset or preset 'nonsense'" in r.stderr, r.stderr
   assert "ModuleNotFound" not in r.stderr, r.stderr
   assert not (tmp_path / "w").exists()
 

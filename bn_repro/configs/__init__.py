@@ -3,10 +3,11 @@
 A spec is FILE[:ARG], as `--config` and `--sweep` take it. FILE is a path, or when no such
 file exists, a packaged file named with or without `.py`, also as `configs/<name>.py`:
 "mnist_mlp", "mnist_mlp.py" and "configs/mnist_mlp.py" all name bn_repro/configs/mnist_mlp.py.
-ARG goes to the file's get_config(ARG) (get_sweep(ARG)), e.g. "mnist_mlp:bn_sigmoid".
+ARG goes to the file's get_config(ARG) (get_sweep(ARG)): comma-separated choices such as a
+variant and a data preset (bn_repro/configs/common.py), e.g. "mnist_mlp:bn_sigmoid,t10k".
 
   from bn_repro import configs
-  c = configs.get("mnist_mlp:bn_sigmoid")  # the ConfigDict `--config=` would give
+  c = configs.get("mnist_mlp:bn_sigmoid,t10k")  # the ConfigDict `--config=` would give
 
 Loading a config imports no JAX.
 """
@@ -51,7 +52,7 @@ def resolve_path(spec: str, kind: str = "config", root: str | None = None) -> st
 def get(spec: str) -> ml_collections.ConfigDict:
   """The config `--config=<spec>` gives, before any --config.<field> override.
 
-  E.g. get("mnist_mlp:bn_sigmoid"); get("path/to/my_config.py:arg"). Like
+  E.g. get("mnist_mlp:bn_sigmoid,t10k"); get("path/to/my_config.py:arg"). Like
   ml_collections' config flag, FILE without ":" calls get_config() with no argument.
   """
   path, sep, arg = resolve_path(spec).partition(":")

@@ -1,20 +1,25 @@
-"""The five ImageNet variants as sweeps: at CPU scale (configs/inception_small.py) and full size.
+"""The five ImageNet variants as sweeps: at CPU scale (inception_small.py) and full size.
 
-Sweeps (`--sweep=configs/inception_sweeps.py:<name>`):
-  small_five  inception, bn_baseline, bn_x5, bn_x30, bn_x5_sigmoid of configs/inception_small.py
+Sweeps (`--sweep=inception_sweeps:<name>[,<preset>]`, a data preset of
+bn_repro/configs/common.py applied to every point):
+  small_five  inception, bn_baseline, bn_x5, bn_x30, bn_x5_sigmoid of inception_small.py
               (MNIST by default; add --override=data.name=cifar10 for CIFAR-10)
-  full_five   the same five at paper size (configs/inception_imagenet.py)
+  full_five   the same five at paper size (inception_imagenet.py)
 
-Offline on the IDX files of the 10,000-image MNIST test set, 2,000 steps each:
-  python -m bn_repro.sweep --sweep=configs/inception_sweeps.py:small_five --workdir=runs/small_five \
-    --parallel=2 --override=data.source=idx --override=data.idx_dir=../shared/data/mnist-t10k \
-    --override='data.train_split=test[:8000]' --override='data.eval_split=test[8000:]' \
-    --override=num_steps=2000
+Offline on the IDX files of the 10,000-image MNIST test set (first 8,000 train, last 2,000
+eval; BN_REPRO_MNIST_DIR the directory holding t10k-images-idx3-ubyte[.gz] and
+t10k-labels-idx1-ubyte[.gz]), 2,000 steps each:
+  export BN_REPRO_MNIST_DIR=DIR
+  bn-repro-sweep --sweep=inception_sweeps:small_five,t10k --workdir=runs/small_five \
+    --parallel=2 --override=num_steps=2000
   python scripts/sweep_report.py --sweep_dir=runs/small_five
+Measured so (README, Inception models): max eval accuracy 0.9695 Inception, 0.9835
+BN-Baseline, 0.9865 BN-x5, 0.9895 BN-x30, 0.941 BN-x5-Sigmoid; BN-x5 and BN-x30 reach
+Inception's best in about half its steps (700 and 800 vs 1,400).
 """
 
 from bn_repro import sweep as sw
-from bn_repro.configs import inception_imagenet
+from bn_repro.configs import common, inception_imagenet
 
 VARIANTS = inception_imagenet.VARIANTS
 
@@ -38,6 +43,7 @@ def full_five() -> sw.Sweep:
 SWEEPS = {"small_five": small_five, "full_five": full_five}
 
 
-def get_sweep(name: str) -> sw.Sweep:
-  """The sweep `name`; one of SWEEPS."""
-  return sw.pick(SWEEPS, name, "configs/inception_sweeps.py")
+def get_sweep(arg: str) -> sw.Sweep:
+  """`arg` is '<one of SWEEPS>[,<preset>]'."""
+  choice = common.parse(arg, "inception_sweeps.py", {"sweep": tuple(SWEEPS)}, required=["sweep"])
+  return common.sweep_with_preset(SWEEPS[choice["sweep"]](), choice[common.PRESET])
