@@ -73,11 +73,9 @@ def _datasets(idx_dir: str):
 def _config(variant: str, idx_dir: str):
   from bn_repro.configs import mnist_mlp  # pylint: disable=g-import-not-at-top
 
-  c = mnist_mlp.get_config(variant)
+  c = mnist_mlp.get_config(f"{variant},t10k")
   c.num_devices = 1
-  c.data.source = "idx"
   c.data.idx_dir = idx_dir
-  c.data.train_split, c.data.eval_split = "test[:8000]", "test[8000:]"
   return c
 
 
@@ -235,7 +233,7 @@ class Batched:
 
 
 class SmallInception:
-  """Small BN-Inception (configs/inception_small.py:bn_x5, MNIST-sized), forward + backward;
+  """Small BN-Inception (inception_small:bn_x5, MNIST-sized), forward + backward;
   `conv_impl` as config.model.conv_impl (models/conv.py)."""
 
   def __init__(self, train_ds, eval_ds, steps, conv_impl="auto"):
@@ -266,19 +264,14 @@ def figure1_wall_seconds(idx_dir: str) -> float:
   with tempfile.TemporaryDirectory() as tmp:
     t = time.perf_counter()
     proc = subprocess.run(
-      [
-        os.path.join(_SCRIPTS, "figure1.sh"),
-        os.path.join(tmp, "fig1"),
-        "--config.data.source=idx",
-        f"--config.data.idx_dir={os.path.abspath(idx_dir)}",
-        "--config.data.train_split=test[:8000]",
-        "--config.data.eval_split=test[8000:]",
-      ],
+      [os.path.join(_SCRIPTS, "figure1.sh"), os.path.join(tmp, "fig1")],
       cwd=os.path.dirname(_SCRIPTS),
       capture_output=True,
       text=True,
       env=dict(
         os.environ,
+        FIGURE1_PRESET="t10k",
+        BN_REPRO_MNIST_DIR=os.path.abspath(idx_dir),
         PATH=os.path.dirname(sys.executable)
         + os.pathsep  # its `python`
         + os.environ.get("PATH", ""),
