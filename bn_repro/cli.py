@@ -1,6 +1,5 @@
-"""What every command line of the project shares: one-line errors, config files' imports."""
+"""What every command line of the project shares: one-line errors."""
 
-import os
 import sys
 from collections.abc import Callable, Sequence
 
@@ -31,17 +30,3 @@ def one_line_flags_parser(program: str) -> Callable[[Sequence[str]], list[str]]:
       sys.exit(report(program, first_line(e)))
 
   return parse
-
-
-def add_config_root(path: str) -> None:
-  """Lets a config or sweep file import its siblings as `configs.<name>` from any directory.
-
-  When the file's directory is a package (configs/ has an __init__.py), the directory above
-  it goes on sys.path, as `python -m` does for the repo root: inception_small.py imports
-  configs.inception_imagenet, and console scripts do not have the working directory on
-  sys.path.
-  """
-  package = os.path.dirname(os.path.abspath(path))
-  root = os.path.dirname(package)
-  if os.path.isfile(os.path.join(package, "__init__.py")) and root not in sys.path:
-    sys.path.insert(0, root)

@@ -1,8 +1,9 @@
-"""Command line: `bn-repro --config=configs/mnist_mlp.py:bn_sigmoid --workdir=runs/x`.
+"""Command line: `bn-repro --config=mnist_mlp:bn_sigmoid,t10k --workdir=runs/x`.
 
-Fields are overridden with `--config.<field>=<value>`. Exit codes: 0 done,
-2 bad input (one line on stderr), 3 the run diverged (recorded in the workdir),
-4 stopped by SIGTERM/SIGINT after saving a checkpoint (rerun to resume).
+`--config` takes a config file or a packaged config's name, then ':' and its argument
+(bn_repro.configs.resolve_path). Fields are overridden with `--config.<field>=<value>`.
+Exit codes: 0 done, 2 bad input (one line on stderr), 3 the run diverged (recorded in the
+workdir), 4 stopped by SIGTERM/SIGINT after saving a checkpoint (rerun to resume).
 """
 
 import logging as pylogging
@@ -12,11 +13,14 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from bn_repro import cli
+from bn_repro import cli, configs
 from bn_repro.errors import EXIT_DIVERGED, EXIT_STOPPED
 
 _CONFIG = config_flags.DEFINE_config_file(
-  "config", None, "Config file, e.g. configs/mnist_mlp.py:bn_sigmoid.", lock_config=True
+  "config",
+  None,
+  "Config file or packaged config and its argument, e.g. mnist_mlp:bn_sigmoid,t10k.",
+  lock_config=True,
 )
 _WORKDIR = flags.DEFINE_string(
   "workdir", None, "Directory for checkpoints, metrics and the resolved config."
@@ -102,33 +106,39 @@ def _fail(message: str) -> None:
   sys.exit(cli.report("bn-repro", message))
 
 
-def _config_import_path(argv) -> None:
-  """Checks that the config file exists, and lets it import its siblings (cli.add_config_root)."""
+def _resolve_config(argv: list[str]) -> list[str]:
+  """`argv` with --config's file resolved (bn_repro.configs.resolve_path): a path, or the
+  packaged file a name like mnist_mlp names; one line and exit 2 when it is neither
+  (ml_collections would defer this to a traceback)."""
+  out = []
   for arg in argv:
     if arg.startswith("--config="):
-      path = os.path.abspath(arg.split("=", 1)[1].split(":", 1)[0])
-      if not os.path.isfile(path):  # ml_collections would defer this to a traceback
-        _fail(
-          f"{arg}: there is no file {path}; pass a config file and variant, e.g. "
-          "--config=configs/mnist_mlp.py:bn_sigmoid"
-        )
-      cli.add_config_root(path)
+      try:
+        arg = "--config=" + configs.resolve_path(arg.split("=", 1)[1])
+      except ValueError as e:
+        _fail(f"{arg}: {e}")
+    out.append(arg)
+  return out
 
 
 def _parse_flags(argv):
   """absl's parser, with a bad flag or config override as one line and exit 2."""
-  _config_import_path(argv)
+  given = list(argv)
+  argv = _resolve_config(given)
   try:
     return flags.FLAGS(argv)
   except flags.Error as e:
     lines = [l for l in str(e).splitlines() if l.strip()]
     # A config file's own error comes wrapped in ml_collections' traceback text: keep the
     # flag and the error, drop the traceback.
-    _fail(
+    message = (
       lines[0]
       if len(lines) == 1 or "Traceback" not in str(e)
       else f"{lines[0].split(': Error whilst')[0]}: {lines[-1]}"
     )
+    for resolved, arg in zip(argv, given):  # the --config value as the user wrote it
+      message = message.replace(resolved, arg)
+    _fail(message)
   except (AttributeError, KeyError) as e:  # an override of a field the config does not have
     key = str(e).strip("\"'")
     given = [a.split("=")[0] for a in argv if a.startswith("--config.") and key in a]

@@ -1,4 +1,4 @@
-"""Figures and tables of the ablation sweeps (configs/ablation_sweeps.py).
+"""Figures and tables of the ablation sweeps (bn_repro/configs/ablation_sweeps.py).
 
 Usage (any subset of the four sweep dirs):
   python scripts/ablation_report.py --variants=runs/abl/variants --ics=runs/abl/ics \
@@ -42,12 +42,10 @@ from bn_repro.metrics import series
 from bn_repro.rundir import RunDir
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("variants", None, "Sweep dir of configs/ablation_sweeps.py:variants.")
-flags.DEFINE_string("ics", None, "Sweep dir of configs/ablation_sweeps.py:ics.")
-flags.DEFINE_string("weight_scale", None, "Sweep dir of configs/ablation_sweeps.py:weight_scale.")
-flags.DEFINE_string(
-  "regularization", None, "Sweep dir of configs/ablation_sweeps.py:regularization."
-)
+flags.DEFINE_string("variants", None, "Sweep dir of ablation_sweeps:variants.")
+flags.DEFINE_string("ics", None, "Sweep dir of ablation_sweeps:ics.")
+flags.DEFINE_string("weight_scale", None, "Sweep dir of ablation_sweeps:weight_scale.")
+flags.DEFINE_string("regularization", None, "Sweep dir of ablation_sweeps:regularization.")
 flags.DEFINE_string("report_dir", None, "Output directory (created if needed).")
 
 ACC = "eval/accuracy"
@@ -387,7 +385,7 @@ def main(argv: Sequence[str]) -> int:
     if not os.path.isfile(os.path.join(d, "sweep.json")):
       return _fail(
         f"--{name}={d}: not a sweep dir (no sweep.json); run "
-        f"python -m bn_repro.sweep --sweep=configs/ablation_sweeps.py:{name} first"
+        f"python -m bn_repro.sweep --sweep=ablation_sweeps:{name} first"
       )
   md = ["# Ablations", "", f"`{shlex.join([sys.executable] + sys.argv)}`", ""]
   try:

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Figure 1 end to end: train the MNIST MLP with and without BN (sigmoid), then draw the figure.
-#   scripts/figure1.sh OUT_DIR [--config.field=value ...]
-# Extra flags go to both runs, e.g. the offline IDX files:
-#   scripts/figure1.sh runs/fig1 --config.data.source=idx --config.data.idx_dir=../shared/data/mnist-t10k \
-#     --config.data.train_split='test[:8000]' --config.data.eval_split='test[8000:]'
+#   [FIGURE1_PRESET=PRESET] scripts/figure1.sh OUT_DIR [--config.field=value ...]
+# Extra flags go to both runs; FIGURE1_PRESET is a data preset of bn_repro/configs/common.py
+# for both, e.g. t10k for the IDX files of the MNIST test set (8,000 train, 2,000 eval) in
+# the directory DIR:
+#   BN_REPRO_MNIST_DIR=DIR FIGURE1_PRESET=t10k scripts/figure1.sh runs/fig1
 # The two runs train at the same time, each on one XLA CPU thread (as bn-repro-sweep
 # --parallel=2 runs them); set FIGURE1_SEQUENTIAL=1 to run one after the other. Where taskset
 # exists, each run is pinned to one CPU in both modes: XLA:CPU splits some operations by the
@@ -18,7 +19,8 @@ run() {
   shift 2
   local pin=()
   [[ -n $cpus ]] && pin=(taskset -c "$cpus")
-  "${pin[@]}" python -m bn_repro.main --config="configs/mnist_mlp.py:${variant}_sigmoid" \
+  "${pin[@]}" python -m bn_repro.main \
+    --config="mnist_mlp:${variant}_sigmoid${FIGURE1_PRESET:+,$FIGURE1_PRESET}" \
     --workdir="$out/$variant" "$@"
 }
 # Two CPUs this script may use (the first twice if it has one); none without taskset.

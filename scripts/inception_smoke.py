@@ -2,7 +2,7 @@
 
   python scripts/inception_smoke.py [--batch=2] [--dtype=float32] [--variants=inception,bn_x30]
 
-For each of configs/inception_imagenet.py's five variants it builds the full model (1000
+For each of bn_repro/configs/inception_imagenet.py's five variants it builds the full model (1000
 classes), runs one SGD step of bn_repro's training loop on random uint8 images and one
 evaluation, and prints the logits shape, the parameter count, the training loss (finite?),
 the compile time and the time of the step. No dataset needed: it checks that every variant
@@ -28,7 +28,7 @@ def main(argv):
   import numpy as np  # pylint: disable=g-import-not-at-top
 
   from bn_repro import data, parallel, training
-  from configs import inception_imagenet  # pylint: disable=g-import-not-at-top
+  from bn_repro.configs import inception_imagenet
 
   rng = np.random.default_rng(0)
   n = 2 * _BATCH.value

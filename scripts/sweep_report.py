@@ -21,7 +21,7 @@ config.json, status.json, metrics.jsonl and environment.json. Writes into --out_
   figure2.png, figure3.csv, figure3.md
                            Figures 2 and 3 when the points are the paper's Inception
                            variants (the variant at the end of each point's config spec,
-                           e.g. configs/inception_small.py:bn_x5; any subset with
+                           e.g. inception_small:bn_x5; any subset with
                            `inception`): eval accuracy vs step per variant, and steps to
                            Inception's best accuracy, max accuracy and speed-up next to
                            the paper's numbers
@@ -66,7 +66,7 @@ flags.DEFINE_float(
   0.5,
   "With several BN/no-BN sigmoid pairs, Figure 1 uses the "
   "smallest seed and the learning rate closest to this (log scale; 0.5 is "
-  "the configs/mnist_mlp.py preset).",
+  "the mnist_mlp.py preset).",
 )
 
 LR_FIELD = "optimizer.learning_rate"
@@ -101,7 +101,9 @@ class PointResult:
   command: str
   config: dict[str, Any]  # config.json ({} before the point started)
   status: str
-  config_spec: str = ""  # sweep.json's --config value, e.g. "configs/inception_small.py:bn_x5"
+  config_spec: str = (
+    ""  # sweep.json's --config value, e.g. "bn_repro/configs/inception_small.py:bn_x5"
+  )
   status_step: int | None = None
   error: str = ""
   run: Any = None  # figure1.Run when the point has eval events
@@ -662,7 +664,7 @@ NEVER = "never"
 
 
 def variant_of(p: PointResult) -> str | None:
-  """ "configs/inception_small.py:bn_x30,cifar10" -> "bn_x30"; None if not a paper variant."""
+  """ ".../inception_small.py:bn_x30,cifar10" -> "bn_x30"; None if not a paper variant."""
   _, sep, variant = p.config_spec.rpartition(":")
   variant = variant.partition(",")[0]
   return variant if sep and variant in PAPER_VARIANTS else None

@@ -11,8 +11,8 @@ import pytest
 from test_train import set_fields
 
 from bn_repro import validation
+from bn_repro.configs import ablation_sweeps, mnist_mlp
 from bn_repro.sweeps import grid as sw
-from configs import ablation_sweeps, mnist_mlp
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "scripts", "ablation_report.py")
@@ -22,7 +22,7 @@ def write_sweep(root, points):
   """points: [(name, fields, status, events)] -> a sweep dir as bn_repro.sweeps writes it."""
   os.makedirs(root)
   record = {
-    "sweep": "configs/ablation_sweeps.py:test",
+    "sweep": "bn_repro/configs/ablation_sweeps.py:test",
     "description": "",
     "aliases": {},
     "points": [{"name": n, "fields": f, "command": ""} for n, f, _, _ in points],

@@ -20,7 +20,7 @@ def tiny_idx(tmp_path_factory) -> pathlib.Path:
   return write_mnist_dir(tmp_path_factory.mktemp("idx"), train=96, test=30)
 
 
-def cli(workdir, *overrides, config="configs/mnist_mlp.py:bn_sigmoid"):
+def cli(workdir, *overrides, config="mnist_mlp:bn_sigmoid"):
   cmd = [
     sys.executable,
     "-m",
@@ -149,9 +149,10 @@ def test_bad_data_directory(tmp_path, setup):
 @pytest.mark.parametrize(
   "config,expect",
   [
-    ("configs/mnist_mlp.py:bn_swish", "bn_swish"),
-    ("configs/inception_small.py:nonsense", "unknown variant 'nonsense'"),
+    ("mnist_mlp:bn_swish", "--config=mnist_mlp:bn_swish: ValueError: unknown variant"),
+    ("configs/inception_small.py:nonsense", "unknown variant, dataset or preset 'nonsense'"),
     ("configs/no_such_file.py", "there is no file"),
+    ("no_such_config:bn", "the packaged configs are mnist_mlp, seq_mnist"),
     ("{tmp}/broken.py", "SyntaxError"),
   ],
 )
@@ -185,31 +186,33 @@ def test_profile_window_writes_a_trace(tmp_path, tiny_idx):
   assert traces and traces[0].stat().st_size > 0
 
 
-def test_console_script_loads_configs_that_import_siblings_from_any_directory(tmp_path):
-  """configs/inception_small.py imports configs.inception_imagenet: the installed `bn-repro`
-  (no `python -m`, so no repo root on sys.path) run from elsewhere must still import it; an
-  unknown variant then fails in get_config itself, before anything is written."""
+def test_console_script_loads_packaged_configs_that_import_siblings_from_any_directory(tmp_path):
+  """inception_small.py imports bn_repro.configs.inception_imagenet: the installed `bn-repro`
+  (no `python -m`, so no repo root on sys.path) run from elsewhere finds the packaged file by
+  name and imports it; an unknown variant then fails in get_config itself, before anything
+  is written."""
   script = os.path.join(os.path.dirname(sys.executable), "bn-repro")
   r = subprocess.run(
-    [script, f"--config={REPO}/configs/inception_small.py:nonsense", f"--workdir={tmp_path}/w"],
+    [script, "--config=inception_small:nonsense", f"--workdir={tmp_path}/w"],
     cwd=tmp_path,
     capture_output=True,
     text=True,
     timeout=600,
   )
   assert r.returncode == 2
-  assert "unknown variant 'nonsense'" in r.stderr and "ModuleNotFound" not in r.stderr, r.stderr
+  assert "unknown variant, dataset or preset 'nonsense'" in r.stderr, r.stderr
+  assert "ModuleNotFound" not in r.stderr, r.stderr
   assert not (tmp_path / "w").exists()
 
 
 def test_sweep_console_script_loads_sweep_files_that_import_configs(tmp_path):
-  """The README's `bn-repro-sweep --sweep=configs/inception_sweeps.py:small_five`: the sweep
-  file imports configs.inception_small; the installed script must find it from anywhere."""
+  """`bn-repro-sweep --sweep=inception_sweeps:small_five`: the packaged sweep file imports
+  bn_repro.configs.inception_imagenet; the installed script must find both from anywhere."""
   script = os.path.join(os.path.dirname(sys.executable), "bn-repro-sweep")
   r = subprocess.run(
     [
       script,
-      f"--sweep={REPO}/configs/inception_sweeps.py:small_five",
+      "--sweep=inception_sweeps:small_five",
       f"--workdir={tmp_path}/w",
       "--print_commands",
     ],
@@ -225,7 +228,7 @@ def test_sweep_console_script_loads_sweep_files_that_import_configs(tmp_path):
 @pytest.mark.parametrize(
   "command,program",
   [
-    (["-m", "bn_repro.main", "--config=configs/mnist_mlp.py:bn_sigmoid"], "bn-repro"),
+    (["-m", "bn_repro.main", "--config=mnist_mlp:bn_sigmoid"], "bn-repro"),
     (["-m", "bn_repro.sweeps"], "bn-repro sweep"),
     (["scripts/sweep_report.py"], "sweep_report"),
     (["scripts/ablation_report.py"], "ablation_report"),

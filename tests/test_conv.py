@@ -9,9 +9,9 @@ import pytest
 from jax import lax
 
 from bn_repro import validation
+from bn_repro.configs import inception_small
 from bn_repro.errors import UserError
 from bn_repro.models import conv, inception
-from configs import inception_small
 
 NHWC = ("NHWC", "HWIO", "NHWC")
 

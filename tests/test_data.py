@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 from idx_files import fake_mnist, write_idx, write_pair
 
+from bn_repro import configs
 from bn_repro import data as data_lib
+from bn_repro.configs import common
 from bn_repro.data import idx, mnist, splits
 from bn_repro.errors import UserError
 
@@ -199,7 +201,10 @@ def test_label_out_of_range(idx_dir):
 def test_missing_dir(tmp_path):
   with pytest.raises(UserError, match="config.data.idx_dir.*nope.*train-images"):
     data_lib.load_splits(config(idx_dir=str(tmp_path / "nope")))
-  with pytest.raises(UserError, match="config.data.idx_dir"):
+  with pytest.raises(
+    UserError,
+    match=r"config.data.idx_dir: is empty; set BN_REPRO_MNIST_DIR .*or --config.data.idx_dir=DIR",
+  ):
     data_lib.load_splits(config(idx_dir=""))
 
 
@@ -218,10 +223,10 @@ def test_bad_name_and_source():
 
 
 @pytest.mark.skipif(not T10K.is_dir(), reason="no MNIST t10k files")
-def test_real_mnist_t10k():
-  train, eval_ = data_lib.load_splits(
-    config(idx_dir=str(T10K), train_split="test[:8000]", eval_split="test[8000:]")
-  )
+def test_real_mnist_t10k(monkeypatch):
+  """The t10k preset on the real files: 8,000 train and 2,000 eval images."""
+  monkeypatch.setenv(common.MNIST_DIR_ENV, str(T10K))
+  train, eval_ = data_lib.load_splits(configs.get("mnist_mlp:t10k").data)
   assert len(train) == 8000 and len(eval_) == 2000
   for ds in (train, eval_):
     assert ds.images.shape[1:] == (28, 28, 1) and ds.images.dtype == np.uint8

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from bn_repro import batch_norm, models
+from bn_repro.configs import mnist_mlp
 from bn_repro.models import inception
-from configs import mnist_mlp
 
 # The paper's appendix table, copied independently of the model code:
 # (#1x1, #3x3 reduce, #3x3, #double-3x3 reduce, #double-3x3, pool proj; 0 = absent).

@@ -10,10 +10,10 @@ from idx_files import write_mnist_dir
 from test_train import set_fields
 
 from bn_repro import checkpoints, data, models, training, validation
+from bn_repro.configs import seq_mnist
 from bn_repro.errors import UserError
 from bn_repro.models.lstm import LSTM
 from bn_repro.rundir import RunDir
-from configs import seq_mnist
 
 EPS, DECAY = 1e-5, 0.9
 

@@ -14,8 +14,8 @@ import pytest
 from idx_files import write_mnist_dir
 
 from bn_repro import data, parallel, runs, training
+from bn_repro.configs import mnist_mlp
 from bn_repro.errors import UserError
-from configs import mnist_mlp
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 BATCH = 16

@@ -29,7 +29,7 @@ def command(workdir, idx_dir, *extra, hidden="(16, 16)"):
     sys.executable,
     "-m",
     "bn_repro.main",
-    "--config=configs/mnist_mlp.py:bn_sigmoid",
+    "--config=mnist_mlp:bn_sigmoid",
     f"--workdir={workdir}",
     "--config.data.source=idx",
     f"--config.data.idx_dir={idx_dir}",

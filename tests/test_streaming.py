@@ -6,8 +6,8 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from bn_repro import training
+from bn_repro.configs import inception_small
 from bn_repro.rundir import RunDir
-from configs import inception_small
 
 
 def tiny_imagenet_config():

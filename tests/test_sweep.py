@@ -22,7 +22,7 @@ from bn_repro.sweeps import grid as sw
 from bn_repro.sweeps import resolve, runner
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-BASE = f"{REPO}/configs/mnist_mlp.py:bn_sigmoid"
+BASE = f"{REPO}/bn_repro/configs/mnist_mlp.py:bn_sigmoid"
 TINY = {
   "model.hidden": (8, 8),
   "batch_size": 16,
@@ -43,13 +43,13 @@ DEADLINE_S = 900  # only so that a hang fails instead of blocking; nothing asser
 
 
 def test_presets_resolve_to_named_points():
-  sweep, sweep_dir = resolve.load_sweep(str(REPO / "configs/mnist_sweeps.py") + ":lr_grid")
+  sweep, sweep_dir = resolve.load_sweep("mnist_sweeps:lr_grid")
   points = resolve.resolve(sweep, sweep_dir, "runs/lr", {"num_steps": "100"}, cwd=str(REPO))
   assert len(points) == 2 * 2 * 7 * 3 == len({p.name for p in points})
   p = points[0]
   assert p.name == "bn=on,lr=0.01,nonlinearity=sigmoid,seed=0"
   assert p.workdir == os.path.join("runs/lr", p.name)
-  assert p.config == "configs/mnist_mlp.py:bn_sigmoid"
+  assert p.config == "bn_repro/configs/mnist_mlp.py:bn_sigmoid"
   assert p.overrides["max_loss"] == "1000.0" and p.overrides["num_steps"] == "100"
   assert p.resolved["num_steps"] == 100 and p.resolved["optimizer"]["learning_rate"] == 0.01
   lrs = sorted({q.resolved["optimizer"]["learning_rate"] for q in points})
@@ -61,7 +61,7 @@ def test_presets_resolve_to_named_points():
     ("relu", False),
   }
 
-  sweep, sweep_dir = resolve.load_sweep(str(REPO / "configs/mnist_sweeps.py") + ":figure1")
+  sweep, sweep_dir = resolve.load_sweep(str(REPO / "bn_repro/configs/mnist_sweeps.py") + ":figure1")
   points = resolve.resolve(sweep, sweep_dir, "runs/fig1", {}, cwd=str(REPO))
   assert [p.name for p in points] == ["bn=on", "bn=off"]
   assert [p.resolved["model"]["use_bn"] for p in points] == [True, False]

@@ -12,7 +12,7 @@ import pytest
 from bn_repro.sweeps import resolve
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-SPEC = "configs/inception_sweeps.py:small_five"
+SPEC = "bn_repro/configs/inception_sweeps.py:small_five"
 STEPS = list(range(0, 1001, 100))
 
 # Eval accuracy at STEPS (cut at the divergence). Inception's best is 0.9, first at step 900;

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from bn_repro import data, models, parallel, training
-from configs import mnist_mlp
+from bn_repro.configs import mnist_mlp
 
 
 def tiny_config(**overrides):

@@ -23,17 +23,16 @@ def datasets(idx_dir: str) -> tuple[data.ArrayDataset, data.ArrayDataset]:
     return data.load_splits(cfg)
   rng = np.random.default_rng(0)
   make = lambda n: data.ArrayDataset(
-    rng.integers(0, 256, (n, 28, 28, 1), dtype=np.uint8), np.asarray(rng.integers(0, 10, n), np.int32)
+    rng.integers(0, 256, (n, 28, 28, 1), dtype=np.uint8),
+    np.asarray(rng.integers(0, 10, n), np.int32),
   )
   return make(8000), make(2000)
 
 
 def config(variant: str, idx_dir: str):
-  c = configs.get(f"mnist_mlp:{variant}")
+  c = configs.get(f"mnist_mlp:{variant},t10k")
   c.num_devices = 1
-  c.data.source = "idx"
   c.data.idx_dir = idx_dir
-  c.data.train_split, c.data.eval_split = "test[:8000]", "test[8000:]"
   return c
 
 
@@ -172,7 +171,7 @@ class Batched:
 
 
 class SmallInception:
-  """Small BN-Inception (configs/inception_small.py:bn_x5, MNIST-sized), forward + backward;
+  """Small BN-Inception (inception_small:bn_x5, MNIST-sized), forward + backward;
   `conv_impl` as config.model.conv_impl (models/conv.py)."""
 
   def __init__(self, train_ds, eval_ds, steps, conv_impl="auto"):

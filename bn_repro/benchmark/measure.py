@@ -19,19 +19,14 @@ def figure1_wall_seconds(idx_dir: str, script: str) -> float:
   with tempfile.TemporaryDirectory() as tmp:
     t = time.perf_counter()
     proc = subprocess.run(
-      [
-        script,
-        os.path.join(tmp, "fig1"),
-        "--config.data.source=idx",
-        f"--config.data.idx_dir={os.path.abspath(idx_dir)}",
-        "--config.data.train_split=test[:8000]",
-        "--config.data.eval_split=test[8000:]",
-      ],
+      [script, os.path.join(tmp, "fig1")],
       cwd=os.path.dirname(os.path.dirname(os.path.abspath(script))),
       capture_output=True,
       text=True,
       env=dict(
         os.environ,
+        FIGURE1_PRESET="t10k",
+        BN_REPRO_MNIST_DIR=os.path.abspath(idx_dir),
         PATH=os.path.dirname(sys.executable)
         + os.pathsep  # its `python`
         + os.environ.get("PATH", ""),

@@ -6,9 +6,9 @@ whether it can be used. It holds, as the usual eager training loop (zero_grad,
 forward, loss, backward, optimizer.step, one host batch per step through
 torch.from_numpy), with PyTorch's default thread count and torch.manual_seed(0):
 
-  MlpLoop        the MNIST MLP of configs/mnist_mlp.py (784-100-100-100-10, sigmoid,
+  MlpLoop        the MNIST MLP of bn_repro/configs/mnist_mlp.py (784-100-100-100-10, sigmoid,
                  BN before each nonlinearity or none, plain SGD, batch 60);
-  InceptionLoop  the small BN-Inception of configs/inception_small.py:bn_x5 (28x28x1,
+  InceptionLoop  the small BN-Inception of inception_small:bn_x5 (28x28x1,
                  batch 32, SGD with momentum, L2 on kernels, staircase lr decay).
 
 Both read their hyperparameters from the same configs as bn_repro, and the Inception
@@ -35,7 +35,7 @@ import time
 
 import numpy as np
 
-INCEPTION_CONFIG = "bn_x5"  # variant of configs/inception_small.py
+INCEPTION_CONFIG = "bn_x5"  # variant of bn_repro/configs/inception_small.py
 INPUT_SHAPE = (28, 28, 1)  # MNIST, NHWC as bn_repro takes it
 
 
@@ -191,12 +191,12 @@ def _check_inception_config(config):
   ):
     raise ValueError(
       "torch_reference.InceptionLoop builds only BN-Inception with ReLU, the "
-      "small stem, no LRN and no dropout (configs/inception_small.py:bn_x5)"
+      "small stem, no LRN and no dropout (inception_small:bn_x5)"
     )
 
 
 def _inception_config():
-  from configs import inception_small  # pylint: disable=g-import-not-at-top
+  from bn_repro.configs import inception_small  # pylint: disable=g-import-not-at-top
 
   config = inception_small.get_config(INCEPTION_CONFIG)
   _check_inception_config(config)
@@ -280,7 +280,7 @@ class MlpLoop(_EagerLoop):
   """
 
   def __init__(self, use_bn: bool, images: np.ndarray, labels: np.ndarray, steps: int):
-    """Builds the network and optimizer of configs/mnist_mlp.py and takes one step.
+    """Builds the network and optimizer of bn_repro/configs/mnist_mlp.py and takes one step.
 
     Args:
       use_bn: BN before each sigmoid (variant bn_sigmoid) or none (nobn_sigmoid).
@@ -290,7 +290,7 @@ class MlpLoop(_EagerLoop):
     """
     import torch  # pylint: disable=g-import-not-at-top
 
-    from configs import mnist_mlp  # pylint: disable=g-import-not-at-top
+    from bn_repro.configs import mnist_mlp  # pylint: disable=g-import-not-at-top
 
     config = mnist_mlp.get_config("bn_sigmoid" if use_bn else "nobn_sigmoid")
     _check_mlp_config(config)
@@ -309,7 +309,7 @@ class MlpLoop(_EagerLoop):
 class InceptionLoop(_EagerLoop):
   """The small BN-Inception's eager PyTorch training loop: `steps` steps of batch 32 per `run()`.
 
-  configs/inception_small.py:bn_x5: SGD with momentum 0.9, L2 weight decay on the
+  inception_small:bn_x5: SGD with momentum 0.9, L2 weight decay on the
   convolution and classifier weights only (not on biases or BN's scale and offset),
   the learning rate times 0.94 every lr_decay_epochs epochs (staircase, an epoch being
   len(images) / 32 steps), BN in training mode. Each step draws 32 indices from a NumPy

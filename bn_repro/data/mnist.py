@@ -16,6 +16,7 @@ from typing import Any
 import ml_collections
 import numpy as np
 
+from bn_repro.configs.common import MNIST_DIR_ENV
 from bn_repro.data import idx, splits
 from bn_repro.errors import UserError
 
@@ -147,7 +148,8 @@ def _load_idx_base(directory: str, split: str, spec: DatasetSpec) -> ArrayDatase
   wanted = " and ".join(f"{n}[.gz]" for n in names)
   if not directory:
     raise UserError(
-      f"no IDX directory given; set it to a directory holding {wanted}.",
+      f"is empty; set {MNIST_DIR_ENV} (read by the t10k preset) or --config.data.idx_dir=DIR"
+      f" to a directory holding {wanted}.",
       field="config.data.idx_dir",
     )
   if not os.path.isdir(directory):

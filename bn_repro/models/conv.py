@@ -11,7 +11,7 @@ Why: on XLA:CPU the gradient with respect to a convolution's kernel is itself a
 convolution whose window is the whole feature map, and it runs several times slower than a
 matrix product with the same FLOPs. With im2col, the forward pass and both gradients are
 matrix products and slices, which XLA:CPU runs well: on the small BN-Inception
-(configs/inception_small.py:bn_x5, batch 32) training is about 3.3x faster on a 2-core CPU
+(inception_small:bn_x5, batch 32) training is about 3.3x faster on a 2-core CPU
 (scripts/benchmark.py times both paths). On GPUs and TPUs XLA's convolutions (cuDNN and the
 like) are the better choice, and the patch tensor costs kh*kw times the input's memory, so
 `"auto"` picks im2col on CPU only.

@@ -32,7 +32,7 @@ Choices (Cooijmans et al. where they state one; attributes where it may matter):
     Likewise, at steps where nearly every sequence is the same (blank image rows) the
     batch variance is near 0 and BN multiplies the few differences by up to
     1 / sqrt(epsilon): a small epsilon makes those steps' gradients explode, which is
-    why configs/seq_mnist.py raises it.
+    why bn_repro/configs/seq_mnist.py raises it.
   * The classifier is a Dense layer on the last hidden state h_T.
   * The time loop is one `lax.scan`, so the 784-step pixel sequence compiles as fast as
     the 28-step row sequence.

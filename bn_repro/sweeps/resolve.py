@@ -10,9 +10,9 @@ validated, so that every bad point is refused before any of them runs.
 
 import collections
 import dataclasses
-import importlib.util
 import os
 import re
+import runpy
 import shlex
 import sys
 import warnings
@@ -23,7 +23,7 @@ import ml_collections
 from absl import flags
 from ml_collections import config_flags
 
-from bn_repro import cli, fields, validation
+from bn_repro import cli, configs, fields, validation
 from bn_repro.errors import UserError
 from bn_repro.rundir import RunDir
 from bn_repro.sweeps.grid import CONFIG_KEY, Point, Sweep, alias, point_name
@@ -58,18 +58,14 @@ class ResolvedPoint:
 # Loading.
 
 
-def _import_file(path: str) -> Any:
-  module_name = "_bn_repro_sweep_" + re.sub(r"\W", "_", os.path.abspath(path))
-  cli.add_config_root(path)  # sweep files import configs.<name>, also from the console script
+def _import_file(path: str) -> dict[str, Any]:
+  """The globals of a sweep file after running it."""
   try:
-    module_spec = importlib.util.spec_from_file_location(module_name, path)
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-  except Exception as e:  # pylint: disable=broad-except
+    return runpy.run_path(path, run_name="_bn_repro_sweep_" + re.sub(r"\W", "_", path))
+  except Exception as e:
     raise UserError(
       f"cannot load {path}: {type(e).__name__}: {cli.first_line(e)}", field="--sweep"
     ) from None
-  return module
 
 
 def load_sweep(spec: str) -> tuple[Sweep, str]:
@@ -77,13 +73,15 @@ def load_sweep(spec: str) -> tuple[Sweep, str]:
   path, sep, name = spec.partition(":")
   if not sep or not name:
     raise UserError(f"expected FILE.py:NAME, got {spec!r}", field="--sweep")
-  if not os.path.isfile(path):
-    raise UserError(f"{path} does not exist", field="--sweep")
+  try:
+    path = configs.resolve_path(path, kind="sweep")  # a file, or a packaged name: mnist_sweeps
+  except UserError as e:
+    raise UserError(str(e), field="--sweep") from None
   module = _import_file(path)
-  if not hasattr(module, "get_sweep"):
+  if "get_sweep" not in module:
     raise UserError(f"{path} has no get_sweep(name)", field="--sweep")
   try:
-    sweep = module.get_sweep(name)
+    sweep = module["get_sweep"](name)
   except Exception as e:  # pylint: disable=broad-except
     raise UserError(f"{spec}: {type(e).__name__}: {cli.first_line(e)}", field="--sweep") from None
   if not isinstance(sweep, Sweep):
@@ -116,7 +114,7 @@ def render(value: Any) -> str:
 
 def config_arg(spec: str, sweep_dir: str, cwd: str) -> str:
   """A "file.py:variant" relative to the sweep file, as a --config value for `cwd`."""
-  file, sep, variant = spec.partition(":")
+  file, sep, variant = configs.resolve_path(spec, root=sweep_dir).partition(":")
   path = os.path.normpath(os.path.join(sweep_dir, file))
   if not os.path.isfile(path):
     raise UserError(f"config file {path} does not exist")

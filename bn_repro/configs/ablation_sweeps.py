@@ -1,7 +1,8 @@
-"""Ablations of the MNIST MLP (configs/mnist_mlp.py): BN variants and the paper's four
-claimed advantages, each a sweep that scripts/ablation_report.py turns into a figure.
+"""Ablations of the MNIST MLP (mnist_mlp.py): BN variants and the paper's four claimed
+advantages, each a sweep that scripts/ablation_report.py turns into a figure.
 
-Sweeps (`--sweep=configs/ablation_sweeps.py:<name>`), 2 seeds each:
+Sweeps (`--sweep=ablation_sweeps:<name>[,<preset>]`, a data preset of
+bn_repro/configs/common.py applied to every point), 2 seeds each:
   variants        plain BN vs each variant of bn_repro.BatchNorm at the paper preset:
                   ghost batches of 6 and 20, Batch Renormalization, noisy BN, BN frozen
                   after 1,000 steps, Algorithm-2 population statistics (unbiased), BN
@@ -13,17 +14,22 @@ Sweeps (`--sweep=configs/ablation_sweeps.py:<name>`), 2 seeds each:
   regularization  advantage 3: dropout 0 / 0.3 x BN on/off, train-set accuracy evaluated
                   (train_eval/*) for the train-test gap, 3x the steps.
   Advantage 4 (saturating nonlinearities, higher learning rates) is
-  configs/mnist_sweeps.py:lr_grid with scripts/sweep_report.py.
+  mnist_sweeps:lr_grid with scripts/sweep_report.py.
 
-Offline on the IDX files of the 10,000-image test set (first 8,000 train, last 2,000 eval):
-  python -m bn_repro.sweep --sweep=configs/ablation_sweeps.py:variants --workdir=runs/abl/variants \
-    --parallel=2 --override=data.source=idx --override=data.idx_dir=../shared/data/mnist-t10k \
-    --override='data.train_split=test[:8000]' --override='data.eval_split=test[8000:]'
+Offline on the IDX files of the 10,000-image test set (first 8,000 train, last 2,000 eval;
+BN_REPRO_MNIST_DIR the directory holding t10k-images-idx3-ubyte[.gz] and
+t10k-labels-idx1-ubyte[.gz]):
+  export BN_REPRO_MNIST_DIR=DIR
+  bn-repro-sweep --sweep=ablation_sweeps:variants,t10k --workdir=runs/abl/variants --parallel=2
   python scripts/ablation_report.py --variants=runs/abl/variants --report_dir=runs/abl/report
 (the same for ics, weight_scale and regularization, each with its own --workdir and
-report flag). With tfds MNIST drop the four --override flags.
+report flag). With tfds MNIST drop ",t10k".
+Measured so (README, BN variants and ablations; mean over 2 seeds): eval accuracy at step
+250 0.89-0.92 with BN or any of its variants and 0.28 without; at step 5,000 0.956 with BN,
+0.957 without, 0.951-0.970 for the variants.
 """
 
+from bn_repro.configs import common
 from bn_repro.sweeps import grid as sw
 
 BASE = "mnist_mlp.py:bn_sigmoid"  # relative to this file
@@ -145,6 +151,7 @@ SWEEPS = {
 }
 
 
-def get_sweep(name: str) -> sw.Sweep:
-  """The sweep `name`; one of SWEEPS."""
-  return sw.pick(SWEEPS, name, "configs/ablation_sweeps.py")
+def get_sweep(arg: str) -> sw.Sweep:
+  """`arg` is '<one of SWEEPS>[,<preset>]'."""
+  choice = common.parse(arg, "ablation_sweeps.py", {"sweep": tuple(SWEEPS)}, required=["sweep"])
+  return common.sweep_with_preset(SWEEPS[choice["sweep"]](), choice[common.PRESET])

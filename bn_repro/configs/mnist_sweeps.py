@@ -1,6 +1,7 @@
-"""Sweeps over the MNIST MLP (configs/mnist_mlp.py): Figure 1 and learning-rate sensitivity.
+"""Sweeps over the MNIST MLP (mnist_mlp.py): Figure 1 and learning-rate sensitivity.
 
-Sweeps (`--sweep=configs/mnist_sweeps.py:<name>`):
+Sweeps (`--sweep=mnist_sweeps:<name>[,<preset>]`, a data preset of
+bn_repro/configs/common.py applied to every point):
   lr_grid  sigmoid/ReLU x BN on/off x learning rate 0.01..10 (7 values) x seeds 0, 1, 2:
            84 runs; a train loss above 1e3 stops a run as diverged. Tests the paper's
            claims that BN allows higher learning rates and makes sigmoid nets trainable
@@ -10,27 +11,30 @@ Sweeps (`--sweep=configs/mnist_sweeps.py:<name>`):
            points differ only in seed, so `--batched` trains them as one program.
 
 With tfds MNIST (see README):
-  python -m bn_repro.sweep --sweep=configs/mnist_sweeps.py:lr_grid --workdir=runs/lr --parallel=2
+  bn-repro-sweep --sweep=mnist_sweeps:lr_grid --workdir=runs/lr --parallel=2
   python scripts/sweep_report.py --sweep_dir=runs/lr
 
-Offline on the IDX files of the 10,000-image test set (first 8,000 train, last 2,000 eval),
-5,000 steps per run:
-  python -m bn_repro.sweep --sweep=configs/mnist_sweeps.py:lr_grid --workdir=runs/lr_t10k \
-    --parallel=2 --override=data.source=idx --override=data.idx_dir=../shared/data/mnist-t10k \
-    --override='data.train_split=test[:8000]' --override='data.eval_split=test[8000:]' \
+Offline on the IDX files of the 10,000-image test set (first 8,000 train, last 2,000 eval;
+BN_REPRO_MNIST_DIR the directory holding t10k-images-idx3-ubyte[.gz] and
+t10k-labels-idx1-ubyte[.gz]), 5,000 steps per run:
+  export BN_REPRO_MNIST_DIR=DIR
+  bn-repro-sweep --sweep=mnist_sweeps:lr_grid,t10k --workdir=runs/lr_t10k --parallel=2 \
     --override=num_steps=5000
   python scripts/sweep_report.py --sweep_dir=runs/lr_t10k
+Measured so at 2,000 steps per run (README; final eval accuracy, mean over 3 seeds): the
+sigmoid net with BN 0.92-0.95 at every learning rate, without BN 0.17 at 0.01, 0.79 at 0.1,
+0.95 at 1 and 3, 0.35 at 10; ReLU with BN 0.96-0.97 up to 3 (0.10 at 10); ReLU without BN
+0.93-0.97 up to 0.3, diverging from 1 on (1 of 3 seeds at 1, all at 3 and 10).
 
-Figure 1 the same way (`:figure1`, `--workdir=runs/fig1`); `--print_commands` prints one
+Figure 1 the same way (`:figure1,t10k`, `--workdir=runs/fig1`); `--print_commands` prints one
 command per point instead of running them (for a cluster's job array). The 8 seeds in one
-batched program, 2,000 steps each, with the offline overrides above (add --parallel=2 for two
-programs of 4 seeds side by side, the fastest on 2 cores):
-  python -m bn_repro.sweep --sweep=configs/mnist_sweeps.py:seeds --workdir=runs/seeds_t10k \
-    --batched --override=data.source=idx --override=data.idx_dir=../shared/data/mnist-t10k \
-    --override='data.train_split=test[:8000]' --override='data.eval_split=test[8000:]' \
+batched program, 2,000 steps each, offline as above (add --parallel=2 for two programs of 4
+seeds side by side, the fastest on 2 cores):
+  bn-repro-sweep --sweep=mnist_sweeps:seeds,t10k --workdir=runs/seeds_t10k --batched \
     --override=num_steps=2000
 """
 
+from bn_repro.configs import common
 from bn_repro.sweeps import grid as sw
 
 BASE = "mnist_mlp.py:bn_sigmoid"  # relative to this file
@@ -81,6 +85,7 @@ def seeds() -> sw.Sweep:
 SWEEPS = {"lr_grid": lr_grid, "figure1": figure1, "seeds": seeds}
 
 
-def get_sweep(name: str) -> sw.Sweep:
-  """The sweep `name`; one of SWEEPS."""
-  return sw.pick(SWEEPS, name, "configs/mnist_sweeps.py")
+def get_sweep(arg: str) -> sw.Sweep:
+  """`arg` is '<one of SWEEPS>[,<preset>]'."""
+  choice = common.parse(arg, "mnist_sweeps.py", {"sweep": tuple(SWEEPS)}, required=["sweep"])
+  return common.sweep_with_preset(SWEEPS[choice["sweep"]](), choice[common.PRESET])

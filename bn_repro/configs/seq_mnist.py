@@ -4,19 +4,17 @@ The paper leaves recurrent networks to future work; this is the BN-LSTM of "Recu
 Batch Normalization": BN on W_x x_t, on W_h h_{t-1} and on c_t, statistics per time
 step, gamma initialised to 0.1 (bn_repro/models/lstm.py).
 
-Variant '<bn|nobn>[,<rows|pixels>]': rows (default) reads an image as 28 steps of 28
-pixels, pixels as 784 steps of 1 pixel (the paper's sequential MNIST; slow on a CPU).
-  python -m bn_repro.main --config=configs/seq_mnist.py:bn --workdir=runs/seq_mnist/bn
-  python -m bn_repro.main --config=configs/seq_mnist.py:nobn --workdir=runs/seq_mnist/nobn
-  python -m bn_repro.main --config=configs/seq_mnist.py:bn,pixels --workdir=runs/seq_mnist/bn_pixels
-Offline on the IDX files of the 10,000-image test set (first 8,000 train, last 2,000 eval):
-  python -m bn_repro.main --config=configs/seq_mnist.py:bn --workdir=runs/seq_mnist_t10k/bn \
-    --config.data.source=idx --config.data.idx_dir=../shared/data/mnist-t10k \
-    --config.data.train_split='test[:8000]' --config.data.eval_split='test[8000:]'
-(`bn-repro` is the same command where the repository root is on PYTHONPATH: this file
-imports configs/mnist_mlp.py.)
+Argument '<bn|nobn>[,<rows|pixels>][,<preset>]': rows (default) reads an image as 28 steps
+of 28 pixels, pixels as 784 steps of 1 pixel (the paper's sequential MNIST; slow on a CPU);
+the data presets are those of bn_repro/configs/common.py.
+  bn-repro --config=seq_mnist:bn --workdir=runs/seq_mnist/bn
+  bn-repro --config=seq_mnist:nobn --workdir=runs/seq_mnist/nobn
+  bn-repro --config=seq_mnist:bn,pixels --workdir=runs/seq_mnist/bn_pixels
+Offline on the IDX files of the 10,000-image test set (first 8,000 train, last 2,000 eval),
+DIR the directory holding t10k-images-idx3-ubyte[.gz] and t10k-labels-idx1-ubyte[.gz]:
+  BN_REPRO_MNIST_DIR=DIR bn-repro --config=seq_mnist:bn,t10k --workdir=runs/seq_mnist_t10k/bn
 
-Everything but the model comes from configs/mnist_mlp.py. Chosen here: 100 hidden units,
+Everything but the model comes from bn_repro/configs/mnist_mlp.py. Chosen here: 100 hidden units,
 batch 64 (Cooijmans et al.), SGD with momentum 0.9 at learning rate 0.1 for both
 variants (they use RMSProp/Adam with gradient clipping, which the trainer does not
 have; heavy-ball SGD is its closest tool), and BN epsilon 1e-2 (see below).
@@ -28,19 +26,15 @@ without BN at steps 250 / 500 / 3,000; with BN 0.44 / 0.71 / 0.92 and between 0.
 
 import ml_collections
 
-from configs import mnist_mlp
+from bn_repro.configs import common, mnist_mlp
 
 SEQUENCES = ("rows", "pixels")
 
 
-def get_config(variant: str = "bn") -> ml_collections.ConfigDict:
-  """`variant` is '<bn|nobn>[,<rows|pixels>]'."""
-  bn, _, sequence = variant.partition(",")
-  sequence = sequence or "rows"
-  if bn not in ("bn", "nobn") or sequence not in SEQUENCES:
-    raise ValueError(
-      f"unknown variant {variant!r} of configs/seq_mnist.py; choose '<bn|nobn>[,<rows|pixels>]'"
-    )
+def get_config(arg: str = "bn") -> ml_collections.ConfigDict:
+  """`arg` is '<bn|nobn>[,<rows|pixels>][,<preset>]'."""
+  choice = common.parse(arg, "seq_mnist.py", {"variant": ("bn", "nobn"), "sequence": SEQUENCES})
+  bn, sequence = choice["variant"], choice["sequence"]
   c = mnist_mlp.get_config(f"{bn}_tanh")
   c.model = ml_collections.ConfigDict()
   c.model.name = "lstm"
@@ -63,4 +57,4 @@ def get_config(variant: str = "bn") -> ml_collections.ConfigDict:
   c.batch_size = 64
   c.num_steps = 3_000
   c.checkpoint_every = 1_000
-  return c
+  return common.apply_preset(c, choice[common.PRESET], "seq_mnist.py")

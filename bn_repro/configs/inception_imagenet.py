@@ -8,10 +8,13 @@ Variants (Sec. 4.2.1, Figure 3's table):
   bn_x30          as bn_x5 with lr x30 (0.045)
   bn_x5_sigmoid   as bn_x5 with sigmoid instead of ReLU
 
+Argument: one variant (default bn_x30), optionally with the data preset tfds
+(bn_repro/configs/common.py; t10k is MNIST and does not apply here).
+
 Needs ImageNet prepared for tfds (`imagenet2012`; manual download: put ILSVRC2012_img_train.tar
 and ILSVRC2012_img_val.tar in <tfds data_dir>/downloads/manual/, then
 `pip install 'bn_repro[prepare]'` once to prepare). On a machine with 8 accelerators:
-  bn-repro --config=configs/inception_imagenet.py:bn_x30 --workdir=runs/imagenet/bn_x30
+  bn-repro --config=inception_imagenet:bn_x30 --workdir=runs/imagenet/bn_x30
 
 Paper numbers (steps to 72.2% top-1 / max top-1): Inception 31.0M / 72.2%, BN-Baseline
 13.3M / 72.7%, BN-x5 2.1M / 73.0%, BN-x30 2.7M / 74.8%, BN-x5-Sigmoid never / 69.8%.
@@ -25,9 +28,10 @@ with 32 examples per replica; `batch_size` here is the global batch (32 per devi
 
 import ml_collections
 
-from bn_repro import models
+from bn_repro.configs import common
 
 VARIANTS = ("inception", "bn_baseline", "bn_x5", "bn_x30", "bn_x5_sigmoid")
+DEFAULT = "bn_x30"
 BASE_LR = 0.0015
 LR_SCALE = {"inception": 1, "bn_baseline": 1, "bn_x5": 5, "bn_x30": 30, "bn_x5_sigmoid": 5}
 
@@ -49,64 +53,42 @@ def apply_variant(c: ml_collections.ConfigDict, variant: str) -> ml_collections.
   return c
 
 
-def get_config(variant: str = "bn_x30") -> ml_collections.ConfigDict:
-  """Full-size BN-Inception / Inception at 224x224 on ImageNet."""
-  c = ml_collections.ConfigDict()
-  c.seed = 0
-  c.model = ml_collections.ConfigDict(
-    dict(
-      name="inception",
-      num_classes=1000,
-      nonlinearity="relu",
-      use_bn=True,
-      dropout_rate=0.4,
-      use_lrn=True,
-      width_multiplier=1.0,
-      modules=("3a", "3b", "3c", "4a", "4b", "4c", "4d", "4e", "5a", "5b"),
-      stem="imagenet",
-      stem_stride=1,
-      separable_stem=True,
-      pool_proj_4cd=128,
-      init_std=2**0.5,
-      init_fan_in=True,
-      probe_unit=0,
-      conv_impl="auto",
-    )
-  )
-  c.bn = ml_collections.ConfigDict(
-    dict(
-      epsilon=1e-3,
-      decay=0.9997,
-      population="ema",
-      population_batches=100,
-      unbiased=False,
-      cross_device=True,
-      **models.bn_variant_defaults(),
-    )
-  )
-  c.data = ml_collections.ConfigDict(
-    dict(
-      name="imagenet2012",
-      source="tfds",
-      tfds_data_dir="",
-      idx_dir="",
-      train_split="train",
-      eval_split="validation",
-      image_size=224,
-      distortion=1.0,
-    )
-  )
-  c.optimizer = ml_collections.ConfigDict(
-    dict(
-      name="sgd",
-      base_learning_rate=BASE_LR,
-      learning_rate=BASE_LR,
-      momentum=0.9,
-      weight_decay=4e-5,
-      lr_decay_rate=0.94,
-      lr_decay_epochs=2.0,
-    )
-  )
+def get_config(arg: str = DEFAULT) -> ml_collections.ConfigDict:
+  """Full-size BN-Inception / Inception at 224x224 on ImageNet; `arg` is '<variant>[,tfds]'."""
+  choice = common.parse(arg, "inception_imagenet.py", {"variant": VARIANTS}, {"variant": DEFAULT})
+  c = common.get_config()
+  c.model.name = "inception"
+  c.model.num_classes = 1000
+  c.model.nonlinearity = "relu"
+  c.model.use_bn = True
+  c.model.dropout_rate = 0.4
+  c.model.use_lrn = True
+  c.model.width_multiplier = 1.0
+  c.model.modules = ("3a", "3b", "3c", "4a", "4b", "4c", "4d", "4e", "5a", "5b")
+  c.model.stem = "imagenet"
+  c.model.stem_stride = 1
+  c.model.separable_stem = True
+  c.model.pool_proj_4cd = 128
+  c.model.init_std = 2**0.5  # He-normal
+  c.model.init_fan_in = True
+  c.model.probe_unit = 0
+  c.model.conv_impl = "auto"
+
+  c.bn.epsilon = 1e-3
+  c.bn.decay = 0.9997
+
+  c.data.name = "imagenet2012"
+  c.data.eval_split = "validation"
+  c.data.image_size = 224
+  c.data.distortion = 1.0  # photometric distortion strength
+
+  c.optimizer.base_learning_rate = BASE_LR  # the variant's learning rate: x LR_SCALE
+  c.optimizer.learning_rate = BASE_LR
+  c.optimizer.momentum = 0.9
+  c.optimizer.weight_decay = 4e-5
+  c.optimizer.lr_decay_rate = 0.94
+  c.optimizer.lr_decay_epochs = 2.0
+
   c.batch_size = 256
   c.eval_batch_size = 400
   c.num_steps = 4_000_000
@@ -115,13 +97,6 @@ def get_config(variant: str = "bn_x30") -> ml_collections.ConfigDict:
   c.eval_every = 20_000
   c.checkpoint_every = 20_000
   c.target_accuracy = 0.722  # Figure 3: steps to reach the baseline's best accuracy
-  c.max_loss = 0.0
-  c.eval_train_examples = 0
-  c.ics_probe = False
   c.dtype = "bfloat16"
-  c.num_devices = 0
-  c.parallel = "pmap"
-  c.tensorboard = True
-  c.profile_start_step = -1
-  c.profile_num_steps = 0
-  return apply_variant(c, variant)
+  c = apply_variant(c, choice["variant"])
+  return common.apply_preset(c, choice[common.PRESET], "inception_imagenet.py")
