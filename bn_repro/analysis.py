@@ -19,11 +19,11 @@ from bn_repro import data
 
 
 def _global_norm(tree: Any) -> jax.Array:
-  return jnp.sqrt(sum(jnp.sum(jnp.square(x)) for x in jax.tree.leaves(tree)))
+  return jnp.sqrt(jnp.asarray(sum(jnp.sum(jnp.square(x)) for x in jax.tree.leaves(tree))))
 
 
 def _dot(a: Any, b: Any) -> jax.Array:
-  return sum(jnp.sum(x * y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+  return jnp.asarray(sum(jnp.sum(x * y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b))))
 
 
 def gradient_shift(

@@ -82,4 +82,6 @@ def parse_like(text: str, like: Any) -> Any:
     raise ValueError(f"{text!r} is not a {type(like).__name__} like {like!r}")
   if isinstance(like, float) and isinstance(value, int):
     return float(value)
-  return list(value) if isinstance(like, list) else value
+  if isinstance(like, list) and isinstance(value, (list, tuple)):
+    return list(value)
+  return value

@@ -43,7 +43,7 @@ class MetricWriter:
     tmp.replace(self.path)
 
   def write(self, step: int, scalars: Mapping[str, Any]) -> None:
-    event = {"step": int(step)}
+    event: dict[str, Any] = {"step": int(step)}
     for k, v in scalars.items():
       v = float(v) if not isinstance(v, (str, bool)) else v
       # JSON has no NaN/Inf: write them as strings so the file stays valid.

@@ -14,10 +14,10 @@ from typing import Any
 
 from bn_repro.models import inception
 
-SMALL = dict(width_multiplier=0.125, modules=("3a", "3b", "3c", "4a"), stem="small")
+SMALL: dict[str, Any] = dict(width_multiplier=0.125, modules=("3a", "3b", "3c", "4a"), stem="small")
 
 
-def rows(num_classes: int) -> list[tuple[str, Any, tuple[int, ...], str]]:
+def rows(num_classes: int) -> list[tuple[Any, ...]]:
   """(label, model, input shape, paper's figure) for every model in the table."""
   full = (1, 224, 224, 3)
   out = []

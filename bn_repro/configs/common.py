@@ -114,7 +114,7 @@ def parse(
   groups: Mapping[str, Sequence[str]],
   defaults: Mapping[str, str] | None = None,
   required: Sequence[str] = (),
-) -> dict[str, str | None]:
+) -> dict[str, Any]:  # str values; None for a group not given
   """A config's argument 'bn_sigmoid,t10k' -> {'variant': 'bn_sigmoid', 'preset': 't10k'}.
 
   Args:

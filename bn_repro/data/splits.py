@@ -82,13 +82,13 @@ def parse_split(text: str, field: str, known: tuple[str, ...]) -> Split:
       field=field,
     )
   percent = units.pop()
-  values = []
+  values: list[float | None] = []
   for b in bounds:
     if b is None:
       values.append(None)
     elif percent:
       values.append(float(b["value"]))
-      if abs(values[-1]) > 100:
+      if abs(float(b["value"])) > 100:
         raise UserError(
           f"split {text!r} has a percent outside -100%..100%; use percents within that range.",
           field=field,

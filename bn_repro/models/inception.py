@@ -120,7 +120,7 @@ def module_spec(name: str, width_multiplier: float = 1.0, pool_proj_4cd: int = 1
   spec = TABLE[name]
   if name in ("4c", "4d"):
     spec = spec._replace(pool_proj=pool_proj_4cd)
-  channels = {
+  channels: dict[str, Any] = {
     f: scale_channels(getattr(spec, f), width_multiplier)
     for f in ("b1x1", "b3x3_reduce", "b3x3", "d3x3_reduce", "d3x3", "pool_proj")
   }

@@ -54,10 +54,11 @@ class MLP(nn.Module):
     if self.bn_position not in POSITIONS:
       raise ValueError(f"bn_position {self.bn_position!r} is not one of {POSITIONS}")
     act = common.NONLINEARITIES[self.nonlinearity]
+    make_norm = self.norm
     norm = (
       None
-      if self.norm is None
-      else (lambda i, h: self.norm(use_running_average=not train, name=f"bn{i}")(h))
+      if make_norm is None
+      else (lambda i, h: make_norm(use_running_average=not train, name=f"bn{i}")(h))
     )
     x = x.reshape((x.shape[0], -1)).astype(self.dtype)
     for i, width in enumerate(self.hidden):
