@@ -6,6 +6,7 @@
   lr          learning-rate sensitivity
   figure3     Figures 2 and 3 of the Inception variants
   ablations   the ablation sweeps' figures and tables
+  population  precise BN and AdaBN on a trained run
   report      REPORT.md and the files beside it
   paper       the paper's numbers and claims
   tables      Markdown tables and number formatting
