@@ -1,5 +1,7 @@
 """What every command line of the project shares: one-line errors."""
 
+import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 
@@ -30,3 +32,22 @@ def one_line_flags_parser(program: str) -> Callable[[Sequence[str]], list[str]]:
       sys.exit(report(program, first_line(e)))
 
   return parse
+
+
+def own_log_lines_only() -> None:
+  """Logs to stderr bn_repro's own lines from WARNING up and no other library's below CRITICAL.
+
+  For a command line without absl's app.run: a library's error that bn_repro turns into a
+  UserError (orbax on a checkpoint it cannot parse) would otherwise print before the one
+  line that a bad input prints.
+  """
+  for h in list(logging.root.handlers):  # logging.basicConfig's (absl calls it on first use)
+    if isinstance(h, logging.StreamHandler) and h.stream in (sys.stderr, sys.__stderr__):
+      logging.root.removeHandler(h)
+  handler = logging.StreamHandler(sys.stderr)
+  handler.setFormatter(logging.Formatter("%(levelname)s:%(name)s:%(message)s"))
+  handler.addFilter(
+    lambda r: r.levelno >= logging.CRITICAL or f"{os.sep}bn_repro{os.sep}" in r.pathname
+  )
+  logging.root.addHandler(handler)
+  logging.root.setLevel(logging.WARNING)

@@ -4,7 +4,7 @@ Everything a step does across devices (gradient mean, BN statistics) is written
 with collectives on `AXIS`, so the wrapper that maps a function over devices is
 this module's `data_parallel` alone. Arrays crossing it carry a leading device axis.
 
-Batched runs (bn_repro/batched.py) may also spread their run axis over more
+Batched runs (bn_repro.training.BatchedTrainer) may also spread their run axis over more
 devices: `run_parallel` maps the same per-device function over a 2-D mesh,
 `RUNS` x `AXIS`, where each row of devices holds its share of the runs and
 trains them data-parallel exactly as one run would. On a CPU host,

@@ -1,5 +1,5 @@
-"""scripts/ablation_report.py on sweep directories written here (no training), and the
-ablation sweeps' definitions."""
+"""bn_repro.report.ablations and its CLI, scripts/ablation_report.py, on sweep directories
+written here (no training), and the ablation sweeps' definitions."""
 
 import json
 import os
@@ -8,10 +8,12 @@ import sys
 
 import numpy as np
 import pytest
+from matplotlib.figure import Figure
 from test_train import set_fields
 
 from bn_repro import validation
 from bn_repro.configs import ablation_sweeps, mnist_mlp
+from bn_repro.report import ablations
 from bn_repro.sweeps import grid as sw
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -145,6 +147,24 @@ def test_ics_table_reads_the_probe_metrics(tmp_path):
   # Medians over steps 0, 250, 500 of rel * (1, 2, 3): 2 * rel; cos 1 - rel.
   assert "| BN | 0.200 / 0.900 |" in md and "| no BN | 0.800 / 0.600 |" in md
   assert "dense0" not in md.split("|---|")[0]  # the first layer has no shift to show
+
+
+def test_a_section_is_returned_and_nothing_written(tmp_path, monkeypatch):
+  d = write_sweep(
+    str(tmp_path / "var"),
+    [
+      ("bn=on,seed=0", {"model.use_bn": True, "seed": 0}, "done", curve([0.1, 0.9, 0.96])),
+      ("bn=off,seed=0", {"model.use_bn": False, "seed": 0}, "done", curve([0.1, 0.5, 0.7])),
+    ],
+  )
+  before = sorted(tmp_path.rglob("*"))
+  monkeypatch.chdir(tmp_path)
+  section = ablations.variants(d)
+  assert list(section.figures) == ["variants.png"]
+  assert isinstance(section.figures["variants.png"], Figure)
+  md = "\n".join(section.markdown)
+  assert "| BN (paper) | 0.9000 |" in md and "| no BN | 0.5000 |" in md
+  assert sorted(tmp_path.rglob("*")) == before
 
 
 def test_bad_input_is_one_line_and_writes_nothing(tmp_path):

@@ -1,7 +1,6 @@
-"""Tests for scripts/figure1.py on synthetic run dirs."""
+"""bn_repro.report.figure1 and its CLI, scripts/figure1.py, on synthetic run dirs."""
 
 import csv
-import importlib.util
 import json
 import math
 import os
@@ -11,6 +10,10 @@ import subprocess
 import sys
 
 import pytest
+from matplotlib.figure import Figure
+
+from bn_repro.errors import UserError
+from bn_repro.report import figure1, results
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 SCRIPT = REPO_ROOT / "scripts" / "figure1.py"
@@ -43,19 +46,6 @@ NOBN_EVAL = {
 # NaN at 200): widths 2, 2, 3 (mean 7/3); ranges p15 3, p50 3, p85 4.
 BN_DRIFT = {"p15": 0.2 / 2.05, "p50": 0.2 / 2.05, "p85": 0.4 / 2.05}
 NOBN_DRIFT = {"p15": 9 / 7, "p50": 9 / 7, "p85": 12 / 7}
-
-
-def _load_module():
-  if "figure1" in sys.modules:
-    return sys.modules["figure1"]
-  spec = importlib.util.spec_from_file_location("figure1", SCRIPT)
-  module = importlib.util.module_from_spec(spec)
-  sys.modules["figure1"] = module
-  spec.loader.exec_module(module)
-  return module
-
-
-figure1 = _load_module()
 
 
 def _write_run(
@@ -208,13 +198,13 @@ def test_drift_matches_hand_computation():
 
 def test_load_run(run_dirs):
   bn, nobn = run_dirs
-  run = figure1.load_run(str(nobn))
+  run = results.load_run(str(nobn))
   assert run.steps == [0, 100, 200, 400]
   assert math.isnan(run.accuracy[200]) and math.isnan(run.p50[200])
   assert run.p85 == {0: 1.0, 100: 2.0, 200: 3.0, 400: 5.0}
   assert run.use_bn is None and run.probe_unit is None
   assert figure1.run_drift(run) == pytest.approx(NOBN_DRIFT)
-  run = figure1.load_run(str(bn), max_step=150)
+  run = results.load_run(str(bn), max_step=150)
   assert run.steps == [0, 100]
   assert run.accuracy == {0: 0.5, 100: 0.8}
   assert (run.use_bn, run.nonlinearity, run.probe_unit) == (True, "sigmoid", 7)
@@ -224,7 +214,7 @@ def test_make_table_log_spaced_subset():
   steps = list(range(0, 50_001, 500))  # 101 eval steps.
   acc = {s: s / 50_000 for s in steps}
   pct = {s: 0.0 for s in steps}
-  run = figure1.Run(path="r", steps=steps, accuracy=acc, p15=pct, p50=pct, p85=pct)
+  run = results.Run(path="r", steps=steps, accuracy=acc, p15=pct, p50=pct, p85=pct)
   md = figure1.make_table(run, run)
   table = md.split("## Summary")[0]
   rows = [
@@ -238,6 +228,49 @@ def test_make_table_log_spaced_subset():
   gaps = [b - a for a, b in zip(rows, rows[1:])]
   assert gaps[0] == 500 and gaps[-1] > 5000  # Dense early, sparse late.
   assert "| 50000 | 1.0000 | 1.0000 |" in md
+
+
+def _tree(root: pathlib.Path) -> dict[str, int]:
+  return {str(p): p.stat().st_mtime_ns for p in sorted(root.rglob("*"))}
+
+
+def test_draw_returns_figures_and_writes_nothing(run_dirs, tmp_path, monkeypatch):
+  bn, nobn = (results.load_run(str(d)) for d in run_dirs)
+  before = [_tree(d) for d in run_dirs]
+  monkeypatch.chdir(tmp_path)
+  fig = figure1.draw(bn, nobn)
+  assert isinstance(fig, Figure)
+  assert [ax.get_title() for ax in fig.axes] == [
+    "(a) Test accuracy",
+    "(b) Without BN: input to sigmoid, last hidden layer",
+    "(c) With BN: input to sigmoid #7, last hidden layer",
+  ]
+  for panel, title in zip(figure1.PANELS, [ax.get_title() for ax in fig.axes]):
+    one = figure1.draw_panel(bn, nobn, panel)
+    assert isinstance(one, Figure) and [ax.get_title() for ax in one.axes] == [title]
+  with pytest.raises(ValueError, match="panels a, b, c"):
+    figure1.draw_panel(bn, nobn, "d")
+  assert os.listdir(tmp_path) == []
+  assert [_tree(d) for d in run_dirs] == before
+
+
+def test_write_writes_the_outputs_without_pyplot(run_dirs, tmp_path):
+  """In a fresh interpreter, `write` returns the paths of exactly OUTPUTS and never imports
+  pyplot (so a notebook's pyplot state is left alone)."""
+  bn, nobn = run_dirs
+  code = (
+    "import sys\n"
+    "from bn_repro.report import figure1, results\n"
+    f"bn, nobn = results.load_run({str(bn)!r}), results.load_run({str(nobn)!r})\n"
+    f"print('\\n'.join(figure1.write(bn, nobn, {str(tmp_path)!r})))\n"
+    "assert 'matplotlib.pyplot' not in sys.modules\n"
+  )
+  proc = subprocess.run(
+    [sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120
+  )
+  assert proc.returncode == 0, proc.stderr
+  assert proc.stdout.splitlines() == [str(tmp_path / name) for name in OUTPUTS]
+  assert sorted(os.listdir(tmp_path)) == sorted(OUTPUTS)
 
 
 def test_cli_missing_run_dir_exits_2_and_writes_nothing(run_dirs, tmp_path):
@@ -266,8 +299,8 @@ def test_load_run_bad_input_raises_user_error(run_dirs, tmp_path, case):
     _write_run(bad, NOBN_EVAL, with_evals=False)
   elif case == "none_below_max_step":
     bad, max_step = run_dirs[0], -1
-  with pytest.raises(figure1.UserError, match=re.escape(str(bad))):
-    figure1.load_run(str(bad), max_step=max_step)
+  with pytest.raises(UserError, match=re.escape(str(bad))):
+    results.load_run(str(bad), max_step=max_step)
 
 
 def test_figure1_sh_parallel_equals_sequential(tmp_path):

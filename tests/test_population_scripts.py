@@ -1,8 +1,8 @@
-"""Precise BN and AdaBN on a tiny trained run: Algorithm 2 against NumPy, the scripts' outputs,
+"""Precise BN and AdaBN (bn_repro.report.population and its CLIs, scripts/precise_bn.py and
+scripts/adabn.py) on a tiny trained run: Algorithm 2 against NumPy, the scripts' outputs,
 domain shifts, and that the source run is never written."""
 
 import hashlib
-import importlib.util
 import json
 import pathlib
 import shutil
@@ -12,21 +12,27 @@ import sys
 import numpy as np
 import pytest
 from idx_files import write_mnist_dir
+from matplotlib.figure import Figure
 
 from bn_repro import data, parallel, runs, training
 from bn_repro.configs import mnist_mlp
 from bn_repro.errors import UserError
+from bn_repro.report import population
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 BATCH = 16
 HIDDEN = (16, 16)
 
 
-def load_script(name: str):
-  spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+def run_script(name: str, *args: str) -> subprocess.CompletedProcess:
+  """scripts/<name>.py in a subprocess (the test's XLA_FLAGS: 8 CPU devices)."""
+  return subprocess.run(
+    [sys.executable, f"scripts/{name}.py", *args],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
 
 
 def tree_hashes(root: pathlib.Path) -> dict[str, str]:
@@ -119,18 +125,12 @@ def scripts_ran(run_dir, tmp_path_factory):
   """Both scripts on the run: their outputs, and the run's file hashes before and after."""
   out = tmp_path_factory.mktemp("out")
   before = tree_hashes(run_dir)
-  assert (
-    load_script("precise_bn").main(
-      [f"--workdir={run_dir}", "--batches=2,3", f"--out={out / 'precise'}"]
-    )
-    == 0
+  r = run_script("precise_bn", f"--workdir={run_dir}", "--batches=2,3", f"--out={out / 'precise'}")
+  assert r.returncode == 0, r.stderr
+  r = run_script(
+    "adabn", f"--workdir={run_dir}", "--shifts=none,invert", "--batches=3", f"--out={out / 'adabn'}"
   )
-  assert (
-    load_script("adabn").main(
-      [f"--workdir={run_dir}", "--shifts=none,invert", "--batches=3", f"--out={out / 'adabn'}"]
-    )
-    == 0
-  )
+  assert r.returncode == 0, r.stderr
   return out, before, tree_hashes(run_dir)
 
 
@@ -170,6 +170,29 @@ def test_adabn_with_no_shift_is_precise_bn(scripts_ran):
   assert (out / "adabn" / "adabn.png").stat().st_size > 0
 
 
+def test_the_library_gives_the_scripts_numbers(scripts_ran, opened, tmp_path, monkeypatch):
+  """population.precise_bn and population.adabn return the rows the scripts wrote; the
+  tables and the figure are returned, nothing is written."""
+  out = scripts_ran[0]
+  monkeypatch.chdir(tmp_path)
+  precise = population.precise_bn(opened, [2, 3])
+  written = json.loads((out / "precise" / "precise_bn.json").read_text())
+  assert [r["batches"] for r in precise.rows] == [r["batches"] for r in written["rows"]]
+  for got, want in zip(precise.rows, written["rows"]):
+    np.testing.assert_allclose(got["eval/loss"], want["eval/loss"], rtol=1e-6)
+  assert precise.table().splitlines()[0] == "| " + " | ".join(population.PRECISE_HEADER) + " |"
+  assert int(parallel.unreplicate(precise.state).batch_stats["bn0"]["count"]) == 3
+  rows = population.adabn(opened, [data.parse_shift("invert")], 3)
+  adabn = {r["shift"]: r for r in json.loads((out / "adabn" / "adabn.json").read_text())["rows"]}
+  for key in ("clean", "before", "after"):
+    np.testing.assert_allclose(
+      rows[0][key]["eval/loss"], adabn["invert"][key]["eval/loss"], rtol=1e-6
+    )
+  assert isinstance(population.draw_adabn(rows, "title"), Figure)
+  assert population.adabn_table(rows).count("\n") == 2
+  assert not list(tmp_path.iterdir())
+
+
 def test_shifts():
   x = np.random.default_rng(0).integers(0, 256, (3, 28, 28, 1), dtype=np.uint8)
   np.testing.assert_array_equal(data.parse_shift("invert")(x), 255 - x.astype(np.int32))
@@ -204,12 +227,12 @@ def corrupt(run, tmp):
 
 
 @pytest.mark.parametrize("make,expect", [b[1:] for b in BAD_INPUT], ids=[b[0] for b in BAD_INPUT])
-def test_bad_run_is_one_line_exit_2_nothing_written(run_dir, tmp_path, capsys, make, expect):
+def test_bad_run_is_one_line_exit_2_nothing_written(run_dir, tmp_path, make, expect):
   workdir = make(run_dir, tmp_path)
   out = tmp_path / "out"
-  code = load_script("precise_bn").main([f"--workdir={workdir}", "--batches=2", f"--out={out}"])
-  lines = capsys.readouterr().err.strip().splitlines()
-  assert code == 2 and len(lines) == 1 and expect in lines[0], lines
+  r = run_script("precise_bn", f"--workdir={workdir}", "--batches=2", f"--out={out}")
+  lines = r.stderr.strip().splitlines()
+  assert r.returncode == 2 and len(lines) == 1 and expect in lines[0], lines
   assert not out.exists()
 
 
@@ -223,13 +246,13 @@ def test_bad_run_is_one_line_exit_2_nothing_written(run_dir, tmp_path, capsys, m
     (["--out={run}/inside"], "never modified"),
   ],
 )
-def test_bad_flags_are_one_line_exit_2(run_dir, tmp_path, capsys, argv, expect):
+def test_bad_flags_are_one_line_exit_2(run_dir, tmp_path, argv, expect):
   argv = [a.format(run=run_dir) for a in argv]
   out = [] if any(a.startswith("--out") for a in argv) else [f"--out={tmp_path / 'out'}"]
   before = tree_hashes(run_dir)
-  code = load_script("adabn").main([f"--workdir={run_dir}", *argv, *out])
-  lines = capsys.readouterr().err.strip().splitlines()
-  assert code == 2 and len(lines) == 1 and expect in lines[0], lines
+  r = run_script("adabn", f"--workdir={run_dir}", *argv, *out)
+  lines = r.stderr.strip().splitlines()
+  assert r.returncode == 2 and len(lines) == 1 and expect in lines[0], lines
   assert not (tmp_path / "out").exists() and tree_hashes(run_dir) == before
 
 

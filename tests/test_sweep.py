@@ -2,7 +2,6 @@
 reported through the CLIs in subprocesses (the grid language: test_sweep_grid.py)."""
 
 import csv
-import importlib.util
 import json
 import math
 import os
@@ -17,6 +16,9 @@ import pytest
 from idx_files import write_mnist_dir
 
 from bn_repro.errors import UserError
+from bn_repro.report import aggregate, figure1, results
+from bn_repro.report import lr as lr_sensitivity
+from bn_repro.report import report as sweep_report
 from bn_repro.rundir import FINISHED, RunDir
 from bn_repro.sweeps import grid as sw
 from bn_repro.sweeps import resolve, runner
@@ -349,13 +351,6 @@ def test_report_bad_sweep_dir_exits_2_and_writes_nothing(tmp_path):
 # Aggregation over seeds, on a synthetic sweep dir.
 
 
-def _report_module():
-  spec = importlib.util.spec_from_file_location("sweep_report", REPO / "scripts/sweep_report.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
 def test_aggregate_over_seeds_and_lr_lines(tmp_path):
   """bn on/off x lr {0.1, 1} x seeds {0, 1}; bn=off,lr=1,seed=1 diverged at step 30."""
   points = []
@@ -411,26 +406,25 @@ def test_aggregate_over_seeds_and_lr_lines(tmp_path):
     )
   )
 
-  report = _report_module()
-  res = report.load_sweep(str(tmp_path), 0.65)
-  groups = report.group_points(res, drop=("seed",))
+  res = results.load_sweep(str(tmp_path), 0.65)
+  groups = aggregate.group_points(res, drop=("seed",))
   assert len(groups) == 4
-  a = report.aggregate(groups[0])  # bn=on, lr=0.1
+  a = aggregate.aggregate(groups[0])  # bn=on, lr=0.1
   mean = (finals["bn=on,lr=0.1,seed=0"] + finals["bn=on,lr=0.1,seed=1"]) / 2
   assert a["n"] == 2 and a["done"] == 2 and math.isclose(a["final_accuracy_mean"], mean)
   assert math.isclose(a["final_accuracy_std"], 0.02 / math.sqrt(2))
-  a = report.aggregate(groups[3])  # bn=off, lr=1: one seed diverged
+  a = aggregate.aggregate(groups[3])  # bn=off, lr=1: one seed diverged
   assert (a["done"], a["diverged"]) == (1, 1)
   assert a["final_accuracy_mean"] == finals["bn=off,lr=1,seed=0"]
   assert a["final_accuracy_std"] is None
   assert a["reached_target"] == 1 and a["steps_to_target_mean"] == 40
 
-  lines = report.lr_lines(res)
+  lines = lr_sensitivity.lines(res)
   assert [(line.label, line.lrs) for line in lines] == [("BN", [0.1, 1.0]), ("no BN", [0.1, 1.0])]
-  pair = report.figure1_pair(res, 0.5)
+  pair = figure1.pair(res, 0.5)
   assert [p.name for p in pair] == ["bn=on,lr=1,seed=0", "bn=off,lr=1,seed=0"]
 
-  written = report.write_all(res, str(tmp_path), 0.65, 0.5, "report it")
+  written = sweep_report.write_all(res, str(tmp_path), 0.65, 0.5, "report it")
   names = {os.path.basename(w) for w in written}
   assert {"aggregate.csv", "lr_sensitivity.png", "figure1.png", "REPORT.md"} <= names
   agg = list(csv.DictReader(open(tmp_path / "aggregate.csv")))

@@ -1,4 +1,5 @@
-"""scripts/sweep_report.py on a generated small_five sweep dir: Figures 2 and 3 (no training)."""
+"""Figures 2 and 3 (bn_repro.report.figure3) on a generated small_five sweep dir, through the
+CLI scripts/sweep_report.py and the library (no training)."""
 
 import csv
 import json
@@ -8,7 +9,9 @@ import subprocess
 import sys
 
 import pytest
+from matplotlib.figure import Figure
 
+from bn_repro.report import figure3, results
 from bn_repro.sweeps import resolve
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -110,7 +113,7 @@ def test_figure2_is_a_png(report):
 
 
 def test_figure3_csv_has_the_hand_computed_numbers(report):
-  rows = list(csv.DictReader(open(report / "figure3.csv")))
+  rows = list(csv.DictReader((report / "figure3.csv").read_text().splitlines()))
   assert [r["variant"] for r in rows] == list(CURVES)  # the paper's order
   assert [r["model"] for r in rows] == [
     "Inception",
@@ -156,3 +159,18 @@ def test_report_has_the_figure3_table_and_claims(report):
   )
   # MNIST-only parts stay out.
   assert not (report / "figure1.png").exists() and not (report / "lr_sensitivity.png").exists()
+
+
+def test_figure3_from_the_library_and_figure2_returned(report):
+  """The library's Figure 3 rows are the CSV's numbers; Figure 2 is returned, not written."""
+  before = sorted(report.parent.rglob("*"))
+  fig3 = figure3.figure3(results.load_sweep(report.parent, 0.95))
+  assert [r.variant for r in fig3.rows] == list(CURVES)
+  assert fig3.baseline_best == 0.9 and fig3.num_classes == 10
+  for r in fig3.rows:
+    steps, speedup, max_acc, max_step = EXPECTED[r.variant]
+    assert ("never" if r.never else str(r.steps)) == steps
+    assert r.speedup == speedup, r
+    assert (r.point.best_accuracy, r.point.best_step) == (max_acc, max_step), r
+  assert isinstance(figure3.draw_figure2(fig3), Figure)
+  assert sorted(report.parent.rglob("*")) == before

@@ -1,6 +1,6 @@
 """Sweeps: a grid of config fields over a base config, one trainer process per point.
 
-A sweep file (e.g. configs/mnist_sweeps.py) declares its grids next to its base config
+A sweep file (e.g. bn_repro/configs/mnist_sweeps.py) declares its grids next to its base config
 and exposes `get_sweep(name) -> Sweep`:
 
   from bn_repro.sweeps import grid as sw
@@ -16,7 +16,7 @@ name lists its values sorted by alias ("bn=on,lr=0.1"): it depends on the point 
 not on dict or grid order.
 
 Runner (`python -m bn_repro.sweeps`, or the console script):
-  bn-repro-sweep --sweep=configs/mnist_sweeps.py:lr_grid --workdir=runs/lr \
+  bn-repro-sweep --sweep=mnist_sweeps:lr_grid --workdir=runs/lr \
       [--parallel=N] [--override=FIELD=VALUE ...] [--point=NAME ...] [--print_commands] \
       [--batched [--max_batched_runs=N]]
 

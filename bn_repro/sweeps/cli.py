@@ -1,6 +1,6 @@
 """The sweep runner's command line: `python -m bn_repro.sweeps` or `bn-repro-sweep`.
 
-  bn-repro-sweep --sweep=configs/mnist_sweeps.py:lr_grid --workdir=runs/lr \
+  bn-repro-sweep --sweep=mnist_sweeps:lr_grid --workdir=runs/lr \
       [--parallel=N] [--override=FIELD=VALUE ...] [--point=NAME ...] [--print_commands] \
       [--batched [--max_batched_runs=N] [--cpu_devices=N]]
 
@@ -28,9 +28,7 @@ from bn_repro.sweeps.runner import Runner, batch_groups
 PROGRAM = "bn-repro sweep"  # the prefix of its error lines
 MODULE = "bn_repro.sweeps"  # `python -m MODULE` runs `run()`
 
-_SWEEP = flags.DEFINE_string(
-  "sweep", None, "Sweep file and name, e.g. configs/mnist_sweeps.py:lr_grid."
-)
+_SWEEP = flags.DEFINE_string("sweep", None, "Sweep file and name, e.g. mnist_sweeps:lr_grid.")
 _WORKDIR = flags.DEFINE_string(
   "workdir", None, f"Sweep directory: {SweepDir.RECORD} and one subdirectory per point."
 )

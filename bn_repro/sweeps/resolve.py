@@ -1,6 +1,6 @@
 """From a sweep file to runnable points: load it, resolve every point against its config.
 
-`load_sweep("configs/mnist_sweeps.py:lr_grid")` imports the file and calls its
+`load_sweep("mnist_sweeps:lr_grid")` imports the file and calls its
 get_sweep(name); `resolve` turns each point into a `ResolvedPoint`: its name, the
 trainer's command line (`render` spells each value as a `--config.<field>=` string) and
 the full config the trainer will build from it, parsed with the trainer's own parser and

@@ -1,0 +1,330 @@
+"""Paper Figure 1: MNIST MLP trained with and without batch normalization.
+
+(a) test accuracy vs training step for both nets; (b) without BN and (c) with BN: the
+15th, 50th and 85th percentiles over the eval set of the input to one typical sigmoid of
+the last hidden layer, vs training step. Also the drift of those percentiles, the table
+and CSV of every eval step, and, in a sweep, the BN / no-BN pair to draw.
+
+`draw` and `draw_panel` return figures and write nothing; `write` writes figure1.png,
+figure1a.png, figure1b.png, figure1c.png, figure1.csv and figure1.md.
+"""
+
+import csv
+import math
+import os
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from bn_repro import fields
+from bn_repro.report import plots
+from bn_repro.report.results import (
+  BN_FIELD,
+  LR_FIELD,
+  NONLINEARITY_FIELD,
+  PROBE_KEYS,
+  SEED_FIELD,
+  PointResult,
+  Run,
+  SweepResults,
+  accuracy_summary,
+)
+from bn_repro.report.tables import fmt
+
+CSV_COLUMNS = (
+  "step",
+  "bn_accuracy",
+  "nobn_accuracy",
+  "bn_p15",
+  "bn_p50",
+  "bn_p85",
+  "nobn_p15",
+  "nobn_p50",
+  "nobn_p85",
+)
+DRIFT_DEFINITION = (
+  "Drift of a percentile = (max − min of that percentile over the eval "
+  "steps) / (mean over the eval steps of p85 − p15), using the steps where "
+  "all three percentiles are finite: how far it moves during training in "
+  "units of the distribution's own width (small = the distribution stays "
+  "put)."
+)
+PANELS = ("a", "b", "c")
+
+
+def drift(p15: Sequence[float], p50: Sequence[float], p85: Sequence[float]) -> dict[str, float]:
+  """(max − min) of each percentile / mean(p85 − p15), over aligned steps.
+
+  Only steps where all three values are finite count. NaN if there are none or
+  the mean width is not positive.
+  """
+  a = np.array([p15, p50, p85], dtype=np.float64).reshape(3, -1)
+  a = a[:, np.isfinite(a).all(axis=0)]
+  out = {name: math.nan for name in PROBE_KEYS}
+  if a.shape[1] == 0:
+    return out
+  width = float(np.mean(a[2] - a[0]))
+  if not width > 0:
+    return out
+  for name, row in zip(PROBE_KEYS, a):
+    out[name] = float(row.max() - row.min()) / width
+  return out
+
+
+def run_drift(run: Run) -> dict[str, float]:
+  """`drift` of a run's probe percentiles over its eval steps."""
+  steps = [s for s in run.steps if all(s in run.percentile(n) for n in PROBE_KEYS)]
+  return drift(*[[run.percentile(n)[s] for s in steps] for n in PROBE_KEYS])
+
+
+def select_steps(steps: Iterable[int], max_all: int = 25, target: int = 20) -> list[int]:
+  """All steps if <= max_all, else ~target log-spaced ones incl. first/last."""
+  steps = sorted(set(steps))
+  if len(steps) <= max_all:
+    return steps
+  # Offsets from the first step in units of the first eval interval, so that a
+  # step-0 eval does not leave a huge gap between log(1) and the next one.
+  off = (np.asarray(steps, dtype=np.float64) - steps[0]) / (steps[1] - steps[0])
+  log_off = np.log(off + 1.0)
+  picked: set[int] = set()
+  for k in range(target, 8 * len(steps) + 1):
+    targets = np.linspace(0.0, log_off[-1], k)
+    hi = np.clip(np.searchsorted(log_off, targets), 1, len(steps) - 1)
+    lo = hi - 1
+    nearest = np.where(targets - log_off[lo] <= log_off[hi] - targets, lo, hi)
+    picked = set(nearest.tolist()) | {0, len(steps) - 1}
+    if len(picked) >= target:
+      break
+  return [steps[i] for i in sorted(picked)]
+
+
+def label(run: Run, use_bn: bool) -> str:
+  """ "with BN (sigmoid)" / "without BN" (the nonlinearity when the config names it)."""
+  name = "with BN" if use_bn else "without BN"
+  return f"{name} ({run.nonlinearity})" if run.nonlinearity else name
+
+
+def summarize(run: Run) -> dict[str, Any]:
+  """Final and best accuracy (with steps) and percentile drift of a run."""
+  return accuracy_summary(run) | {"drift": run_drift(run)}
+
+
+def summary_table(bn: Run, nobn: Run) -> str:
+  """Markdown summary table (one row per net) plus the drift definition."""
+  lines = [
+    "| net | final accuracy | at step | best accuracy | at step "
+    "| drift p15 | drift p50 | drift p85 |",
+    "|---|---|---|---|---|---|---|---|",
+  ]
+  for run, use_bn in ((bn, True), (nobn, False)):
+    s = summarize(run)
+    d = s["drift"]
+    lines.append(
+      f"| {label(run, use_bn)} | {fmt(s['final_accuracy'], '.4f')} "
+      f"| {fmt(s['final_step'], 'd')} | {fmt(s['best_accuracy'], '.4f')} "
+      f"| {fmt(s['best_step'], 'd')} | {fmt(d['p15'], '.3f')} "
+      f"| {fmt(d['p50'], '.3f')} | {fmt(d['p85'], '.3f')} |"
+    )
+  return "\n".join(lines) + "\n\n" + DRIFT_DEFINITION + "\n"
+
+
+def make_table(bn: Run, nobn: Run) -> str:
+  """The figure1.md text: accuracy at a subset of steps, then the summary."""
+  steps = select_steps(set(bn.accuracy) | set(nobn.accuracy))
+  lines = [
+    "# Figure 1: MNIST MLP with and without batch normalization",
+    "",
+    f"Runs: with BN `{bn.path}`, without BN `{nobn.path}`.",
+    "",
+    "## Test accuracy",
+    "",
+    f"| step | {label(bn, True)} | {label(nobn, False)} |",
+    "|---:|---:|---:|",
+  ]
+  for s in steps:
+    lines.append(f"| {s} | {fmt(bn.accuracy.get(s), '.4f')} | {fmt(nobn.accuracy.get(s), '.4f')} |")
+  lines += ["", "## Summary", "", summary_table(bn, nobn)]
+  return "\n".join(lines)
+
+
+def csv_rows(bn: Run, nobn: Run) -> list[list[str]]:
+  """Header and one row per eval step of either run ("" where no value)."""
+
+  def cell(values: dict[int, float], step: int) -> str:
+    return repr(values[step]) if step in values else ""
+
+  rows = [list(CSV_COLUMNS)]
+  for s in sorted(set(bn.steps) | set(nobn.steps)):
+    rows.append(
+      [str(s), cell(bn.accuracy, s), cell(nobn.accuracy, s)]
+      + [cell(run.percentile(n), s) for run in (bn, nobn) for n in PROBE_KEYS]
+    )
+  return rows
+
+
+# ---------------------------------------------------------------------------
+# Drawing.
+
+
+def _xy(values: dict[int, float]) -> tuple[np.ndarray, np.ndarray]:
+  """Sorted steps and values, non-finite values as NaN (gaps in the line)."""
+  steps = sorted(values)
+  y = np.array([values[s] for s in steps], dtype=np.float64)
+  y[~np.isfinite(y)] = np.nan
+  return np.array(steps), y
+
+
+def _percentile_ylim(*runs: Run) -> tuple[float, float] | None:
+  vals = [v for r in runs for n in PROBE_KEYS for v in r.percentile(n).values() if math.isfinite(v)]
+  if not vals:
+    return None
+  lo, hi = min(vals), max(vals)
+  pad = 0.05 * (hi - lo) if hi > lo else 0.5
+  return lo - pad, hi + pad
+
+
+def _unit_name(run: Run) -> str:
+  unit = run.nonlinearity or "sigmoid"
+  if run.probe_unit is not None:
+    return f"{unit} #{run.probe_unit}"
+  return unit
+
+
+def _draw_accuracy(ax, bn: Run, nobn: Run) -> None:
+  for run, use_bn, style in ((bn, True, "-"), (nobn, False, "--")):
+    ax.plot(
+      *_xy(run.accuracy), style, color="black" if use_bn else "gray", label=label(run, use_bn)
+    )
+  ax.set_title("(a) Test accuracy")
+  ax.set_xlabel("training step")
+  ax.set_ylabel("test accuracy")
+  ax.grid(alpha=0.3)
+  ax.legend(loc="lower right")
+
+
+def _draw_percentiles(
+  ax, run: Run, use_bn: bool, panel: str, ylim: tuple[float, float] | None
+) -> None:
+  styles = {"p15": ("C0", ":"), "p50": ("C3", "-"), "p85": ("C0", "--")}
+  for name in ("p85", "p50", "p15"):
+    color, style = styles[name]
+    ax.plot(*_xy(run.percentile(name)), style, color=color, label=f"{name[1:]}th percentile")
+  ax.set_title(
+    f"({panel}) {'With' if use_bn else 'Without'} BN: "
+    f"input to {_unit_name(run)}, last hidden layer",
+    fontsize=10,
+  )
+  ax.set_xlabel("training step")
+  ax.set_ylabel(f"{run.nonlinearity or 'sigmoid'} input")
+  if ylim is not None:
+    ax.set_ylim(*ylim)
+  ax.grid(alpha=0.3)
+  ax.legend(loc="best", fontsize=8)
+
+
+def _draw_panel(ax, bn: Run, nobn: Run, panel: str) -> None:
+  """Panel a, b (no BN) or c (BN) into `ax`; b and c share the y range of both runs."""
+  if panel == "a":
+    _draw_accuracy(ax, bn, nobn)
+  elif panel in ("b", "c"):
+    use_bn = panel == "c"
+    _draw_percentiles(ax, bn if use_bn else nobn, use_bn, panel, _percentile_ylim(bn, nobn))
+  else:
+    raise ValueError(f"Figure 1 has panels {', '.join(PANELS)}, not {panel!r}")
+
+
+def draw(bn: Run, nobn: Run) -> Figure:
+  """Figure 1, panels a | b | c side by side; writes nothing."""
+  fig = plots.figure(16, 4.5)
+  for ax, panel in zip(fig.subplots(1, len(PANELS)), PANELS):
+    _draw_panel(ax, bn, nobn, panel)
+  fig.tight_layout()
+  return fig
+
+
+def draw_panel(bn: Run, nobn: Run, panel: str) -> Figure:
+  """One panel of Figure 1 ("a", "b" or "c") on its own; writes nothing."""
+  fig = plots.figure(6, 4.5)
+  _draw_panel(fig.subplots(), bn, nobn, panel)
+  fig.tight_layout()
+  return fig
+
+
+def write(bn: Run, nobn: Run, out_dir: str) -> list[str]:
+  """Writes figure1.png (a|b|c), figure1{a,b,c}.png, figure1.csv and figure1.md into
+  `out_dir` (which exists); returns their paths in that order."""
+  path = lambda name: os.path.join(out_dir, name)
+  written = [plots.save(draw(bn, nobn), path("figure1.png"))]
+  for panel in PANELS:
+    written.append(plots.save(draw_panel(bn, nobn, panel), path(f"figure1{panel}.png")))
+  written.append(path("figure1.csv"))
+  with open(written[-1], "w", newline="") as f:
+    csv.writer(f).writerows(csv_rows(bn, nobn))
+  written.append(path("figure1.md"))
+  with open(written[-1], "w") as f:
+    f.write(make_table(bn, nobn))
+  return written
+
+
+# ---------------------------------------------------------------------------
+# Figure 1 in a sweep.
+
+
+def pair(res: SweepResults, lr_hint: float) -> tuple[PointResult, PointResult] | None:
+  """A BN and a no-BN sigmoid point whose configs differ only in model.use_bn.
+
+  With several such pairs: both done first, then the smallest seed, then the learning
+  rate closest to `lr_hint` on a log scale, then sweep order. Fields only one config has
+  (added to the config later) do not count as a difference.
+  """
+  sigmoid = [
+    p
+    for p in res.points
+    if p.run is not None and p.config and p.value(NONLINEARITY_FIELD) == "sigmoid"
+  ]
+  pairs = [
+    (bn, nobn)
+    for bn in sigmoid
+    if fields.get(bn.config, BN_FIELD, None) is True
+    for nobn in sigmoid
+    if fields.get(nobn.config, BN_FIELD, None) is False
+    and fields.differ(bn.config, nobn.config) == [BN_FIELD]
+  ]
+  if not pairs:
+    return None
+
+  def rank(candidate):
+    bn, _ = candidate
+    lr = bn.value(LR_FIELD) or lr_hint
+    seed = bn.value(SEED_FIELD) or 0
+    both_done = all(p.status == "done" for p in candidate)
+    return (
+      not both_done,
+      seed,
+      abs(math.log(lr / lr_hint)) if lr > 0 else math.inf,
+      res.points.index(bn),
+    )
+
+  return min(pairs, key=rank)
+
+
+def claims(bn: PointResult, nobn: PointResult) -> tuple[str, str]:
+  """Ours for Figure 1(a) (accuracy) and 1(b, c) (drift) of a sweep's BN / no-BN pair."""
+  steps = [s for s in sorted(set(bn.run.accuracy) & set(nobn.run.accuracy)) if s > 0]
+  ahead = sum(bn.run.accuracy[s] > nobn.run.accuracy[s] for s in steps)
+  sb, sn = summarize(bn.run), summarize(nobn.run)
+  acc = (
+    f"BN ahead at {ahead} of {len(steps)} common eval steps after step 0; last eval "
+    f"(step {fmt(sb['final_step'])} / {fmt(sn['final_step'])}): "
+    f"{fmt(sb['final_accuracy'])} with BN vs {fmt(sn['final_accuracy'])} without"
+  )
+  db, dn = sb["drift"], sn["drift"]
+  drift_text = (
+    "drift (range / mean 15–85 width) of p15, p50, p85: with BN "
+    + ", ".join(fmt(db[n], ".2f") for n in PROBE_KEYS)
+    + "; without "
+    + ", ".join(fmt(dn[n], ".2f") for n in PROBE_KEYS)
+  )
+  return acc, drift_text
