@@ -370,11 +370,3 @@ def run_script(prog: str, body: Callable[[], None]) -> int:
     return 0
   print(f"{prog}: error: " + message.replace("\n", " "), file=sys.stderr)
   return EXIT_BAD_INPUT
-
-
-def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-  """A Markdown table; floats with 4 decimals."""
-  cell = lambda v: f"{v:.4f}" if isinstance(v, float) else str(v)
-  lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-  lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
-  return "\n".join(lines)
