@@ -14,22 +14,13 @@ The pure functions, in the order a BN layer uses them:
   average_update     exact running mean over batches (Algorithm 2, lines 9-10):
                      running <- running + (batch - running) / (count + 1).
 
-Variants, each an option of `BatchNorm` built from the same functions and each
-equal to plain BN with its knob at the neutral value (tests/test_bn_variants.py):
-  ghost batches      `virtual_batch_size`: `batch_normalize` vmapped over sub-batches
-                     of a chosen size (Hoffer et al. 2017), on every device alike.
-  renormalization    `renorm`: Batch Renormalization (Ioffe 2017); `renorm_correction`
-                     gives r and d, which enter `batch_normalize` as a changed
-                     scale and bias (r, d carry no gradient, as in the paper).
-  noise              `noise_mean`/`noise_scale`/`noise_std`: `add_noise` after BN,
-                     random non-zero-mean, non-unit-variance, redrawn every step
-                     (after Santurkar et al. 2018).
-  frozen statistics  `freeze_step`: from that update on, training uses the population
-                     statistics (`normalize`) and stops updating them.
-Schedules (renorm warm-up, freezing) read the layer's update counter `count`.
+Variants (ghost batches, Batch Renormalization, noise, frozen statistics) are options
+of `BatchNorm`, each equal to plain BN with its knob at the neutral value; their
+functions, built on these, are in `bn_variants`.
 """
 
 import functools
+import math
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
@@ -52,18 +43,20 @@ class Moments(NamedTuple):
   count: Array  # m: how many values each statistic was computed from
 
 
-def _canonical_axes(ndim: int, axes: Axes) -> tuple[int, ...]:
+def canonical_axes(ndim: int, axes: Axes) -> tuple[int, ...]:
+  """`axes` as a sorted tuple of non-negative axes of an `ndim`-dimensional array."""
   axes = (axes,) if isinstance(axes, int) else tuple(axes)
   return tuple(sorted(a % ndim for a in axes))
 
 
-def _all_reduce(s: Array, axis_name: str | None) -> Array:
+def all_reduce(s: Array, axis_name: str | None) -> Array:
+  """psum of `s` over the devices of `axis_name` (None: `s`)."""
   # A one-device all-reduce is not free on CPU; skip it.
   return s if axis_name is None or lax.axis_size(axis_name) == 1 else lax.psum(s, axis_name)
 
 
 def _sum(x: Array, axes: tuple[int, ...], axis_name: str | None) -> Array:
-  return _all_reduce(jnp.sum(x, axis=axes), axis_name)
+  return all_reduce(jnp.sum(x, axis=axes), axis_name)
 
 
 def _stacked_sum(a: Array, b: Array, axes: tuple[int, ...]) -> Array:
@@ -99,12 +92,10 @@ def moments(
     axis_name: named axis (pmap / shard_map) to reduce across devices, or None.
     mask: optional array broadcastable to `x`; nonzero marks values that count.
   """
-  axes = _canonical_axes(x.ndim, axes)
+  axes = canonical_axes(x.ndim, axes)
   x = x.astype(jnp.promote_types(x.dtype, jnp.float32))
   if mask is None:
-    local = 1
-    for a in axes:
-      local *= x.shape[a]
+    local = math.prod(x.shape[a] for a in axes)
     devices = 1 if axis_name is None else lax.axis_size(axis_name)
     count = jnp.asarray(local * devices, x.dtype)
     shift = lax.stop_gradient(
@@ -116,7 +107,7 @@ def moments(
     # Both sums in one reduction: one XLA operation instead of two. With the backward's two
     # sums likewise, 5% faster MNIST MLP steps on XLA:CPU, bit for bit the same results on
     # one device (on several, the last bits can differ).
-    s1, s2 = _all_reduce(_stacked_sum(d, jnp.square(d), axes), axis_name)
+    s1, s2 = all_reduce(_stacked_sum(d, jnp.square(d), axes), axis_name)
     mean_d = s1 / count
     mean = jnp.squeeze(shift, axes) + mean_d
     var = jnp.maximum(s2 / count - jnp.square(mean_d), 0.0)
@@ -146,7 +137,7 @@ def normalize(
   fixed affine map of Algorithm 2. Written as x * a + b with per-feature a, b so
   that only two elementwise operations touch the full activation tensor.
   """
-  axes = _canonical_axes(x.ndim, axes)
+  axes = canonical_axes(x.ndim, axes)
   mul = lax.rsqrt(var + epsilon)
   if scale is not None:
     mul = mul * scale.astype(mul.dtype)
@@ -179,7 +170,7 @@ def batch_normalize(
   differentiating `moments` and `normalize`, which is what the masked case does.
   `batch`: the moments of `x` when the caller has them already (unmasked only).
   """
-  axes = _canonical_axes(x.ndim, axes)
+  axes = canonical_axes(x.ndim, axes)
   dtype = dtype or x.dtype
   if mask is not None:
     mom = moments(x, axes, axis_name=axis_name, mask=mask)
@@ -212,12 +203,10 @@ def _normalize_batch_bwd(axes, epsilon, axis_name, residuals, dy):
   dy = dy.astype(inv.dtype)
   sums = _stacked_sum(dy, dy * xhat, axes)  # this device's [dbias, dscale], one reduction
   dbias, dscale = sums
-  count = 1
-  for a in axes:
-    count *= x.shape[a]
+  count = math.prod(x.shape[a] for a in axes)
   if axis_name is not None:
     count *= lax.axis_size(axis_name)
-  total_dy, total_dy_xhat = _all_reduce(sums, axis_name)  # one all-reduce for both
+  total_dy, total_dy_xhat = all_reduce(sums, axis_name)  # one all-reduce for both
   mean_dy, mean_dy_xhat = total_dy / count, total_dy_xhat / count
   dx = jnp.expand_dims(scale.astype(inv.dtype) * inv, axes) * (
     dy - jnp.expand_dims(mean_dy, axes) - xhat * jnp.expand_dims(mean_dy_xhat, axes)
@@ -232,84 +221,6 @@ def _normalize_batch_bwd(axes, epsilon, axis_name, residuals, dy):
 
 
 _normalize_batch.defvjp(_normalize_batch_fwd, _normalize_batch_bwd)
-
-
-def ghost_batch_normalize(
-  x: Array,
-  scale: Array | None,
-  bias: Array | None,
-  *,
-  virtual_batch_size: int,
-  axes: Axes,
-  epsilon: float,
-  dtype: Any = None,
-) -> tuple[Array, Moments]:
-  """`batch_normalize` on each run of `virtual_batch_size` examples along axis 0 by itself.
-
-  Statistics never cross devices: each device splits its own share of the batch,
-  so the sub-batches (and the numbers) are the same for any device count that
-  keeps the global batch's order. `axes` must include 0. Returns the moments of
-  every sub-batch, stacked on a leading axis.
-  """
-  axes = _canonical_axes(x.ndim, axes)
-  if 0 not in axes:
-    raise ValueError(f"ghost batches split axis 0, which must be reduced over; axes={axes}")
-  if x.shape[0] % virtual_batch_size:
-    raise ValueError(
-      f"a batch of {x.shape[0]} examples does not split into virtual batches "
-      f"of {virtual_batch_size}"
-    )
-  ghosts = x.reshape((x.shape[0] // virtual_batch_size, virtual_batch_size) + x.shape[1:])
-  y, mom = jax.vmap(
-    lambda g: batch_normalize(g, scale, bias, axes=axes, epsilon=epsilon, dtype=dtype)
-  )(ghosts)
-  return y.reshape(x.shape), mom
-
-
-def renorm_limits(
-  step: Array, rmax: float, dmax: float, start: int, rmax_ramp: int, dmax_ramp: int
-) -> tuple[Array, Array]:
-  """Batch Renormalization's warm-up: until `start` r_max = 1 and d_max = 0 (plain BN);
-  then r_max rises linearly to `rmax` over `rmax_ramp` steps and d_max to `dmax`
-  over `dmax_ramp` steps (a ramp <= 0 switches at `start`)."""
-  t = jnp.asarray(step, jnp.float32) - start
-
-  def frac(ramp):
-    return jnp.clip(t / ramp, 0.0, 1.0) if ramp > 0 else (t >= 0).astype(jnp.float32)
-
-  return 1.0 + (rmax - 1.0) * frac(rmax_ramp), dmax * frac(dmax_ramp)
-
-
-def renorm_correction(
-  batch: Moments, mean: Array, var: Array, rmax: Array, dmax: Array, epsilon: float
-) -> tuple[Array, Array]:
-  """Batch Renormalization's r = sigma_B / sigma and d = (mu_B - mu) / sigma, clipped to
-  [1/rmax, rmax] and [-dmax, dmax] (no gradient flows through them).
-
-  Training then outputs scale * (xhat * r + d) + bias, which is `batch_normalize`
-  with scale * r and bias + scale * d; r = 1, d = 0 is plain BN.
-  """
-  sigma = jnp.sqrt(var + epsilon)
-  r = jnp.clip(jnp.sqrt(batch.var + epsilon) / sigma, 1.0 / rmax, rmax)
-  d = jnp.clip((batch.mean - mean) / sigma, -dmax, dmax)
-  return lax.stop_gradient(r), lax.stop_gradient(d)
-
-
-def add_noise(
-  y: Array, key: Array, feature_axes: tuple[int, ...], *, mean: float, scale: float, std: float
-) -> Array:
-  """y * s + n: non-zero-mean, non-unit-variance noise on every value, redrawn per call.
-
-  Per feature, a centre mu ~ U(-mean, mean) and a gain v ~ U(1, scale) are drawn; per
-  value, s ~ N(v, std^2) and n ~ N(mu, std^2). mean=0, scale=1, std=0 returns y.
-  """
-  fshape = tuple(y.shape[a] if a in feature_axes else 1 for a in range(y.ndim))
-  k_mu, k_v, k_s, k_n = jax.random.split(key, 4)
-  mu = jax.random.uniform(k_mu, fshape, jnp.float32, -mean, mean)
-  v = jax.random.uniform(k_v, fshape, jnp.float32, 1.0, scale)
-  s = v + std * jax.random.normal(k_s, y.shape, jnp.float32)
-  n = mu + std * jax.random.normal(k_n, y.shape, jnp.float32)
-  return (y.astype(jnp.float32) * s + n).astype(y.dtype)
 
 
 def unbiased_variance(var: Array, count: Array) -> Array:
@@ -378,7 +289,7 @@ class BatchNorm(nn.Module):
     renorm: Batch Renormalization with limits rising from (1, 0) to
       (renorm_rmax, renorm_dmax), starting at update renorm_start and reaching
       them at updates renorm_rmax_end and renorm_dmax_end (Ioffe 2017: 5k, 40k, 25k).
-    noise_mean / noise_scale / noise_std: noise after BN in training (`add_noise`;
+    noise_mean / noise_scale / noise_std: noise after BN in training (`bn_variants.add_noise`;
       needs a 'noise' rng); 0 / 1 / 0 = none.
     freeze_step: >= 0: from this many updates on, training normalizes with the
       population statistics and leaves them as they are (-1: never).
@@ -411,32 +322,24 @@ class BatchNorm(nn.Module):
 
   @nn.compact
   def __call__(
-    self,
-    x: Array,
-    use_running_average: bool | None = None,
-    *,
-    mask: Array | None = None,
+    self, x: Array, use_running_average: bool | None = None, *, mask: Array | None = None
   ) -> Array:
     """Normalizes `x`; in training also updates `batch_stats` (when mutable)."""
     eval_mode = nn.merge_param("use_running_average", self.use_running_average, use_running_average)
-    feature_axes = _canonical_axes(x.ndim, self.feature_axes)
+    feature_axes = canonical_axes(x.ndim, self.feature_axes)
     reduce_axes = tuple(a for a in range(x.ndim) if a not in feature_axes)
     feature_shape = tuple(x.shape[a] for a in feature_axes)
 
     ra_mean = self.variable("batch_stats", "mean", jnp.zeros, feature_shape, jnp.float32)
     ra_var = self.variable("batch_stats", "var", jnp.ones, feature_shape, jnp.float32)
     ra_count = self.variable("batch_stats", "count", jnp.zeros, (), jnp.int32)
-    scale = (
-      self.param("scale", self.scale_init, feature_shape, self.param_dtype)
-      if self.use_scale
-      else None
-    )
-    bias = (
-      self.param("bias", self.bias_init, feature_shape, self.param_dtype) if self.use_bias else None
-    )
+    param = lambda name, init: self.param(name, init, feature_shape, self.param_dtype)
+    scale = param("scale", self.scale_init) if self.use_scale else None
+    bias = param("bias", self.bias_init) if self.use_bias else None
 
     dtype = self.dtype or x.dtype
-    if eval_mode:
+
+    def population_output():
       return normalize(
         x,
         ra_mean.value,
@@ -447,6 +350,9 @@ class BatchNorm(nn.Module):
         epsilon=self.epsilon,
         dtype=dtype,
       )
+
+    if eval_mode:
+      return population_output()
     if mask is not None and (self.virtual_batch_size or self.renorm):
       raise ValueError("masks are not supported with ghost batches or renormalization")
     count = ra_count.value
@@ -466,24 +372,16 @@ class BatchNorm(nn.Module):
       )
 
     def frozen():
-      y = normalize(
-        x,
-        ra_mean.value,
-        ra_var.value,
-        scale,
-        bias,
-        axes=reduce_axes,
-        epsilon=self.epsilon,
-        dtype=dtype,
-      )
-      return y, ra_mean.value, ra_var.value
+      return population_output(), ra_mean.value, ra_var.value
 
     if self.freeze_step >= 0:
       y, new_mean, new_var = lax.cond(count >= self.freeze_step, frozen, train_batch)
     else:
       y, new_mean, new_var = train_batch()
     if self.noise_mean or self.noise_scale != 1.0 or self.noise_std:
-      y = add_noise(
+      from bn_repro import bn_variants  # pylint: disable=g-import-not-at-top
+
+      y = bn_variants.add_noise(
         y,
         self.make_rng("noise"),
         feature_axes,
@@ -499,8 +397,11 @@ class BatchNorm(nn.Module):
 
   def _normalize_batch(self, x, scale, bias, axes, dtype, mask, count, pop_mean, pop_var):
     """Training-mode output and the batch moments that enter the population."""
+    # Imported here, not at the top: bn_variants builds on this module's functions.
+    from bn_repro import bn_variants  # pylint: disable=g-import-not-at-top
+
     if self.virtual_batch_size:
-      y, ghosts = ghost_batch_normalize(
+      y, ghosts = bn_variants.ghost_batch_normalize(
         x,
         scale,
         bias,
@@ -509,32 +410,24 @@ class BatchNorm(nn.Module):
         epsilon=self.epsilon,
         dtype=dtype,
       )
-      # The population sees the average ghost statistics, averaged over devices too.
-      devices = 1 if self.axis_name is None else lax.axis_size(self.axis_name)
-      pooled = lambda v: _all_reduce(jnp.mean(v, 0), self.axis_name) / devices
-      return y, Moments(pooled(ghosts.mean), pooled(ghosts.var), ghosts.count[0])
+      return y, bn_variants.pooled_ghost_moments(ghosts, self.axis_name)
     if self.renorm:
-      batch = moments(lax.stop_gradient(x), axes, axis_name=self.axis_name)
-      rmax, dmax = renorm_limits(
-        count,
-        self.renorm_rmax,
-        self.renorm_dmax,
-        self.renorm_start,
-        self.renorm_rmax_end - self.renorm_start,
-        self.renorm_dmax_end - self.renorm_start,
-      )
-      r, d = renorm_correction(batch, pop_mean, pop_var, rmax, dmax, self.epsilon)
-      gamma = jnp.ones_like(r) if scale is None else scale.astype(r.dtype)
-      beta = jnp.zeros_like(d) if bias is None else bias.astype(d.dtype)
-      return batch_normalize(
+      return bn_variants.renorm_normalize(
         x,
-        gamma * r,
-        beta + gamma * d,
+        scale,
+        bias,
+        pop_mean,
+        pop_var,
+        count,
+        rmax=self.renorm_rmax,
+        dmax=self.renorm_dmax,
+        start=self.renorm_start,
+        rmax_end=self.renorm_rmax_end,
+        dmax_end=self.renorm_dmax_end,
         axes=axes,
         epsilon=self.epsilon,
         axis_name=self.axis_name,
         dtype=dtype,
-        batch=batch,
       )
     return batch_normalize(
       x,

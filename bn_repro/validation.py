@@ -52,6 +52,21 @@ def _get(config: ml_collections.ConfigDict, field: str) -> Any:
 
 def validate(config: ml_collections.ConfigDict) -> None:
   """Checks values and ranges of every field the trainer reads."""
+  _validate_choices(config)
+  _validate_sizes(config)
+  _validate_bn(config)
+  _validate_evaluation(config)
+  _validate_decay(config)
+  if config.model.name == "mlp":
+    _validate_mlp(config)
+  elif config.model.name == "lstm":
+    _validate_lstm(config)
+  else:
+    _validate_inception(config)
+
+
+def _validate_choices(config: ml_collections.ConfigDict) -> None:
+  """The fields that name one of a fixed set: model, dtype, backend, data, optimizer, population."""
   _one_of(config, "model.name", models.NAMES)
   _one_of(config, "model.nonlinearity", common.NONLINEARITIES)
   _one_of(config, "dtype", common.DTYPES)
@@ -68,6 +83,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
     )
   _one_of(config, "optimizer.name", OPTIMIZERS)
   _one_of(config, "bn.population", batch_norm.POPULATION_MODES)
+
+
+def _validate_sizes(config: ml_collections.ConfigDict) -> None:
+  """Step counts, batch sizes, intervals and rates: positive, or >= 0 where 0 turns them off."""
   for field in (
     "optimizer.learning_rate",
     "num_steps",
@@ -93,6 +112,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
     raise UserError(
       f"must be in [0, 1), got {config.optimizer.momentum!r}", field="config.optimizer.momentum"
     )
+
+
+def _validate_bn(config: ml_collections.ConfigDict) -> None:
+  """config.bn: the population's decay and batches, and the variants when BN is on."""
   if not 0 < config.bn.decay < 1:
     raise UserError(
       f"must be in (0, 1), got {config.bn.decay!r}; it weights the old "
@@ -111,6 +134,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _positive(config, "bn.population_batches")
   if config.model.use_bn:
     _validate_bn_variants(config)
+
+
+def _validate_evaluation(config: ml_collections.ConfigDict) -> None:
+  """Train-set evaluation, the ICS probe and the target accuracy."""
   for field in ("eval_train_examples",):
     _non_negative(config, field)
   if config.data.name in data.STREAMED and (config.eval_train_examples or config.ics_probe):
@@ -123,15 +150,13 @@ def validate(config: ml_collections.ConfigDict) -> None:
     raise UserError(
       f"must be in [0, 1] (0 = off), got {config.target_accuracy!r}", field="config.target_accuracy"
     )
+
+
+def _validate_decay(config: ml_collections.ConfigDict) -> None:
+  """Weight decay and the learning rate's staircase decay."""
   for field in ("optimizer.weight_decay", "optimizer.lr_decay_epochs"):
     _non_negative(config, field)
   _positive(config, "optimizer.lr_decay_rate")
-  if config.model.name == "mlp":
-    _validate_mlp(config)
-  elif config.model.name == "lstm":
-    _validate_lstm(config)
-  else:
-    _validate_inception(config)
 
 
 def _validate_bn_variants(config: ml_collections.ConfigDict) -> None:

@@ -9,8 +9,7 @@ from test_train import assert_trees_close, make_trainer, synthetic, tiny_config
 
 import bn_repro
 import bn_repro.training
-from bn_repro import analysis, parallel, validation
-from bn_repro import batch_norm as bn
+from bn_repro import analysis, bn_variants, parallel, validation
 from bn_repro.errors import UserError
 from bn_repro.models.mlp import MLP
 
@@ -160,7 +159,7 @@ def test_renorm_matches_numpy_with_r_and_d_constant_in_backprop(rng):
 
 def test_renorm_limits_follow_the_warmup_schedule():
   steps = jnp.array([0, 5000, 10000, 25000, 40000, 90000])
-  rmax, dmax = bn.renorm_limits(steps, 3.0, 5.0, 5000, 35000, 20000)
+  rmax, dmax = bn_variants.renorm_limits(steps, 3.0, 5.0, 5000, 35000, 20000)
   np.testing.assert_allclose(rmax, [1, 1, 1 + 2 * 5 / 35, 1 + 2 * 20 / 35, 3, 3], rtol=1e-6)
   np.testing.assert_allclose(dmax, [0, 0, 5 * 5 / 20, 5, 5, 5], rtol=1e-6)
 

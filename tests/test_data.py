@@ -257,8 +257,8 @@ def test_tfds_unprepared_raises(tmp_path, monkeypatch, tf_available, network):
     raise AssertionError("must not try to download")
 
   monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare", no_download)
-  monkeypatch.setattr(mnist, "_tensorflow_available", lambda: tf_available)
-  monkeypatch.setattr(mnist, "_network_reachable", lambda *a, **k: network)
+  monkeypatch.setattr(mnist, "tensorflow_available", lambda: tf_available)
+  monkeypatch.setattr(mnist, "network_reachable", lambda *a, **k: network)
   with pytest.raises(UserError, match="config.data.source.*not prepared") as e:
     data_lib.load_splits(config(source="tfds", tfds_data_dir=str(tmp_path)))
   assert str(tmp_path) in str(e.value) and "idx_dir" in str(e.value)
@@ -269,8 +269,8 @@ def test_network_reachable_local():
     server.bind(("127.0.0.1", 0))
     server.listen()
     port = server.getsockname()[1]
-    assert mnist._network_reachable("127.0.0.1", port, timeout=1.0)
-  assert not mnist._network_reachable("127.0.0.1", port, timeout=1.0)
+    assert mnist.network_reachable("127.0.0.1", port, timeout=1.0)
+  assert not mnist.network_reachable("127.0.0.1", port, timeout=1.0)
 
 
 # Training order.

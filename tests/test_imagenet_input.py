@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from bn_repro import data as data_lib
-from bn_repro.data import imagenet
+from bn_repro.data import augment, imagenet
 from bn_repro.errors import UserError
 
 tfds = pytest.importorskip("tensorflow_datasets")
@@ -101,7 +101,7 @@ def test_train_order_is_train_batch_indices(mock):
   for (images, labels), keys in zip(take(ds, 0, 2), want):
     np.testing.assert_array_equal(labels, [int(source[int(k)]["label"]) for k in keys])
     np.testing.assert_array_equal(
-      images[0], imagenet.eval_transform(source[int(keys[0])]["image"], SIZE)
+      images[0], augment.eval_transform(source[int(keys[0])]["image"], SIZE)
     )
 
 
@@ -122,7 +122,7 @@ def test_eval_sees_each_example_once(mock, process_count):
   for k in range(NUM_EXAMPLES):
     record = source[k]
     assert labels[k] == record["label"]
-    np.testing.assert_array_equal(images[k], imagenet.eval_transform(record["image"], SIZE))
+    np.testing.assert_array_equal(images[k], augment.eval_transform(record["image"], SIZE))
   assert not images[NUM_EXAMPLES:].any() and not labels[NUM_EXAMPLES:].any()
 
 
@@ -163,7 +163,7 @@ def test_worker_error_reaches_consumer_and_stops_threads(mock, monkeypatch):
   def broken(key):
     raise RuntimeError(f"unreadable record {key}")
 
-  monkeypatch.setattr(ds, "_read", broken)
+  monkeypatch.setattr(ds, "read", broken)
   with pytest.raises(RuntimeError, match="unreadable record"):
     next(ds.batches(0))
   assert not input_threads()
@@ -175,14 +175,14 @@ def test_worker_error_reaches_consumer_and_stops_threads(mock, monkeypatch):
 @pytest.mark.parametrize("height,width", [(1, 1), (7, 11), (3, 300), (300, 3), (375, 500)])
 def test_crop_box_within_image(height, width):
   for seed in range(200):
-    left, top, w, h = imagenet.random_crop_box(height, width, np.random.default_rng(seed))
+    left, top, w, h = augment.random_crop_box(height, width, np.random.default_rng(seed))
     assert left >= 0 and left + w <= width and w > 0
     assert top >= 0 and top + h <= height and h > 0
 
 
 def test_crop_box_distribution():
   boxes = np.array(
-    [imagenet.random_crop_box(375, 500, np.random.default_rng(s)) for s in range(500)]
+    [augment.random_crop_box(375, 500, np.random.default_rng(s)) for s in range(500)]
   )
   area = boxes[:, 2] * boxes[:, 3] / (375 * 500)
   ratio = boxes[:, 2] / boxes[:, 3]
@@ -193,10 +193,10 @@ def test_crop_box_distribution():
 def test_uniform_color_without_distortion_stays_the_same():
   image = np.broadcast_to(np.array([200, 30, 90], np.uint8), (40, 60, 3))
   for seed in range(10):
-    out = imagenet.train_transform(image, np.random.default_rng(seed), SIZE, 0.0)
+    out = augment.train_transform(image, np.random.default_rng(seed), SIZE, 0.0)
     assert out.shape == (SIZE, SIZE, 3) and out.dtype == np.uint8
     assert (out == image[0, 0]).all()
-    out = imagenet.train_transform(image, np.random.default_rng(seed), SIZE, 1.0)
+    out = augment.train_transform(image, np.random.default_rng(seed), SIZE, 1.0)
     assert (out == out[0, 0]).all()  # Distorted, but still one color.
 
 
@@ -204,9 +204,9 @@ def test_no_distortion_is_crop_and_flip_only():
   image = np.random.default_rng(0).integers(0, 256, (50, 70, 3), np.uint8)
   flips = 0
   for seed in range(20):
-    out = imagenet.train_transform(image, np.random.default_rng(seed), SIZE, 0.0)
+    out = augment.train_transform(image, np.random.default_rng(seed), SIZE, 0.0)
     rng = np.random.default_rng(seed)
-    left, top, w, h = imagenet.random_crop_box(50, 70, rng)
+    left, top, w, h = augment.random_crop_box(50, 70, rng)
     flip = rng.random() < 0.5
     want = np.asarray(
       Image.fromarray(image[top : top + h, left : left + w]).resize(
@@ -214,7 +214,7 @@ def test_no_distortion_is_crop_and_flip_only():
       )
     )
     np.testing.assert_array_equal(out, want[:, ::-1] if flip else want)
-    distorted = imagenet.train_transform(image, np.random.default_rng(seed), SIZE, 1.0)
+    distorted = augment.train_transform(image, np.random.default_rng(seed), SIZE, 1.0)
     assert not np.array_equal(out, distorted)
     flips += flip
   assert 3 < flips < 17
@@ -232,14 +232,14 @@ def test_eval_transform_is_resize_then_center_crop():
     )
     top, left = (rh - SIZE) // 2, (rw - SIZE) // 2
     want = resized[top : top + SIZE, left : left + SIZE]
-    got = imagenet.eval_transform(image, SIZE)
+    got = augment.eval_transform(image, SIZE)
     assert got.shape == (SIZE, SIZE, 3)
     assert np.abs(got.astype(int) - want).max() <= 1
 
 
 def test_grayscale_becomes_rgb():
   gray = np.arange(30 * 40, dtype=np.uint8).reshape(30, 40)
-  out = imagenet.eval_transform(gray, SIZE)
+  out = augment.eval_transform(gray, SIZE)
   assert out.shape == (SIZE, SIZE, 3)
   assert (out == out[..., :1]).all()
 

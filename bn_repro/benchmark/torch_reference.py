@@ -42,7 +42,7 @@ INPUT_SHAPE = (28, 28, 1)  # MNIST, NHWC as bn_repro takes it
 def available() -> bool:
   """Whether PyTorch can be imported."""
   try:
-    import torch  # pylint: disable=g-import-not-at-top,unused-import
+    import torch  # noqa: F401  # pylint: disable=g-import-not-at-top,unused-import
   except ImportError:
     return False
   return True
@@ -65,8 +65,11 @@ def _init_gaussian_(weight, std: float, fan_in_scaled: bool):
 
 
 @functools.cache
-def _nets():
-  """The torch.nn classes, defined on first use so that the module imports without torch."""
+def _inception_modules():
+  """ConvBNReLU and InceptionModule, torch.nn classes.
+
+  Defined on first use, so that this module imports without torch.
+  """
   import torch  # pylint: disable=g-import-not-at-top
   from torch import nn  # pylint: disable=g-import-not-at-top
 
@@ -110,6 +113,16 @@ def _nets():
       branches += [self.b3x3(x), self.d3x3(x), self.pool(x)]
       return torch.cat(branches, dim=1)
 
+  return ConvBNReLU, InceptionModule
+
+
+@functools.cache
+def _small_inception_class():
+  """SmallInception: a torch.nn class defined on first use, like `_inception_modules`."""
+  from torch import nn  # pylint: disable=g-import-not-at-top
+
+  ConvBNReLU, InceptionModule = _inception_modules()
+
   class SmallInception(nn.Module):
     """Small stem (3x3 conv) -> Inception modules -> global mean -> Linear, on NCHW."""
 
@@ -137,26 +150,34 @@ def _nets():
     def forward(self, x):
       return self.logits(self.features(x).mean(dim=(2, 3)))
 
-  def mlp(config):
-    """Dense (no bias) -> BatchNorm1d -> sigmoid per hidden layer, or Dense (bias) -> sigmoid."""
-    m, bn = config.model, config.bn
-    layers, cin = [], math.prod(INPUT_SHAPE)
-    for width in m.hidden:
-      layers.append(nn.Linear(cin, width, bias=not m.use_bn))
-      if m.use_bn:
-        layers.append(nn.BatchNorm1d(width, eps=bn.epsilon, momentum=1.0 - bn.decay))
-      layers.append(nn.Sigmoid())
-      cin = width
-    layers.append(nn.Linear(cin, m.num_classes))
-    net = nn.Sequential(*layers)
-    for module in net:
-      if isinstance(module, nn.Linear):
-        _init_gaussian_(module.weight, m.init_std, m.init_fan_in)
-        if module.bias is not None:
-          nn.init.zeros_(module.bias)
-    return net
+  return SmallInception
 
-  return SmallInception, mlp
+
+def _small_inception(config):
+  """The small BN-Inception of `config` (configs/inception_small.py), NCHW input."""
+  return _small_inception_class()(config)
+
+
+def _mlp(config):
+  """Dense (no bias) -> BatchNorm1d -> sigmoid per hidden layer, or Dense (bias) -> sigmoid."""
+  from torch import nn  # pylint: disable=g-import-not-at-top
+
+  m, bn = config.model, config.bn
+  layers, cin = [], math.prod(INPUT_SHAPE)
+  for width in m.hidden:
+    layers.append(nn.Linear(cin, width, bias=not m.use_bn))
+    if m.use_bn:
+      layers.append(nn.BatchNorm1d(width, eps=bn.epsilon, momentum=1.0 - bn.decay))
+    layers.append(nn.Sigmoid())
+    cin = width
+  layers.append(nn.Linear(cin, m.num_classes))
+  net = nn.Sequential(*layers)
+  for module in net:
+    if isinstance(module, nn.Linear):
+      _init_gaussian_(module.weight, m.init_std, m.init_fan_in)
+      if module.bias is not None:
+        nn.init.zeros_(module.bias)
+  return net
 
 
 def _num_params(net) -> int:
@@ -230,7 +251,7 @@ def param_count_matches(net=None) -> tuple[int, int]:
 
   if net is None:
     torch.manual_seed(0)
-    net = _nets()[0](_inception_config())
+    net = _small_inception(_inception_config())
   ours, theirs = our_inception_params(), _num_params(net)
   if ours != theirs:
     raise ValueError(
@@ -295,7 +316,7 @@ class MlpLoop(_EagerLoop):
     config = mnist_mlp.get_config("bn_sigmoid" if use_bn else "nobn_sigmoid")
     _check_mlp_config(config)
     torch.manual_seed(0)
-    self.net = _nets()[1](config)
+    self.net = _mlp(config)
     self.net.train()
     self.opt = torch.optim.SGD(self.net.parameters(), lr=config.optimizer.learning_rate)
     self.num_params = _num_params(self.net)
@@ -336,7 +357,7 @@ class InceptionLoop(_EagerLoop):
     config = _inception_config()
     o = config.optimizer
     torch.manual_seed(0)
-    self.net = _nets()[0](config)
+    self.net = _small_inception(config)
     self.net.train()
     self.num_params = param_count_matches(self.net)[1]
     # Conv and Linear weights are the only parameters with more than one dimension.

@@ -16,43 +16,27 @@ with TensorFlow installed (`pip install 'bn_repro[prepare]'`):
 
   tfds build imagenet2012 --data_dir=<tfds data_dir> --file_format=array_record
 
-Augmentation (training): Inception-style random-sized crop, bilinear resize to
-image_size, horizontal flip, then photometric distortion (brightness, contrast,
-saturation) whose strength `distortion` in [0, 1] scales the jitter range
-(factors in 1 +- 0.4 * distortion, applied in random order). The paper's BN-x5
-and later use "fewer photometric distortions" (Sec. 4.2.1), so configs use 1.0
-for the baseline and 0.25 for those. Hue jitter and PCA lighting noise are not
-applied. Evaluation: shorter side resized to image_size / 0.875, single center
-crop of image_size.
+Augmentation: `augment.train_transform` (training) and `augment.eval_transform`.
 """
 
 import collections
 import concurrent.futures
 import dataclasses
-import math
 import os
 import weakref
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import ml_collections
 import numpy as np
-from PIL import Image
 
-from bn_repro.data import mnist, splits
+from bn_repro.data import augment, mnist, splits
 from bn_repro.errors import UserError
-
-MIN_AREA = 0.08  # Random-sized crop: fraction of the image area.
-ASPECT_RATIOS = (3 / 4, 4 / 3)  # Random-sized crop: width / height.
-CROP_ATTEMPTS = 10  # Then a center crop.
-EVAL_CROP_FRACTION = 0.875  # Center crop of image_size from image_size / 0.875.
-MAX_JITTER = 0.4  # Brightness/contrast/saturation factor range at distortion 1.
-_GRAY = np.array([0.299, 0.587, 0.114], np.float32)  # ITU-R 601 luma.
 
 
 @dataclasses.dataclass(frozen=True)
 class StreamSpec:
-  """What we need to know about a streamed dataset beyond its tfds name."""
+  """What the reader needs of a streamed dataset beyond its tfds name."""
 
   num_classes: int
   split_names: tuple[str, ...]  # With labels; imagenet2012's 'test' has none.
@@ -66,108 +50,6 @@ STREAMING_DATASETS: dict[str, StreamSpec] = {
     manual_files=("ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar"),
   ),
 }
-
-
-# Per-example transforms: pure functions of the image and the generator.
-
-
-def _rgb(image: np.ndarray) -> np.ndarray:
-  """uint8 [H, W, 3] from grayscale, RGB or RGBA."""
-  image = np.asarray(image, np.uint8)
-  if image.ndim == 2:
-    image = image[..., None]
-  if image.shape[-1] == 1:
-    return np.repeat(image, 3, axis=-1)
-  return image[..., :3]
-
-
-def random_crop_box(height: int, width: int, rng: np.random.Generator) -> tuple[int, int, int, int]:
-  """(left, top, width, height) of an Inception-style random-sized crop.
-
-  Area fraction uniform in [MIN_AREA, 1], aspect ratio log-uniform in
-  ASPECT_RATIOS; after CROP_ATTEMPTS misses, the largest centered box whose
-  aspect ratio is within range. The box always lies inside the image.
-  """
-  log_lo, log_hi = (math.log(r) for r in ASPECT_RATIOS)
-  for _ in range(CROP_ATTEMPTS):
-    area = height * width * rng.uniform(MIN_AREA, 1.0)
-    ratio = math.exp(rng.uniform(log_lo, log_hi))
-    w = int(round(math.sqrt(area * ratio)))
-    h = int(round(math.sqrt(area / ratio)))
-    if 0 < w <= width and 0 < h <= height:
-      left = int(rng.integers(0, width - w + 1))
-      top = int(rng.integers(0, height - h + 1))
-      return left, top, w, h
-  w, h = width, height
-  if width / height < ASPECT_RATIOS[0]:
-    h = min(height, max(1, int(round(width / ASPECT_RATIOS[0]))))
-  elif width / height > ASPECT_RATIOS[1]:
-    w = min(width, max(1, int(round(height * ASPECT_RATIOS[1]))))
-  return (width - w) // 2, (height - h) // 2, w, h
-
-
-def photometric(image: np.ndarray, factors: Sequence[float], order: Sequence[int]) -> np.ndarray:
-  """Brightness, contrast and saturation (factors[0..2]) in the given order.
-
-  Each blends with black, the mean gray level or the per-pixel gray level as
-  torchvision's ColorJitter does, clipping to [0, 255] after each.
-  """
-  x = image.astype(np.float32)
-  for k in order:
-    factor = np.float32(factors[k])
-    if k == 0:
-      x *= factor
-    else:
-      gray = x[..., 0] * _GRAY[0] + x[..., 1] * _GRAY[1] + x[..., 2] * _GRAY[2]
-      gray = np.float32(gray.mean()) if k == 1 else gray[..., None]
-      x -= gray
-      x *= factor
-      x += gray
-    np.clip(x, 0.0, 255.0, out=x)
-  np.rint(x, out=x)
-  return x.astype(np.uint8)
-
-
-def train_transform(
-  image: np.ndarray, rng: np.random.Generator, size: int, distortion: float
-) -> np.ndarray:
-  """uint8 [size, size, 3]: random-sized crop, resize, flip, distortion.
-
-  The crop and flip draw from `rng` before the distortion does, so they do not
-  depend on `distortion`: variants that differ only in it see the same crops.
-  """
-  image = _rgb(image)
-  left, top, w, h = random_crop_box(image.shape[0], image.shape[1], rng)
-  flip = rng.random() < 0.5
-  spread = MAX_JITTER * distortion
-  factors = rng.uniform(1.0 - spread, 1.0 + spread, size=3)
-  order = rng.permutation(3)
-  out = Image.fromarray(image[top : top + h, left : left + w]).resize(
-    (size, size), Image.Resampling.BILINEAR
-  )
-  if flip:
-    out = out.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-  out = np.asarray(out)
-  if distortion > 0:
-    out = photometric(out, factors, order)
-  return out
-
-
-def eval_transform(image: np.ndarray, size: int) -> np.ndarray:
-  """uint8 [size, size, 3]: shorter side to size / 0.875, center crop.
-
-  One PIL resize of the box that the center crop covers, which equals
-  resizing the whole image and then cropping, at a fraction of the cost.
-  """
-  image = _rgb(image)
-  height, width = image.shape[:2]
-  scale = round(size / EVAL_CROP_FRACTION) / min(height, width)
-  resized_h = max(size, int(round(height * scale)))
-  resized_w = max(size, int(round(width * scale)))
-  top, left = (resized_h - size) // 2, (resized_w - size) // 2
-  sy, sx = height / resized_h, width / resized_w
-  box = (left * sx, top * sy, (left + size) * sx, (top + size) * sy)
-  return np.asarray(Image.fromarray(image).resize((size, size), Image.Resampling.BILINEAR, box=box))
 
 
 # Batching in a thread pool.
@@ -302,9 +184,91 @@ def _open_split(name: str, data_dir: str, split: str, spec: StreamSpec) -> Any:
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
 
   builder = tfds.builder(name, data_dir=data_dir or None)
-  if not mnist._tfds_mocked():  # pylint: disable=protected-access
+  if not mnist.tfds_mocked():
     _ensure_prepared(builder, spec)
   return builder.as_data_source(split=split)
+
+
+def _stream_spec(data_cfg: ml_collections.ConfigDict) -> StreamSpec:
+  """The spec of data_cfg.name; raises `UserError` unless it is a streamed tfds dataset."""
+  spec = STREAMING_DATASETS.get(data_cfg.name)
+  if spec is None:
+    raise UserError(
+      f"{data_cfg.name!r} is not a streamed dataset; use one of {', '.join(STREAMING_DATASETS)}.",
+      field="config.data.name",
+    )
+  if data_cfg.source != "tfds":
+    raise UserError(
+      f"{data_cfg.name} is read from tfds only, not {data_cfg.source!r};"
+      " set --config.data.source=tfds.",
+      field="config.data.source",
+    )
+  return spec
+
+
+def _check_sizes(
+  *,
+  global_batch: int,
+  image_size: int,
+  distortion: float,
+  process_index: int,
+  process_count: int,
+  prefetch: int,
+  workers: int,
+) -> None:
+  """Raises unless the global batch splits over the processes and every size is in range."""
+  if not 0 <= process_index < process_count:
+    raise ValueError(f"process_index {process_index} not in [0, {process_count})")
+  if global_batch <= 0 or global_batch % process_count:
+    raise UserError(
+      f"global batch {global_batch} must be a positive multiple of the"
+      f" {process_count} processes; change the batch size.",
+      field="config.batch_size",
+    )
+  if image_size <= 0:
+    raise UserError(
+      f"image_size must be positive, got {image_size}; use e.g. 224.",
+      field="config.data.image_size",
+    )
+  if not 0.0 <= distortion <= 1.0:
+    raise UserError(
+      f"distortion must be in [0, 1], got {distortion}; use 1.0 (baseline) or 0.25 (BN-x5).",
+      field="config.data.distortion",
+    )
+  if prefetch < 0 or workers < 1:
+    raise ValueError(f"need prefetch >= 0 and workers >= 1, got {prefetch} and {workers}")
+
+
+def _open_range(
+  data_cfg: ml_collections.ConfigDict, split: str, train: bool, spec: StreamSpec
+) -> tuple[Any, int, int]:
+  """The data source of `split`'s base split, and [start, stop) of `split`'s examples in it.
+
+  Errors name the config field that holds `split` (by default the train or eval split,
+  per `train`); where the configured train and eval splits slice one base split, they
+  must not overlap.
+  """
+  fields = {
+    "config.data.train_split": data_cfg.get("train_split"),
+    "config.data.eval_split": data_cfg.get("eval_split"),
+  }
+  field = next(
+    (f for f, text in fields.items() if text == split),
+    "config.data.train_split" if train else "config.data.eval_split",
+  )
+  parsed = splits.parse_split(split, field, spec.split_names)
+  source = _open_split(data_cfg.name, data_cfg.tfds_data_dir, parsed.name, spec)
+  base_len = len(source)
+  start, stop = parsed.resolve(base_len)
+  if split in fields.values() and None not in fields.values():
+    train_split, eval_split = (
+      splits.parse_split(text, f, spec.split_names) for f, text in fields.items()
+    )
+    if train_split.name == eval_split.name == parsed.name:
+      splits.check_disjoint(
+        train_split, train_split.resolve(base_len), eval_split, eval_split.resolve(base_len)
+      )
+  return source, start, stop
 
 
 class StreamingImages:
@@ -336,38 +300,16 @@ class StreamingImages:
     evaluation crop (e.g. for population statistics without augmentation).
     `eval_batches()` always uses the evaluation crop.
     """
-    spec = STREAMING_DATASETS.get(data_cfg.name)
-    if spec is None:
-      raise UserError(
-        f"{data_cfg.name!r} is not a streamed dataset; use one of {', '.join(STREAMING_DATASETS)}.",
-        field="config.data.name",
-      )
-    if data_cfg.source != "tfds":
-      raise UserError(
-        f"{data_cfg.name} is read from tfds only, not {data_cfg.source!r};"
-        " set --config.data.source=tfds.",
-        field="config.data.source",
-      )
-    if not 0 <= process_index < process_count:
-      raise ValueError(f"process_index {process_index} not in [0, {process_count})")
-    if global_batch <= 0 or global_batch % process_count:
-      raise UserError(
-        f"global batch {global_batch} must be a positive multiple of the"
-        f" {process_count} processes; change the batch size.",
-        field="config.batch_size",
-      )
-    if image_size <= 0:
-      raise UserError(
-        f"image_size must be positive, got {image_size}; use e.g. 224.",
-        field="config.data.image_size",
-      )
-    if not 0.0 <= distortion <= 1.0:
-      raise UserError(
-        f"distortion must be in [0, 1], got {distortion}; use 1.0 (baseline) or 0.25 (BN-x5).",
-        field="config.data.distortion",
-      )
-    if prefetch < 0 or workers < 1:
-      raise ValueError(f"need prefetch >= 0 and workers >= 1, got {prefetch} and {workers}")
+    spec = _stream_spec(data_cfg)
+    _check_sizes(
+      global_batch=global_batch,
+      image_size=image_size,
+      distortion=distortion,
+      process_index=process_index,
+      process_count=process_count,
+      prefetch=prefetch,
+      workers=workers,
+    )
     self.num_classes = spec.num_classes
     self.global_batch = global_batch
     self.local_batch = global_batch // process_count
@@ -379,46 +321,28 @@ class StreamingImages:
     self.process_count = process_count
     self.prefetch = prefetch
     self.workers = workers
-    fields = {
-      "config.data.train_split": data_cfg.get("train_split"),
-      "config.data.eval_split": data_cfg.get("eval_split"),
-    }
-    field = next(
-      (f for f, text in fields.items() if text == split),
-      "config.data.train_split" if train else "config.data.eval_split",
-    )
-    parsed = splits.parse_split(split, field, spec.split_names)
-    self._source = _open_split(data_cfg.name, data_cfg.tfds_data_dir, parsed.name, spec)
-    base_len = len(self._source)
-    self._start, self._stop = parsed.resolve(base_len)
-    if split in fields.values() and None not in fields.values():
-      train_split, eval_split = (
-        splits.parse_split(text, f, spec.split_names) for f, text in fields.items()
-      )
-      if train_split.name == eval_split.name == parsed.name:
-        splits.check_disjoint(
-          train_split, train_split.resolve(base_len), eval_split, eval_split.resolve(base_len)
-        )
+    self._source, self._start, self._stop = _open_range(data_cfg, split, train, spec)
 
   def __len__(self) -> int:
     """Number of examples in the split."""
     return self._stop - self._start
 
-  def _read(self, key: int) -> tuple[np.ndarray, int]:
+  def read(self, key: int) -> tuple[np.ndarray, int]:
+    """(image, label) of example `key` of the split, as tfds decodes it."""
     record = self._source[self._start + int(key)]
     return record["image"], int(record["label"])
 
   def _train_example(self, arg: tuple[int, int, int]) -> tuple[np.ndarray, int]:
     key, step, j = arg
-    image, label = self._read(key)
+    image, label = self.read(key)
     if not self.train:
-      return eval_transform(image, self.image_size), label
+      return augment.eval_transform(image, self.image_size), label
     rng = np.random.default_rng([self.seed, step, j])
-    return train_transform(image, rng, self.image_size, self.distortion), label
+    return augment.train_transform(image, rng, self.image_size, self.distortion), label
 
   def _eval_example(self, key: int) -> tuple[np.ndarray, int]:
-    image, label = self._read(key)
-    return eval_transform(image, self.image_size), label
+    image, label = self.read(key)
+    return augment.eval_transform(image, self.image_size), label
 
   def _train_plans(self, start_step: int) -> Iterator[tuple[list[Any], np.ndarray]]:
     n, batch = len(self), self.global_batch

@@ -167,7 +167,7 @@ def _load_idx_base(directory: str, split: str, spec: DatasetSpec) -> ArrayDatase
   return ArrayDataset(images, labels)
 
 
-def _tfds_mocked() -> bool:
+def tfds_mocked() -> bool:
   """Whether `tfds.testing.mock_data` is active (its data is never prepared)."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
 
@@ -175,11 +175,12 @@ def _tfds_mocked() -> bool:
   return getattr(method, "__module__", "").startswith("tensorflow_datasets.testing")
 
 
-def _tensorflow_available() -> bool:
+def tensorflow_available() -> bool:
+  """Whether TensorFlow is installed (preparing a tfds dataset needs it)."""
   return importlib.util.find_spec("tensorflow") is not None
 
 
-def _network_reachable(host: str, port: int = 443, timeout: float = 3.0) -> bool:
+def network_reachable(host: str, port: int = 443, timeout: float = 3.0) -> bool:
   """Whether `host:port` accepts a TCP connection within about `timeout` s."""
   result = []
 
@@ -217,9 +218,9 @@ def _ensure_prepared(builder: Any, spec: DatasetSpec) -> None:
       "config.data.source",
     )
     return
-  if not _tensorflow_available():
+  if not tensorflow_available():
     reason = "preparing it needs TensorFlow (pip install 'bn_repro[prepare]')"
-  elif not _network_reachable(spec.download_host):
+  elif not network_reachable(spec.download_host):
     reason = f"preparing it needs a network ({spec.download_host} is unreachable)"
   else:
     builder.download_and_prepare(file_format="array_record")
@@ -243,7 +244,7 @@ def _tfds_sources(
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
 
   builder = tfds.builder(name, data_dir=data_dir or None)
-  mocked = _tfds_mocked()
+  mocked = tfds_mocked()
   if not mocked:
     _ensure_prepared(builder, spec)
   return {

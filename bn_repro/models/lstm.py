@@ -127,19 +127,7 @@ class LSTM(nn.Module):
     bias = bias.astype(self.dtype)
 
     if self.use_bn:
-      gamma_init = nn.initializers.constant(self.bn_scale_init)
-      scale = {k: self.param(f"scale_{k}", gamma_init, (w * n,)) for k, w in BNS.items()}
-      bias_c = self.param("bias_c", nn.initializers.zeros, (n,))
-      mean = {
-        k: self.variable("batch_stats", f"mean_{k}", jnp.zeros, (steps, w * n))
-        for k, w in BNS.items()
-      }
-      var = {
-        k: self.variable("batch_stats", f"var_{k}", jnp.ones, (steps, w * n))
-        for k, w in BNS.items()
-      }
-      count = self.variable("batch_stats", "count", jnp.zeros, (), jnp.int32)
-      betas = {"x": None, "h": None, "c": bias_c}
+      scale, betas, mean, var, count = self._bn_variables(steps)
 
     def bn(k, v, population):
       """BN `k` at one step: (output, batch moments) in training, population stats in eval."""
@@ -183,19 +171,42 @@ class LSTM(nn.Module):
       and not self.is_initializing()
       and self.is_mutable_collection("batch_stats")
     ):
-      for k in BNS:
-        mom = moments[k]  # mean, var: (T, features); count: (T,), the same m at every step
-        mean[k].value, var[k].value = batch_norm.update_population(
-          mean[k].value,
-          var[k].value,
-          count.value.astype(jnp.float32),
-          batch_norm.Moments(mom.mean, mom.var, mom.count[:, None]),
-          mode=self.population,
-          decay=self.decay,
-          unbiased=self.unbiased,
-        )
-      count.value = count.value + 1
+      self._update_population(moments, mean, var, count)
     logits = nn.Dense(
       self.num_classes, kernel_init=self.kernel_init, dtype=self.dtype, name="logits"
     )(h)
     return logits.astype(jnp.float32)
+
+  def _bn_variables(self, steps: int):
+    """The three BNs' gamma, beta (None where a BN has none) and population statistics.
+
+    Statistics have shape (steps, features); `count` is the shared update counter.
+    """
+    n = self.hidden
+    gamma_init = nn.initializers.constant(self.bn_scale_init)
+    scale = {k: self.param(f"scale_{k}", gamma_init, (w * n,)) for k, w in BNS.items()}
+    bias_c = self.param("bias_c", nn.initializers.zeros, (n,))
+    mean = {
+      k: self.variable("batch_stats", f"mean_{k}", jnp.zeros, (steps, w * n))
+      for k, w in BNS.items()
+    }
+    var = {
+      k: self.variable("batch_stats", f"var_{k}", jnp.ones, (steps, w * n)) for k, w in BNS.items()
+    }
+    count = self.variable("batch_stats", "count", jnp.zeros, (), jnp.int32)
+    return scale, {"x": None, "h": None, "c": bias_c}, mean, var, count
+
+  def _update_population(self, moments, mean, var, count) -> None:
+    """Folds one training batch's per-step moments into the population statistics."""
+    for k in BNS:
+      mom = moments[k]  # mean, var: (T, features); count: (T,), the same m at every step
+      mean[k].value, var[k].value = batch_norm.update_population(
+        mean[k].value,
+        var[k].value,
+        count.value.astype(jnp.float32),
+        batch_norm.Moments(mom.mean, mom.var, mom.count[:, None]),
+        mode=self.population,
+        decay=self.decay,
+        unbiased=self.unbiased,
+      )
+    count.value = count.value + 1
