@@ -1,4 +1,4 @@
-"""The one data-parallel seam: per-device SPMD functions with a named axis, run under pmap or shard_map.
+"""The one data-parallel seam: per-device SPMD functions with a named axis, under pmap or shard_map.
 
 Everything a step does across devices (gradient mean, BN statistics) is written
 with collectives on `AXIS`, so the wrapper that maps a function over devices is

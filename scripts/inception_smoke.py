@@ -9,13 +9,9 @@ the compile time and the time of the step. No dataset needed: it checks that eve
 builds, trains and evaluates at paper size, not what it learns.
 """
 
-import os
-import sys
 import time
 
 from absl import app, flags
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 _BATCH = flags.DEFINE_integer("batch", 2, "Global batch (a multiple of the device count).")
 _DTYPE = flags.DEFINE_string("dtype", "float32", "Compute dtype: float32 or bfloat16.")

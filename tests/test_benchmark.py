@@ -1,6 +1,6 @@
-"""The benchmark (bn_repro.benchmark, scripts/benchmark.py) on a few steps (without the small BN-Inception, whose training the
-Inception tests cover): every row is there and the ratios are the same-round medians the
-docstring promises. Speeds themselves are not checked: the suite has no clock."""
+"""The benchmark (bn_repro.benchmark) on a few steps (without the small BN-Inception, whose
+training the Inception tests cover): every row is there and the ratios are the same-round
+medians the docstring promises. Speeds themselves are not checked: the suite has no clock."""
 
 import pytest
 

@@ -1,4 +1,4 @@
-"""The training step and loop: BN statistics across devices, eval invariances, the step's effects."""
+"""The training step and chunk: BN statistics across devices, eval invariances, its effects."""
 
 import jax
 import jax.numpy as jnp

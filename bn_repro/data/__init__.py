@@ -1,8 +1,6 @@
 """Datasets: in memory (MNIST, CIFAR-10) or streamed from tfds (ImageNet)."""
 
 from bn_repro.data.imagenet import StreamingImages
-
-STREAMED = ("imagenet2012",)  # datasets read from the host each step, not held on device
 from bn_repro.data.mnist import (
   DATASETS,
   ArrayDataset,
@@ -12,12 +10,16 @@ from bn_repro.data.mnist import (
 )
 from bn_repro.data.shift import Shift, parse_shift
 
+STREAMED = ("imagenet2012",)  # datasets read from the host each step, not held on device
+
 __all__ = [
-  "ArrayDataset",
   "DATASETS",
   "STREAMED",
+  "ArrayDataset",
+  "Shift",
   "StreamingImages",
   "load_splits",
   "pad_for_eval",
+  "parse_shift",
   "train_batch_indices",
 ]

@@ -198,7 +198,8 @@ def network_reachable(host: str, port: int = 443, timeout: float = 3.0) -> bool:
 
 
 def check_array_record(builder: Any, fix: str, field: str) -> None:
-  """Raises `UserError` unless a prepared `builder` is in ArrayRecord format (readable without TF)."""
+  """Raises `UserError` unless a prepared `builder` is in ArrayRecord format (which reads
+  without TensorFlow)."""
   file_format = builder.info.file_format
   if file_format is not None and file_format.value != "array_record":
     raise UserError(
