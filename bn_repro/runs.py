@@ -53,6 +53,7 @@ class Estimator(Trainer):
     config = config.copy_and_resolve_references()
     config.bn.population, config.bn.unbiased = "average", unbiased
     super().__init__(config, train_ds, eval_ds, devs)
+    self.template = self.init_state()  # also tells evaluate() whether the model has a probe
     dtype = common.DTYPES[config.dtype]
     self._precise = parallel.data_parallel(
       lambda *a: steps_lib.recompute_population(*a, dtype=dtype), devs, backend=config.parallel
@@ -241,7 +242,8 @@ def open_run(
       if config.model.use_bn
       else Trainer(config, train_ds, eval_ds, devs)
     )
-  template = trainer.init_state()  # also tells evaluate() whether the model has a probe
+  # An Estimator has its initial state already; init_state also tells evaluate() about a probe.
+  template = trainer.template if isinstance(trainer, Estimator) else trainer.init_state()
   found, state = restore(workdir, template, config, step=step, fallback=fallback)
   return Run(
     run_dir,

@@ -42,6 +42,7 @@ def four_run_configs():
   ]
 
 
+@pytest.mark.slow
 def test_batched_runs_equal_sequential_runs():
   configs = run_configs()
   devs = parallel.devices(2)
@@ -62,6 +63,7 @@ def test_batched_runs_equal_sequential_runs():
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("data_devices", [1, 2])
 def test_runs_spread_over_rows_of_devices_equal_the_runs_alone(data_devices):
   """4 runs over 2 rows of `data_devices` devices (2 runs a row, each row data-parallel
@@ -128,6 +130,7 @@ def test_add_cpu_devices_adds_devices_for_runs_only(xla_flags, want):
   assert r.returncode == 0 and r.stdout.split("\n")[-2] == want, r.stdout + r.stderr
 
 
+@pytest.mark.slow
 def test_train_batched_writes_each_run_and_records_divergence(tmp_path, monkeypatch):
   configs = run_configs()
   configs[2].optimizer.learning_rate = 1e6  # this one blows up
@@ -154,6 +157,7 @@ def test_runs_that_differ_in_shape_are_refused():
     training.check_compatible([configs[0], other])
 
 
+@pytest.mark.slow
 def test_stopped_batched_runs_resume_to_the_uninterrupted_result(tmp_path, monkeypatch):
   """SIGTERM in the first chunk: every run saves a checkpoint and says "stopped"; rerun, they
   end as uninterrupted runs do. Runs whose checkpoints are at different steps are refused.

@@ -7,6 +7,7 @@ import pytest
 from bn_repro.benchmark import measure as benchmark
 
 
+@pytest.mark.slow
 def test_measure_reports_every_loop(capsys):
   res = benchmark.measure("", steps=3, repeats=2, with_inception=False)
   loops = {"floor", "ours_bn", "ours_nobn", "per_step_bn", "per_step_nobn"}

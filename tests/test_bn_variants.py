@@ -95,6 +95,7 @@ def test_ghost_batches_normalize_each_sub_batch_by_itself(rng):
   np.testing.assert_allclose(upd["batch_stats"]["var"], 0.5 + 0.5 * var, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_ghost_batches_do_not_depend_on_the_device_count():
   """Ghost batches of 4 from a global batch of 32: 1 device and 8 devices give the same run."""
   config = tiny_config(**{"bn.virtual_batch_size": 4, "batch_size": 32})
@@ -259,6 +260,7 @@ def _mlp_variables(model, x):
   return model.init(jax.random.PRNGKey(0), x, train=False)
 
 
+@pytest.mark.slow
 def test_bn_after_a_linear_nonlinearity_equals_bn_before_it(rng):
   """With g = identity, BN(g(Wu + b)) = g(BN(Wu)): the dense bias cancels in BN."""
   x = rng.uniform(size=(32, 28, 28, 1)).astype(np.float32)
@@ -341,6 +343,7 @@ def test_gradient_shift_matches_the_closed_form_of_a_two_layer_linear_model():
   assert float(out["ics/l1/l2"]) == 0.0 and float(out["ics/l1/cos"]) == pytest.approx(1.0)
 
 
+@pytest.mark.slow
 def test_ics_probe_in_the_trainer_uses_forward_order():
   config = tiny_config(ics_probe=True)
   trainer = make_trainer(config, 2)

@@ -49,6 +49,7 @@ def tiny(idx_dir, *extra):
   )
 
 
+@pytest.mark.slow
 def test_run_writes_metrics_and_checkpoints_and_resumes_exactly(tmp_path, tiny_idx):
   straight = tmp_path / "straight"
   r = cli(straight, *tiny(tiny_idx, "--config.num_steps=12"))
@@ -110,6 +111,7 @@ BAD_INPUT = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,flags,expect", BAD_INPUT, ids=[b[0] for b in BAD_INPUT])
 def test_bad_input_is_one_line_exit_2_nothing_written(tmp_path, tiny_idx, name, flags, expect):
   del name
@@ -123,6 +125,7 @@ def test_bad_input_is_one_line_exit_2_nothing_written(tmp_path, tiny_idx, name, 
   assert not workdir.exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("setup", ["missing", "wrong magic", "truncated"])
 def test_bad_data_directory(tmp_path, setup):
   d = tmp_path / "data"
@@ -164,12 +167,14 @@ def test_bad_config_file_or_variant(tmp_path, config, expect):
   assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
 def test_decay_below_half_warns_pytorch_convention(tmp_path, tiny_idx):
   r = cli(tmp_path / "run", *tiny(tiny_idx, "--config.num_steps=4", "--config.bn.decay=0.1"))
   assert r.returncode == 0, r.stderr
   assert "PyTorch's momentum=0.1 corresponds to decay=0.9" in r.stderr
 
 
+@pytest.mark.slow
 def test_profile_window_writes_a_trace(tmp_path, tiny_idx):
   workdir = tmp_path / "run"
   r = cli(
@@ -205,6 +210,7 @@ def test_console_script_loads_packaged_configs_that_import_siblings_from_any_dir
   assert not (tmp_path / "w").exists()
 
 
+@pytest.mark.slow
 def test_sweep_console_script_loads_sweep_files_that_import_configs(tmp_path):
   """`bn-repro-sweep --sweep=inception_sweeps:small_five`: the packaged sweep file imports
   bn_repro.configs.inception_imagenet; the installed script must find both from anywhere."""
@@ -236,6 +242,7 @@ def test_sweep_console_script_loads_sweep_files_that_import_configs(tmp_path):
   ],
   ids=lambda v: v if isinstance(v, str) else None,
 )
+@pytest.mark.slow
 def test_every_cli_reports_an_unknown_flag_in_one_line(tmp_path, command, program):
   r = subprocess.run(
     [sys.executable, *command, "--no_such_flag=1", f"--workdir={tmp_path}/w"],

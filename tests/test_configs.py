@@ -189,6 +189,7 @@ def _main(workdir, cwd, env, *flags):
   )
 
 
+@pytest.mark.slow
 def test_cli_runs_a_packaged_config_by_name_with_the_t10k_preset(tmp_path):
   """`python -m bn_repro.main --config=mnist_mlp:bn_sigmoid,t10k` from outside the repository,
   BN_REPRO_MNIST_DIR pointing at generated t10k files (8,040 images: 8,000 train, 40 eval)."""

@@ -81,6 +81,7 @@ def test_negative_padding_crops_as_the_definition_says():
   )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", CASES, ids=[str(i) for i in range(len(CASES))])
 def test_gradients_equal_xla(case):
   x, k, strides, padding = _data(case)
@@ -150,6 +151,7 @@ def test_auto_is_im2col_on_cpu_only():
     conv.resolve("cudnn")
 
 
+@pytest.mark.slow
 def test_small_inception_trains_the_same_with_either_convolution():
   """One BN training step of the small BN-Inception: outputs, gradients, statistics agree."""
   x = np.random.default_rng(0).random((8, 28, 28, 1), np.float32)

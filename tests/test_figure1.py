@@ -303,6 +303,7 @@ def test_load_run_bad_input_raises_user_error(run_dirs, tmp_path, case):
     results.load_run(str(bad), max_step=max_step)
 
 
+@pytest.mark.slow
 def test_figure1_sh_parallel_equals_sequential(tmp_path):
   """scripts/figure1.sh end to end on tiny runs: the default (both runs at once) and
   FIGURE1_SEQUENTIAL=1 (one after the other), each run pinned to one CPU in both, write the

@@ -266,6 +266,7 @@ def test_lrn_only_when_asked(monkeypatch, stem, calls):
   assert inception.inception_baseline().use_lrn and not inception.bn_inception().use_lrn
 
 
+@pytest.mark.slow
 def test_dropout_only_in_training():
   # BN-Baseline-like: BN and dropout (the same ops as the other tiny tests, already compiled).
   model = inception.bn_inception(dropout_rate=0.4, **TINY)
@@ -317,6 +318,7 @@ def test_tiny_bn_variant_updates_statistics_only_in_training():
   }
 
 
+@pytest.mark.slow
 def test_nonlinearities_build_and_are_used():
   x = tiny_input()
   outs = []

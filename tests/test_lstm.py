@@ -109,6 +109,7 @@ def test_bn_training_uses_each_steps_batch_statistics_and_updates_the_ema(sequen
     assert np.ptp(mean[1:], axis=0).max() > 1e-2
 
 
+@pytest.mark.slow
 def test_bn_gradient_equals_autodiff_of_the_reference():
   """BN's closed-form backward inside the time loop gives autodiff's gradients."""
   model, images, params, stats = tiny(True)
@@ -170,6 +171,7 @@ def test_eval_normalizes_each_step_with_its_population_statistics(sequence):
   jax.tree.map(np.testing.assert_array_equal, population, before)
 
 
+@pytest.mark.slow
 def test_gamma_starts_at_bn_scale_init_and_the_forget_gate_bias_at_one():
   model = LSTM(hidden=4, use_bn=True)
   params = model.init(jax.random.PRNGKey(0), jnp.zeros((2, 3, 3, 1)))["params"]
@@ -195,6 +197,7 @@ def tiny_config(variant="bn", **overrides):
   return set_fields(c, overrides)
 
 
+@pytest.mark.slow
 def test_train_and_evaluate_on_eight_devices_with_algorithm_2(tmp_path):
   """A CLI-level run; its last checkpoint holds each step's statistics averaged over the
   population batches, each batch's moments taken over the global batch (all 8 devices)."""

@@ -13,6 +13,7 @@ import time
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+import pytest
 from idx_files import write_mnist_dir
 
 from bn_repro.rundir import RunDir
@@ -82,6 +83,7 @@ def launch_two(workdir, idx_dir, *extra) -> list[subprocess.Popen]:
   ]
 
 
+@pytest.mark.slow
 def test_two_processes_equal_one_process(tmp_path):
   idx = tmp_path / "idx"
   idx.mkdir()
@@ -108,6 +110,7 @@ def test_two_processes_equal_one_process(tmp_path):
         np.testing.assert_allclose(eb[k], ea[k], rtol=1e-5, atol=1e-6, err_msg=k)
 
 
+@pytest.mark.slow
 def test_a_signal_to_one_process_stops_both_at_the_same_step(tmp_path):
   """SIGTERM reaches process 1 only: both save the same checkpoint and exit 4 (stopped),
   where without agreement process 0 would wait forever in the next collective."""

@@ -134,6 +134,7 @@ def scripts_ran(run_dir, tmp_path_factory):
   return out, before, tree_hashes(run_dir)
 
 
+@pytest.mark.slow
 def test_scripts_leave_the_source_run_byte_for_byte_unchanged(scripts_ran):
   _, before, after = scripts_ran
   assert before and after == before
@@ -170,6 +171,7 @@ def test_adabn_with_no_shift_is_precise_bn(scripts_ran):
   assert (out / "adabn" / "adabn.png").stat().st_size > 0
 
 
+@pytest.mark.slow
 def test_the_library_gives_the_scripts_numbers(scripts_ran, opened, tmp_path, monkeypatch):
   """population.precise_bn and population.adabn return the rows the scripts wrote; the
   tables and the figure are returned, nothing is written."""
@@ -226,6 +228,7 @@ def corrupt(run, tmp):
   return copy
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("make,expect", [b[1:] for b in BAD_INPUT], ids=[b[0] for b in BAD_INPUT])
 def test_bad_run_is_one_line_exit_2_nothing_written(run_dir, tmp_path, make, expect):
   workdir = make(run_dir, tmp_path)
@@ -246,6 +249,7 @@ def test_bad_run_is_one_line_exit_2_nothing_written(run_dir, tmp_path, make, exp
     (["--out={run}/inside"], "never modified"),
   ],
 )
+@pytest.mark.slow
 def test_bad_flags_are_one_line_exit_2(run_dir, tmp_path, argv, expect):
   argv = [a.format(run=run_dir) for a in argv]
   out = [] if any(a.startswith("--out") for a in argv) else [f"--out={tmp_path / 'out'}"]
@@ -256,6 +260,7 @@ def test_bad_flags_are_one_line_exit_2(run_dir, tmp_path, argv, expect):
   assert not (tmp_path / "out").exists() and tree_hashes(run_dir) == before
 
 
+@pytest.mark.slow
 def test_missing_workdir_from_the_command_line(tmp_path):
   r = subprocess.run(
     [

@@ -94,6 +94,7 @@ def straight(tmp_path_factory, idx):
 @pytest.mark.parametrize(
   "kill_after,sig", [(100, signal.SIGKILL), (700, signal.SIGKILL), (300, signal.SIGTERM)]
 )
+@pytest.mark.slow
 def test_killed_run_resumes_bit_identical(tmp_path, idx, straight, kill_after, sig):
   """Params, batch_stats, optimizer state and metrics equal an uninterrupted run's."""
   workdir = tmp_path / "run"
@@ -129,6 +130,7 @@ def jax_leaves(tree):
   return [np.asarray(x) for x in jax.tree.leaves(tree)]
 
 
+@pytest.mark.slow
 def test_second_run_in_the_same_workdir_is_refused(tmp_path, idx):
   workdir = tmp_path / "run"
   endless = "--config.num_steps=100000000"
@@ -144,6 +146,7 @@ def test_second_run_in_the_same_workdir_is_refused(tmp_path, idx):
     first.communicate()
 
 
+@pytest.mark.slow
 def test_divergence_is_recorded_and_keeps_last_good_checkpoint(tmp_path, idx):
   workdir = tmp_path / "run"
   r = run(
@@ -177,6 +180,7 @@ def finished(tmp_path, idx):
   return workdir
 
 
+@pytest.mark.slow
 def test_corrupt_checkpoint_is_an_error_or_falls_back_when_told(finished, idx):
   newest = finished / "checkpoints" / "300"
   for f in newest.rglob("*"):
@@ -204,6 +208,7 @@ def test_corrupt_checkpoint_is_an_error_or_falls_back_when_told(finished, idx):
     ),
   ],
 )
+@pytest.mark.slow
 def test_incompatible_checkpoint_names_the_mismatch(finished, idx, change, expect):
   extra = ["--config.num_steps=400"] + ([change["extra"]] if "extra" in change else [])
   hidden = {"hidden": change["hidden"]} if "hidden" in change else {}
@@ -216,6 +221,7 @@ def test_incompatible_checkpoint_names_the_mismatch(finished, idx, change, expec
   assert "written by a different model" in line and expect in line, line
 
 
+@pytest.mark.slow
 def test_unwritable_workdir(idx):
   r = run("/proc/bn_repro_run", idx)
   assert r.returncode == 2

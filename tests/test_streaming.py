@@ -3,6 +3,7 @@
 import json
 
 import numpy as np
+import pytest
 import tensorflow_datasets as tfds
 
 from bn_repro import training
@@ -26,6 +27,7 @@ def tiny_imagenet_config():
   return c
 
 
+@pytest.mark.slow
 def test_streamed_imagenet_trains_evaluates_and_resumes(tmp_path):
   c = tiny_imagenet_config()
   with tfds.testing.mock_data(num_examples=20):

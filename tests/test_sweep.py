@@ -142,6 +142,7 @@ def _status(point_dir: pathlib.Path) -> dict:
     return {}
 
 
+@pytest.mark.slow
 def test_unknown_field_in_sweep_file_exits_2_and_writes_nothing(tmp_path):
   spec = _sweep_file(
     tmp_path / "bad.py",
@@ -211,6 +212,7 @@ def swept(tmp_path_factory):
   )
 
 
+@pytest.mark.slow
 def test_sweep_runs_in_parallel_records_divergence_and_survives_sigkill(swept):
   workdir, run2 = swept["workdir"], swept["run2"]
   assert swept["run1"].splitlines()[:2] == [
@@ -252,6 +254,7 @@ def test_rerun_skips_finished_points(swept):
     assert (workdir / name / "status.json").stat().st_mtime_ns == swept["mtimes"][name]
 
 
+@pytest.mark.slow
 def test_print_commands_prints_one_runnable_command_per_point(swept):
   r = _run(_runner(*swept["args"], "--print_commands"))
   assert r.returncode == 0, r.stderr
@@ -270,6 +273,7 @@ def test_print_commands_prints_one_runnable_command_per_point(swept):
   assert one.stdout.splitlines()[0] == "[1/4] bn=on,lr=0.1: skipped (done at step 8)"
 
 
+@pytest.mark.slow
 def test_report_writes_tables_figures_and_report(swept):
   workdir, out = swept["workdir"], swept["tmp"] / "report"
   r = _run(
@@ -351,6 +355,7 @@ def test_report_bad_sweep_dir_exits_2_and_writes_nothing(tmp_path):
 # Aggregation over seeds, on a synthetic sweep dir.
 
 
+@pytest.mark.slow
 def test_aggregate_over_seeds_and_lr_lines(tmp_path):
   """bn on/off x lr {0.1, 1} x seeds {0, 1}; bn=off,lr=1,seed=1 diverged at step 30."""
   points = []

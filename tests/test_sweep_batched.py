@@ -99,6 +99,7 @@ def both(tmp_path_factory):
   )
 
 
+@pytest.mark.slow
 def test_batched_sweep_writes_what_the_points_write_alone(both):
   reference, (batched, again) = both["reference"], both["runs"]
   for r in (reference, batched, again):
@@ -129,6 +130,7 @@ def test_batched_sweep_writes_what_the_points_write_alone(both):
   assert record["runner_command"].endswith(" --batched")
 
 
+@pytest.mark.slow
 def test_print_commands_prints_one_command_per_group(both, tmp_path):
   args = [a.replace(str(both["batched"]), str(tmp_path / "fresh")) for a in both["args"]]
   r = _run(_runner(*args, "--max_batched_runs=2", "--print_commands"))
@@ -154,6 +156,7 @@ def test_print_commands_prints_one_command_per_group(both, tmp_path):
   assert not (tmp_path / "fresh").exists()
 
 
+@pytest.mark.slow
 def test_batched_group_on_a_cpu_host_spreads_over_one_device_per_core(tmp_path):
   """The user's path on a CPU host (no XLA_FLAGS device count): the group's child makes
   --cpu_devices=2 CPU devices and trains 2 of the 4 points on each; every point's metrics

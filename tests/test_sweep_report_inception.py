@@ -107,6 +107,7 @@ def report(tmp_path_factory):
   return out
 
 
+@pytest.mark.slow
 def test_figure2_is_a_png(report):
   data = (report / "figure2.png").read_bytes()
   assert data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) > 10_000

@@ -57,6 +57,7 @@ def assert_trees_close(a, b, **tol):
   jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, **tol), a, b)
 
 
+@pytest.mark.slow
 def test_pmap_synced_bn_equals_one_device_on_the_global_batch():
   config = tiny_config()
   _, s8, m8 = run_steps(config, 8)
@@ -71,6 +72,7 @@ def test_pmap_synced_bn_equals_one_device_on_the_global_batch():
     np.testing.assert_array_equal(leaf, np.broadcast_to(leaf[0], leaf.shape))
 
 
+@pytest.mark.slow
 def test_per_device_bn_differs_from_synced_but_replicas_agree():
   _, synced, _ = run_steps(tiny_config(), 8, steps=1)
   _, local, _ = run_steps(tiny_config(**{"bn.cross_device": False}), 8, steps=1)
@@ -82,6 +84,7 @@ def test_per_device_bn_differs_from_synced_but_replicas_agree():
   assert not np.allclose(mean_synced, mean_local, rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_train_step_changes_batch_stats_eval_leaves_them_bit_identical():
   config = tiny_config()
   trainer = make_trainer(config, 2)
@@ -101,6 +104,7 @@ def test_train_step_changes_batch_stats_eval_leaves_them_bit_identical():
   jax.tree.map(np.testing.assert_array_equal, parallel.unreplicate(state.batch_stats), snapshot)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("use_bn", [True, False])
 def test_eval_independent_of_eval_batch_size_and_device_count(use_bn):
   results = []
@@ -136,6 +140,7 @@ def test_probe_is_the_last_hidden_layers_pre_nonlinearity():
   )
 
 
+@pytest.mark.slow
 def test_population_average_mode_recomputes_algorithm_2():
   config = tiny_config(
     **{"bn.population": "average", "bn.population_batches": 5, "bn.unbiased": True}
@@ -153,6 +158,7 @@ def test_population_average_mode_recomputes_algorithm_2():
   np.testing.assert_allclose(host.batch_stats["bn0"]["var"], want_var, rtol=1e-4, atol=1e-7)
 
 
+@pytest.mark.slow
 def test_bfloat16_compute_float32_params_and_statistics():
   config = tiny_config(**{"dtype": "bfloat16"})
   _, state, metrics = run_steps(config, 1, steps=2)
@@ -175,6 +181,7 @@ def test_model_builds_without_bias_when_bn_is_on():
   assert abs(np.std(p_bn["dense0"]["kernel"]) * 28 - 1) < 0.05
 
 
+@pytest.mark.slow
 def test_shard_map_backend_equals_pmap():
   _, s_pmap, m_pmap = run_steps(tiny_config(), 8)
   trainer, s_shmap, m_shmap = run_steps(tiny_config(parallel="shard_map"), 8)
@@ -186,6 +193,7 @@ def test_shard_map_backend_equals_pmap():
   assert 0 <= evals["eval/accuracy"] <= 1
 
 
+@pytest.mark.slow
 def test_bfloat16_loss_tracks_float32_on_a_short_run():
   _, _, m32 = run_steps(tiny_config(), 1, steps=20)
   _, _, m16 = run_steps(tiny_config(dtype="bfloat16"), 1, steps=20)
