@@ -24,8 +24,8 @@ the same runs one after another, in run-steps/s; the small BN-Inception's images
 (forward + backward) and compile time, with the convolutions config.model.conv_impl="auto"
 picks (im2col on CPU) and with XLA's own, and PyTorch eager's on the same network.
 --figure1 (needs --idx_dir) also times the whole Figure 1 reproduction, `scripts/figure1.sh`
-in a subprocess as a user runs it. --profile adds where the time of one step goes: the XLA operations
-of the floor's and our steps, in microseconds per step, from a jax.profiler trace.
+in a subprocess as a user runs it. --profile adds where the time of one step goes: the XLA
+operations of the floor's and our steps, in microseconds per step, from a jax.profiler trace.
 Without --idx_dir it uses random images (speed does not depend on pixel values).
 """
 
