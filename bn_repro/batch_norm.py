@@ -40,7 +40,9 @@ class Moments(NamedTuple):
 
   mean: Array
   var: Array
-  count: Array  # m: how many values each statistic was computed from
+  # m: how many values each statistic was computed from. The field shadows tuple.count; the
+  # name is public (Moments.count), hence the ignore.
+  count: Array  # type: ignore[assignment]
 
 
 def canonical_axes(ndim: int, axes: Axes) -> tuple[int, ...]:

@@ -125,8 +125,8 @@ def renorm_normalize(
   `rmax_end` and `dmax_end`).
   """
   batch = batch_norm.moments(lax.stop_gradient(x), axes, axis_name=axis_name)
-  rmax, dmax = renorm_limits(step, rmax, dmax, start, rmax_end - start, dmax_end - start)
-  r, d = renorm_correction(batch, mean, var, rmax, dmax, epsilon)
+  rmax_t, dmax_t = renorm_limits(step, rmax, dmax, start, rmax_end - start, dmax_end - start)
+  r, d = renorm_correction(batch, mean, var, rmax_t, dmax_t, epsilon)
   gamma = jnp.ones_like(r) if scale is None else scale.astype(r.dtype)
   beta = jnp.zeros_like(d) if bias is None else bias.astype(d.dtype)
   return batch_norm.batch_normalize(

@@ -43,8 +43,10 @@ def main(argv: Sequence[str]) -> int:
       return _fail(f"--{name}: required")
   runs = {}
   for name in ("bn", "nobn"):
+    run_dir = FLAGS[name].value
+    assert run_dir  # required, checked above
     try:
-      runs[name] = results.load_run(FLAGS[name].value, FLAGS.max_step)
+      runs[name] = results.load_run(run_dir, FLAGS.max_step)
     except UserError as e:
       return _fail(f"--{name}={FLAGS[name].value}: {e}")
   out = FLAGS.out

@@ -59,7 +59,9 @@ def random_crop_box(height: int, width: int, rng: np.random.Generator) -> tuple[
   return (width - w) // 2, (height - h) // 2, w, h
 
 
-def photometric(image: np.ndarray, factors: Sequence[float], order: Sequence[int]) -> np.ndarray:
+def photometric(
+  image: np.ndarray, factors: Sequence[float] | np.ndarray, order: Sequence[int] | np.ndarray
+) -> np.ndarray:
   """Brightness, contrast and saturation (factors[0..2]) in the given order.
 
   Each blends with black, the mean gray level or the per-pixel gray level as
@@ -95,12 +97,12 @@ def train_transform(
   spread = MAX_JITTER * distortion
   factors = rng.uniform(1.0 - spread, 1.0 + spread, size=3)
   order = rng.permutation(3)
-  out = Image.fromarray(image[top : top + h, left : left + w]).resize(
+  resized = Image.fromarray(image[top : top + h, left : left + w]).resize(
     (size, size), Image.Resampling.BILINEAR
   )
   if flip:
-    out = out.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-  out = np.asarray(out)
+    resized = resized.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+  out = np.asarray(resized)
   if distortion > 0:
     out = photometric(out, factors, order)
   return out

@@ -65,7 +65,13 @@ def _fill(
   images[i], labels[i] = make_example(arg)
 
 
-def _shut_down(pool: concurrent.futures.ThreadPoolExecutor, pending: collections.deque) -> None:
+# A batch in flight: (images, labels, mask, the futures filling its rows).
+_Pending = tuple[np.ndarray, np.ndarray, np.ndarray, list[concurrent.futures.Future[None]]]
+
+
+def _shut_down(
+  pool: concurrent.futures.ThreadPoolExecutor, pending: collections.deque[_Pending]
+) -> None:
   """Cancels the pending batches' work not yet started; joins the threads."""
   for _, _, _, futures in pending:
     for future in futures:
@@ -97,7 +103,7 @@ class BatchIterator:
     self._image_size = image_size
     self._prefetch = prefetch
     self._with_mask = with_mask
-    self._pending = collections.deque()
+    self._pending: collections.deque[_Pending] = collections.deque()
     self._exhausted = False
     self._closed = False
     self._pool = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="bn_repro_input")

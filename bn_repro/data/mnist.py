@@ -86,6 +86,7 @@ def load_splits(data: ml_collections.ConfigDict) -> tuple[ArrayDataset, ArrayDat
   train = splits.parse_split(data.train_split, "config.data.train_split", spec.split_names)
   eval_ = splits.parse_split(data.eval_split, "config.data.eval_split", spec.split_names)
   names = tuple(dict.fromkeys((train.name, eval_.name)))
+  bases: Mapping[str, ArrayDataset | _TfdsSplit]
   if data.source == "idx":
     bases = {n: _load_idx_base(data.idx_dir, n, spec) for n in names}
   else:
@@ -157,13 +158,15 @@ def _load_idx_base(directory: str, split: str, spec: DatasetSpec) -> ArrayDatase
       f"directory {directory!r} does not exist; set it to a directory holding {wanted}.",
       field="config.data.idx_dir",
     )
-  paths = [_idx_file(directory, n) for n in names]
-  if None in paths:
+  image_path, label_path = (_idx_file(directory, n) for n in names)
+  if image_path is None or label_path is None:
     raise UserError(
       f"{directory!r} lacks the files for split {split!r}; it needs {wanted}.",
       field="config.data.idx_dir",
     )
-  images, labels = idx.read_image_label_pair(paths[0], paths[1], spec.image_shape, spec.num_classes)
+  images, labels = idx.read_image_label_pair(
+    image_path, label_path, spec.image_shape, spec.num_classes
+  )
   return ArrayDataset(images, labels)
 
 

@@ -312,9 +312,11 @@ def pair(res: SweepResults, lr_hint: float) -> tuple[PointResult, PointResult] |
 
 def claims(bn: PointResult, nobn: PointResult) -> tuple[str, str]:
   """Ours for Figure 1(a) (accuracy) and 1(b, c) (drift) of a sweep's BN / no-BN pair."""
-  steps = [s for s in sorted(set(bn.run.accuracy) & set(nobn.run.accuracy)) if s > 0]
-  ahead = sum(bn.run.accuracy[s] > nobn.run.accuracy[s] for s in steps)
-  sb, sn = summarize(bn.run), summarize(nobn.run)
+  bn_run, nobn_run = bn.run, nobn.run
+  assert bn_run is not None and nobn_run is not None  # pair() pairs only points with a run
+  steps = [s for s in sorted(set(bn_run.accuracy) & set(nobn_run.accuracy)) if s > 0]
+  ahead = sum(bn_run.accuracy[s] > nobn_run.accuracy[s] for s in steps)
+  sb, sn = summarize(bn_run), summarize(nobn_run)
   acc = (
     f"BN ahead at {ahead} of {len(steps)} common eval steps after step 0; last eval "
     f"(step {fmt(sb['final_step'])} / {fmt(sn['final_step'])}): "

@@ -39,7 +39,8 @@ class VariantRow:
 
   @property
   def top5_at_max(self) -> float | None:
-    return self.point.top5.get(self.point.best_step)
+    step = self.point.best_step
+    return None if step is None else self.point.top5.get(step)
 
   @property
   def never(self) -> bool:
@@ -58,6 +59,11 @@ class Figure3:
     return next((r for r in self.rows if r.variant == variant), None)
 
 
+def _speedup(base_steps: int | None, steps: int | None) -> float | None:
+  """Inception's steps / a variant's; None when either is missing (or the variant's is 0)."""
+  return base_steps / steps if base_steps is not None and steps else None
+
+
 def figure3(res: SweepResults) -> Figure3 | None:
   """Figure 3's table when every point is a paper variant and one is `inception`.
 
@@ -68,9 +74,10 @@ def figure3(res: SweepResults) -> Figure3 | None:
     return None
   first: dict[str, PointResult] = {}
   for v, p in zip(variants, res.points):
+    assert v is not None  # None not in variants, checked above
     first.setdefault(v, p)
   best = first[BASELINE].best_accuracy
-  reach = {}
+  reach: dict[str, int | None] = {}
   for v, p in first.items():
     reach[v] = (
       None
@@ -79,9 +86,7 @@ def figure3(res: SweepResults) -> Figure3 | None:
     )
   base_steps = reach[BASELINE]
   rows = [
-    VariantRow(
-      v, first[v], reach[v], base_steps / reach[v] if base_steps is not None and reach[v] else None
-    )
+    VariantRow(v, first[v], reach[v], _speedup(base_steps, reach[v]))
     for v in PAPER_VARIANTS
     if v in first
   ]
@@ -182,6 +187,7 @@ def _fewer_claim(fig: Figure3) -> str:
   base = fig.row(BASELINE)
   if fig.baseline_best is None:
     return "Inception has no eval yet."
+  assert base is not None  # figure3() has an Inception row whenever it returns a Figure3
   parts = []
   for r in fig.rows:
     if r.variant == BASELINE:
@@ -227,7 +233,9 @@ def _diverged_claim(fig: Figure3) -> str:
     return f"None of the {len(fig.points)} points diverged."
   parts = []
   for p in diverged:
-    part = f"{paper.name(variant_of(p))} (`{p.name}`) at step {fmt(p.diverged_at)}"
+    variant = variant_of(p)
+    assert variant is not None  # figure3() holds only points of paper variants
+    part = f"{paper.name(variant)} (`{p.name}`) at step {fmt(p.diverged_at)}"
     if p.run is not None and p.run.accuracy:
       last = max(p.run.accuracy)
       part += f", last eval {fmt(p.run.accuracy[last])} at step {last}"

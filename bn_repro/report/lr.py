@@ -122,8 +122,8 @@ def claims(lr_lines: Sequence[LrLine], target: float) -> tuple[str, str]:
     stable = [
       lr for lr, g in zip(line.lrs, line.groups) if g.points and g.count("done") == len(g.points)
     ]
-    means = [(mean_std(g.finals())[0], lr) for lr, g in zip(line.lrs, line.groups)]
-    means = [(m, lr) for m, lr in means if m is not None]
+    all_means = [(mean_std(g.finals())[0], lr) for lr, g in zip(line.lrs, line.groups)]
+    means = [(m, lr) for m, lr in all_means if m is not None]
     good = [lr for m, lr in means if m >= target]
     highest.append(f"{line.label}: {max(stable):g}" if stable else f"{line.label}: none")
     highest[-1] += f" (≥ {target:g} up to {max(good):g})" if good else f" (never ≥ {target:g})"

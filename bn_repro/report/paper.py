@@ -41,7 +41,9 @@ def max_accuracy(variant: str) -> float:
 def speedup(variant: str) -> float | None:
   """Inception's steps to 72.2% / the variant's, from Figure 3."""
   steps = steps_millions(variant)
-  return steps_millions(BASELINE) / steps if steps else None
+  base = steps_millions(BASELINE)
+  assert base is not None  # Inception reaches its own max
+  return base / steps if steps else None
 
 
 def percent(accuracy: float) -> str:
@@ -50,11 +52,9 @@ def percent(accuracy: float) -> str:
 
 
 def _fewer(variant: str) -> str:
-  steps = steps_millions(variant)
-  return (
-    f"{name(variant)} {steps:.1f}M ({steps / steps_millions(BASELINE):.3f}; "
-    f"{speedup(variant):.2f}× fewer)"
-  )
+  steps, base = steps_millions(variant), steps_millions(BASELINE)
+  assert steps is not None and base is not None  # only variants that reach the target
+  return f"{name(variant)} {steps:.1f}M ({steps / base:.3f}; {speedup(variant):.2f}× fewer)"
 
 
 _TARGET = percent(PAPER_TARGET)

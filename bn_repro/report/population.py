@@ -90,7 +90,9 @@ def precise_bn(run: runs.Run, batches: Sequence[int]) -> PreciseBN:
   """Evaluates `run` with its stored statistics and with Algorithm 2's over each N in
   `batches` (distinct, positive) training batches."""
   stored = run.require_population().evaluate(run.state)
-  rows = [{"statistics": f"stored ({run.stored_statistics})", "batches": None} | stored]
+  rows: list[dict[str, Any]] = [
+    {"statistics": f"stored ({run.stored_statistics})", "batches": None} | stored
+  ]
   largest = None
   for n in batches:
     state = run.require_population().precise_population(run.state, n)
@@ -138,11 +140,13 @@ def adabn(run: runs.Run, shifts: Sequence[data.Shift], batches: int) -> list[dic
   Noise is drawn with seed 0 on the training images and seed 1 on the eval images.
   """
   clean = run.require_population().evaluate(run.state)
+  train_ds, eval_ds = run.train_ds, run.eval_ds
+  assert train_ds is not None and eval_ds is not None  # require_population refuses streamed data
   rows = []
   for shift in shifts:
     estimator = run.on_data(
-      data.ArrayDataset(shift(run.train_ds.images, 0), run.train_ds.labels),
-      data.ArrayDataset(shift(run.eval_ds.images, 1), run.eval_ds.labels),
+      data.ArrayDataset(shift(train_ds.images, 0), train_ds.labels),
+      data.ArrayDataset(shift(eval_ds.images, 1), eval_ds.labels),
     )
     try:
       adapted = estimator.precise_population(run.state, batches)

@@ -89,6 +89,7 @@ def _figure1_section(a: Analysis) -> list[str]:
   if a.pair is None:
     return []
   bn, nobn = a.pair
+  assert bn.run is not None and nobn.run is not None  # pair() pairs only points with a run
   return [
     "## Figure 1",
     "",
@@ -256,6 +257,7 @@ def write_all(
     written.append(plots.save(lr.plot(a.lines), path("lr_sensitivity.png")))
   if a.pair is not None:
     bn, nobn = a.pair
+    assert bn.run is not None and nobn.run is not None  # pair() pairs only points with a run
     written += figure1.write(bn.run, nobn.run, out)
   if a.fig3 is not None:
     written.append(plots.save(figure3.draw_figure2(a.fig3), path("figure2.png")))

@@ -124,9 +124,9 @@ def accuracy_summary(run: Run) -> dict[str, Any]:
   best_step = max(finite, key=lambda s: (run.accuracy[s], -s)) if finite else None
   return {
     "final_step": final_step,
-    "final_accuracy": run.accuracy[final_step] if acc_steps else None,
+    "final_accuracy": run.accuracy[final_step] if final_step is not None else None,
     "best_step": best_step,
-    "best_accuracy": run.accuracy[best_step] if finite else None,
+    "best_accuracy": run.accuracy[best_step] if best_step is not None else None,
   }
 
 
