@@ -10,7 +10,7 @@ __all__ = sorted(_LAZY)
 
 def __getattr__(name):
   if name in _LAZY:
-    from bn_repro import batch_norm  # pylint: disable=g-import-not-at-top
+    from bn_repro import batch_norm
 
     return getattr(batch_norm, name)
   raise AttributeError(f"module 'bn_repro' has no attribute {name!r}")

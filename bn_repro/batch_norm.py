@@ -381,7 +381,7 @@ class BatchNorm(nn.Module):
     else:
       y, new_mean, new_var = train_batch()
     if self.noise_mean or self.noise_scale != 1.0 or self.noise_std:
-      from bn_repro import bn_variants  # pylint: disable=g-import-not-at-top
+      from bn_repro import bn_variants
 
       y = bn_variants.add_noise(
         y,
@@ -400,7 +400,7 @@ class BatchNorm(nn.Module):
   def _normalize_batch(self, x, scale, bias, axes, dtype, mask, count, pop_mean, pop_var):
     """Training-mode output and the batch moments that enter the population."""
     # Imported here, not at the top: bn_variants builds on this module's functions.
-    from bn_repro import bn_variants  # pylint: disable=g-import-not-at-top
+    from bn_repro import bn_variants
 
     if self.virtual_batch_size:
       y, ghosts = bn_variants.ghost_batch_normalize(

@@ -24,7 +24,7 @@ def one_line_flags_parser(program: str) -> Callable[[Sequence[str]], list[str]]:
   """An absl `app.run(..., flags_parser=)`: a bad flag is one line and exit 2, no usage dump."""
 
   def parse(argv: Sequence[str]) -> list[str]:
-    from absl import flags  # pylint: disable=g-import-not-at-top
+    from absl import flags
 
     try:
       return flags.FLAGS(argv)

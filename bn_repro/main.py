@@ -52,7 +52,7 @@ def _init_distributed() -> None:
   """Joins a multi-process run before JAX touches a device (all processes run the same command)."""
   if not (_COORDINATOR.value or _DISTRIBUTED.value):
     return
-  import jax  # pylint: disable=g-import-not-at-top
+  import jax
 
   if _DISTRIBUTED.value:
     jax.distributed.initialize()
@@ -74,7 +74,7 @@ def _main(argv):
     )
   _init_distributed()
   from bn_repro import training
-  from bn_repro.errors import UserError  # pylint: disable=g-import-not-at-top
+  from bn_repro.errors import UserError
   from bn_repro.rundir import RunDir
 
   try:

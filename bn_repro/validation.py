@@ -191,7 +191,7 @@ def _validate_bn_variants(config: ml_collections.ConfigDict) -> None:
 
 
 def _validate_mlp(config: ml_collections.ConfigDict) -> None:
-  from bn_repro.models import mlp  # pylint: disable=g-import-not-at-top
+  from bn_repro.models import mlp
 
   _one_of(config, "model.bn_position", mlp.POSITIONS)
   if not 0 <= config.model.dropout_rate < 1:
@@ -212,7 +212,7 @@ def _validate_mlp(config: ml_collections.ConfigDict) -> None:
 
 
 def _validate_lstm(config: ml_collections.ConfigDict) -> None:
-  from bn_repro.models import lstm  # pylint: disable=g-import-not-at-top
+  from bn_repro.models import lstm
 
   _one_of(config, "model.sequence", lstm.SEQUENCES)
   _positive(config, "model.hidden")
@@ -235,7 +235,7 @@ def _validate_lstm(config: ml_collections.ConfigDict) -> None:
 
 
 def _validate_inception(config: ml_collections.ConfigDict) -> None:
-  from bn_repro.models import conv, inception  # pylint: disable=g-import-not-at-top
+  from bn_repro.models import conv, inception
 
   _one_of(config, "model.stem", ("imagenet", "small"))
   if "conv_impl" in config.model:

@@ -20,8 +20,8 @@ _VARIANTS = flags.DEFINE_list("variants", [], "Subset of the five variants (defa
 
 def main(argv):
   del argv
-  import jax  # pylint: disable=g-import-not-at-top
-  import numpy as np  # pylint: disable=g-import-not-at-top
+  import jax
+  import numpy as np
 
   from bn_repro import data, parallel, training
   from bn_repro.configs import inception_imagenet

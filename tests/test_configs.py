@@ -74,8 +74,8 @@ def test_loading_every_config_and_variant_imports_no_jax():
 
 def test_bn_variant_defaults_are_the_batchnorm_modules():
   """common.BN_VARIANTS and the base's BN fields are bn_repro.BatchNorm's defaults."""
-  import bn_repro  # pylint: disable=g-import-not-at-top
-  from bn_repro import models  # pylint: disable=g-import-not-at-top
+  import bn_repro
+  from bn_repro import models
 
   module = {f.name: f.default for f in dataclasses.fields(bn_repro.BatchNorm)}
   assert set(common.BN_VARIANTS) == set(models.BN_VARIANT_FIELDS)
@@ -162,7 +162,7 @@ def test_spec_resolves_a_path_or_a_packaged_name(tmp_path, monkeypatch):
 
 
 def test_sweep_presets_reach_every_point():
-  from bn_repro.configs import inception_sweeps, mnist_sweeps  # pylint: disable=g-import-not-at-top
+  from bn_repro.configs import inception_sweeps, mnist_sweeps
 
   sweep = mnist_sweeps.get_sweep("figure1,t10k")
   assert sweep.base == "mnist_mlp.py:bn_sigmoid,t10k"

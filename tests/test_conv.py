@@ -97,7 +97,7 @@ def test_gradients_equal_xla(case):
 
 
 def test_flax_conv_calls_it_the_way_flax_passes_arguments():
-  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+  import flax.linen as nn
 
   x = np.random.default_rng(0).standard_normal((2, 9, 9, 3)).astype(np.float32)
   ours = nn.Conv(

@@ -308,7 +308,7 @@ def test_figure1_sh_parallel_equals_sequential(tmp_path):
   """scripts/figure1.sh end to end on tiny runs: the default (both runs at once) and
   FIGURE1_SEQUENTIAL=1 (one after the other), each run pinned to one CPU in both, write the
   same figure1.csv."""
-  from idx_files import write_mnist_dir  # pylint: disable=g-import-not-at-top
+  from idx_files import write_mnist_dir
 
   (tmp_path / "idx").mkdir()
   idx = write_mnist_dir(tmp_path / "idx", train=120, test=30)

@@ -120,6 +120,25 @@ def test_open_run_restores_a_chosen_checkpoint(run_dir, opened):
   assert int(parallel.unreplicate(at4.state).step) == 4
 
 
+def test_open_run_opens_a_run_without_bn_as_it_finished(tmp_path):
+  """runs.open_run on a no-BN run: its config, metrics and restored state, whose evaluation
+  is the run's last eval event; re-estimating statistics is refused in one line."""
+  c = mnist_mlp.get_config("nobn_sigmoid")
+  c.model.hidden = HIDDEN
+  c.batch_size, c.eval_batch_size, c.num_steps = BATCH, 40, 4
+  c.log_every, c.eval_every, c.checkpoint_every, c.tensorboard = 4, 4, 4, False
+  c.data.source, c.data.idx_dir = "idx", str(write_mnist_dir(tmp_path, train=96, test=40))
+  last = training.train_and_evaluate(c, str(tmp_path / "run"))
+  run = runs.open_run(str(tmp_path / "run"))
+  assert (
+    run.step == 4 and not run.config.model.use_bn and not isinstance(run.trainer, runs.Estimator)
+  )
+  assert run.metrics()[-1]["eval/accuracy"] == last["eval/accuracy"]
+  np.testing.assert_allclose(run.evaluate()["eval/loss"], last["eval/loss"], rtol=1e-6)
+  with pytest.raises(UserError, match="trained without BN"):
+    run.require_population()
+
+
 @pytest.fixture(scope="module")
 def scripts_ran(run_dir, tmp_path_factory):
   """Both scripts on the run: their outputs, and the run's file hashes before and after."""

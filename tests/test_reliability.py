@@ -125,7 +125,7 @@ def test_killed_run_resumes_bit_identical(tmp_path, idx, straight, kill_after, s
 
 
 def jax_leaves(tree):
-  import jax  # pylint: disable=g-import-not-at-top
+  import jax
 
   return [np.asarray(x) for x in jax.tree.leaves(tree)]
 

@@ -42,7 +42,7 @@ INPUT_SHAPE = (28, 28, 1)  # MNIST, NHWC as bn_repro takes it
 def available() -> bool:
   """Whether PyTorch can be imported."""
   try:
-    import torch  # noqa: F401  # pylint: disable=g-import-not-at-top,unused-import
+    import torch  # noqa: F401
   except ImportError:
     return False
   return True
@@ -50,14 +50,14 @@ def available() -> bool:
 
 def version() -> str:
   """PyTorch's version string (needs PyTorch)."""
-  import torch  # pylint: disable=g-import-not-at-top
+  import torch
 
   return torch.__version__
 
 
 def _init_gaussian_(weight, std: float, fan_in_scaled: bool):
   """N(0, std^2) or N(0, std^2 / fan_in) in place, as `common.gaussian_init`."""
-  import torch  # pylint: disable=g-import-not-at-top
+  import torch
 
   fan_in = weight[0].numel()  # Linear [out, in], Conv [out, in, kh, kw]
   with torch.no_grad():
@@ -70,8 +70,8 @@ def _inception_modules():
 
   Defined on first use, so that this module imports without torch.
   """
-  import torch  # pylint: disable=g-import-not-at-top
-  from torch import nn  # pylint: disable=g-import-not-at-top
+  import torch
+  from torch import nn
 
   class ConvBNReLU(nn.Sequential):
     """Convolution (no bias) -> BatchNorm2d -> ReLU, as ConvBN + the nonlinearity."""
@@ -119,7 +119,7 @@ def _inception_modules():
 @functools.cache
 def _small_inception_class():
   """SmallInception: a torch.nn class defined on first use, like `_inception_modules`."""
-  from torch import nn  # pylint: disable=g-import-not-at-top
+  from torch import nn
 
   ConvBNReLU, InceptionModule = _inception_modules()
 
@@ -128,7 +128,7 @@ def _small_inception_class():
 
     def __init__(self, config):
       super().__init__()
-      from bn_repro.models import inception  # pylint: disable=g-import-not-at-top
+      from bn_repro.models import inception
 
       m, bn = config.model, config.bn
       eps, momentum = bn.epsilon, 1.0 - bn.decay
@@ -160,7 +160,7 @@ def _small_inception(config):
 
 def _mlp(config):
   """Dense (no bias) -> BatchNorm1d -> sigmoid per hidden layer, or Dense (bias) -> sigmoid."""
-  from torch import nn  # pylint: disable=g-import-not-at-top
+  from torch import nn
 
   m, bn = config.model, config.bn
   layers, cin = [], math.prod(INPUT_SHAPE)
@@ -217,7 +217,7 @@ def _check_inception_config(config):
 
 
 def _inception_config():
-  from bn_repro.configs import inception_small  # pylint: disable=g-import-not-at-top
+  from bn_repro.configs import inception_small
 
   config = inception_small.get_config(INCEPTION_CONFIG)
   _check_inception_config(config)
@@ -226,10 +226,10 @@ def _inception_config():
 
 def our_inception_params() -> int:
   """Trainable parameters of bn_repro's small BN-Inception (jax.eval_shape, no allocation)."""
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp
 
-  from bn_repro import models  # pylint: disable=g-import-not-at-top
-  from bn_repro.models import inception  # pylint: disable=g-import-not-at-top
+  from bn_repro import models
+  from bn_repro.models import inception
 
   model = models.build(_inception_config(), axis_name=None, dtype=jnp.float32)
   return inception.count_params(model, (1,) + INPUT_SHAPE)
@@ -247,7 +247,7 @@ def param_count_matches(net=None) -> tuple[int, int]:
   Raises:
     ValueError: if they differ, i.e. the PyTorch network is not the one our config builds.
   """
-  import torch  # pylint: disable=g-import-not-at-top
+  import torch
 
   if net is None:
     torch.manual_seed(0)
@@ -267,8 +267,8 @@ class _EagerLoop:
   sched = None
 
   def _one(self):
-    import torch  # pylint: disable=g-import-not-at-top
-    import torch.nn.functional as F  # pylint: disable=g-import-not-at-top
+    import torch
+    import torch.nn.functional as F
 
     idx = self.rng.integers(0, len(self.images), self.batch)
     x = torch.from_numpy(self.images[idx]).float().div_(255.0)
@@ -309,9 +309,9 @@ class MlpLoop(_EagerLoop):
       labels: int [N].
       steps: steps per `run()`.
     """
-    import torch  # pylint: disable=g-import-not-at-top
+    import torch
 
-    from bn_repro.configs import mnist_mlp  # pylint: disable=g-import-not-at-top
+    from bn_repro.configs import mnist_mlp
 
     config = mnist_mlp.get_config("bn_sigmoid" if use_bn else "nobn_sigmoid")
     _check_mlp_config(config)
@@ -352,7 +352,7 @@ class InceptionLoop(_EagerLoop):
       labels: int [N].
       steps: steps per `run()`.
     """
-    import torch  # pylint: disable=g-import-not-at-top
+    import torch
 
     config = _inception_config()
     o = config.optimizer

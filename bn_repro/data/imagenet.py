@@ -187,7 +187,7 @@ def _ensure_prepared(builder: Any, spec: StreamSpec) -> None:
 
 def _open_split(name: str, data_dir: str, split: str, spec: StreamSpec) -> Any:
   """tfds data source (random access, decoded records) of base split `split`."""
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  import tensorflow_datasets as tfds
 
   builder = tfds.builder(name, data_dir=data_dir or None)
   if not mnist.tfds_mocked():

@@ -172,7 +172,7 @@ def _load_idx_base(directory: str, split: str, spec: DatasetSpec) -> ArrayDatase
 
 def tfds_mocked() -> bool:
   """Whether `tfds.testing.mock_data` is active (its data is never prepared)."""
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  import tensorflow_datasets as tfds
 
   method = tfds.core.DatasetBuilder.download_and_prepare
   return getattr(method, "__module__", "").startswith("tensorflow_datasets.testing")
@@ -245,7 +245,7 @@ def _tfds_sources(
   name: str, data_dir: str, split_names: tuple[str, ...], spec: DatasetSpec
 ) -> dict[str, _TfdsSplit]:
   """Base splits of a prepared (ArrayRecord) tfds dataset, not yet read."""
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  import tensorflow_datasets as tfds
 
   builder = tfds.builder(name, data_dir=data_dir or None)
   mocked = tfds_mocked()

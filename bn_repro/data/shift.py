@@ -33,7 +33,7 @@ class Shift:
     if self.kind == "invert":
       return 255 - images
     if self.kind == "rotate":
-      from scipy import ndimage  # pylint: disable=g-import-not-at-top  (slow; only AdaBN needs it)
+      from scipy import ndimage  # slow; only AdaBN needs it
 
       # axes (2, 1): the (width, height) plane, scipy's default for a single 2-D image.
       x = ndimage.rotate(

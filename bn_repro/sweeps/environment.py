@@ -41,14 +41,14 @@ def _first(path: str, key: str) -> str | None:
 def _devices() -> dict[str, Any]:
   """JAX's backend and devices, or why there are none (imports JAX: a probe's child only)."""
   try:
-    import jax  # pylint: disable=g-import-not-at-top  # a failing import is a result here
+    import jax  # a failing import is a result here
 
     devices = jax.devices()
     return {
       "backend": jax.default_backend(),
       "devices": f"{len(devices)} x {devices[0].device_kind}" if devices else "none",
     }
-  except Exception as e:  # pylint: disable=broad-except
+  except Exception as e:
     return {"devices": f"unavailable: {type(e).__name__}: {e}"}
 
 

@@ -82,7 +82,7 @@ def load_sweep(spec: str) -> tuple[Sweep, str]:
     raise UserError(f"{path} has no get_sweep(name)", field="--sweep")
   try:
     sweep = module["get_sweep"](name)
-  except Exception as e:  # pylint: disable=broad-except
+  except Exception as e:
     raise UserError(f"{spec}: {type(e).__name__}: {cli.first_line(e)}", field="--sweep") from None
   if not isinstance(sweep, Sweep):
     raise UserError(
@@ -194,7 +194,7 @@ class _Resolver:
     if config not in self.known:
       try:
         self.known[config] = set(fields.flatten(parse_config(config, {}).to_dict()))
-      except Exception as e:  # pylint: disable=broad-except
+      except Exception as e:
         raise UserError(
           f"{where}: config {config}: {type(e).__name__}: {cli.first_line(e)}"
         ) from None
@@ -219,7 +219,7 @@ class _Resolver:
     """The trainer's config; refuses a value that arrives changed or that fails validation."""
     try:
       parsed = parse_config(config, overrides)
-    except Exception as e:  # pylint: disable=broad-except
+    except Exception as e:
       raise UserError(f"{where}: {type(e).__name__}: {cli.first_line(e)}") from None
     resolved = parsed.to_dict()
     for field, value in values.items():

@@ -122,7 +122,7 @@ def _die_with_parent() -> Callable[[], None] | None:
   def preexec():
     prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
     if os.getppid() != parent:  # the runner died before prctl took effect
-      os._exit(1)  # pylint: disable=protected-access
+      os._exit(1)
 
   return preexec
 
@@ -131,7 +131,7 @@ def launch_local(
   argv: Sequence[str], cwd: str, env: Mapping[str, str], log: BinaryIO, lock_fds: Sequence[int]
 ) -> subprocess.Popen:
   """A child process on this machine, in its own session, that dies with the runner."""
-  return subprocess.Popen(  # pylint: disable=consider-using-with
+  return subprocess.Popen(
     argv,
     cwd=cwd,
     env=env,
