@@ -9,6 +9,10 @@ __all__ = sorted(_LAZY)
 
 
 def __getattr__(name):
+  if name == "BatchNorm":
+    from bn_repro import bn_layer
+
+    return bn_layer.BatchNorm
   if name in _LAZY:
     from bn_repro import batch_norm
 

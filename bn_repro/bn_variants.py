@@ -1,4 +1,4 @@
-"""The variants of `batch_norm.BatchNorm`, as pure functions built on `batch_norm`'s.
+"""The variants of the BN layer (`bn_layer.BatchNorm`), as pure functions built on `batch_norm`'s.
 
 Each is an option of `BatchNorm`, and each equals plain BN with its knob at the neutral
 value (tests/test_bn_variants.py):
@@ -17,9 +17,6 @@ value (tests/test_bn_variants.py):
                      statistics (`batch_norm.normalize`) and stops updating them; the
                      layer itself switches.
 Schedules (renorm warm-up, freezing) read the layer's update counter `count`.
-
-`batch_norm.BatchNorm` imports this module when it is called, not when `batch_norm` is
-imported, since this module imports `batch_norm`.
 """
 
 from typing import Any

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bn_repro import batch_norm, models
+from bn_repro import bn_layer, models
 from bn_repro.configs import mnist_mlp
 from bn_repro.models import inception
 
@@ -363,7 +363,7 @@ def test_registry_builds_from_config(name, use_bn):
   model = models.build(c, axis_name=None, dtype=jnp.float32)
   assert isinstance(model, inception.Inception)
   assert (model.norm is not None) == use_bn
-  assert model.norm is None or model.norm.func is batch_norm.BatchNorm
+  assert model.norm is None or model.norm.func is bn_layer.BatchNorm
   assert (model.modules, model.stem, model.use_lrn, model.dropout_rate, model.pool_proj_4cd) == (
     ("3a", "3b", "3c", "4a"),
     "small",

@@ -7,7 +7,7 @@ from typing import Any
 import flax.linen as nn
 import ml_collections
 
-from bn_repro import batch_norm
+from bn_repro import bn_layer
 from bn_repro.models import common
 from bn_repro.models.inception import Inception
 from bn_repro.models.lstm import LSTM
@@ -34,11 +34,9 @@ BN_VARIANT_FIELDS = (
 
 
 def bn_variant_defaults() -> dict[str, Any]:
-  """{field: default} of BN_VARIANT_FIELDS, read from `batch_norm.BatchNorm` itself."""
+  """{field: default} of BN_VARIANT_FIELDS, read from `bn_layer.BatchNorm` itself."""
   return {
-    f.name: f.default
-    for f in dataclasses.fields(batch_norm.BatchNorm)
-    if f.name in BN_VARIANT_FIELDS
+    f.name: f.default for f in dataclasses.fields(bn_layer.BatchNorm) if f.name in BN_VARIANT_FIELDS
   }
 
 
@@ -49,7 +47,7 @@ def make_norm(config: ml_collections.ConfigDict, axis_name: str | None, dtype: A
   bn = config.bn
   variants = {k: bn[k] for k in BN_VARIANT_FIELDS if k in bn}
   return functools.partial(
-    batch_norm.BatchNorm,
+    bn_layer.BatchNorm,
     epsilon=bn.epsilon,
     decay=bn.decay,
     population=bn.population,

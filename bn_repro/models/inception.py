@@ -66,7 +66,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from bn_repro import batch_norm
+from bn_repro import bn_layer
 from bn_repro.models import common
 from bn_repro.models import conv as conv_lib
 from bn_repro.models.mlp import PROBE
@@ -360,7 +360,7 @@ class Inception(nn.Module):
     return x.astype(jnp.float32)
 
 
-def bn_inception(norm: Callable[..., nn.Module] = batch_norm.BatchNorm, **kwargs) -> Inception:
+def bn_inception(norm: Callable[..., nn.Module] = bn_layer.BatchNorm, **kwargs) -> Inception:
   """BN-Inception as BN-x5 / BN-x30 use it: BN everywhere, no LRN, no dropout."""
   return Inception(norm=norm, **{"use_lrn": False, "dropout_rate": 0.0, **kwargs})
 

@@ -17,7 +17,7 @@ a leading time axis, mean and var of shape (T, features); evaluation normalizes 
 with the population statistics of step t. gamma/beta are shared over time. The math is
 `batch_norm`'s pure functions (`batch_normalize` in training, `normalize` in evaluation,
 `update_population` for the population), so `population` ("ema" / "average") and
-`unbiased` mean what they mean for `batch_norm.BatchNorm`.
+`unbiased` mean what they mean for `bn_layer.BatchNorm`.
 
 Choices (Cooijmans et al. where they state one; attributes where it may matter):
   * Gates are stacked in the order (i, f, g, o) along the 4 * hidden axis of `kernel_x`
@@ -89,7 +89,7 @@ class LSTM(nn.Module):
     sequence: "rows" or "pixels" (see `as_sequence`).
     nonlinearity: act in the equations above, a name in `common.NONLINEARITIES`.
     use_bn: the BN-LSTM (per-time-step statistics) instead of the plain LSTM.
-    epsilon, decay, population, unbiased: as for `batch_norm.BatchNorm`.
+    epsilon, decay, population, unbiased: as for `bn_layer.BatchNorm`.
     axis_name: named device axis batch statistics are reduced across, or None.
     bn_scale_init: initial gamma of the three BNs.
     forget_bias: initial bias of the forget gate.
