@@ -127,6 +127,7 @@ def _train(engine: Any, dirs: list[RunDir], fallback: bool, raise_divergence: bo
   primary = jax.process_index() == 0  # the one process that writes the run directories
   states = engine.initial_states()
   with contextlib.ExitStack() as stack:
+    stack.callback(engine.close)  # the data feed's threads, however the run ends
     if primary:
       for r, run_dir in enumerate(dirs):
         stack.enter_context(run_dir.exclusive())
@@ -144,7 +145,6 @@ def _train(engine: Any, dirs: list[RunDir], fallback: bool, raise_divergence: bo
       runs, states, start = _resume(engine, dirs, mgrs, states, fallback, primary)
       for run in runs:
         stack.callback(run.writer.close)
-      stack.callback(engine.close)
       Loop(engine, runs, signals, raise_divergence).run(engine.place(states), start)
     except OSError as e:
       where = ", ".join(str(d) for d in dirs)
