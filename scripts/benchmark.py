@@ -1,6 +1,6 @@
 """Training speed of the MNIST MLP, ours next to baselines, measured in one process.
 
-  python scripts/benchmark.py [--idx_dir=../shared/data/mnist-t10k] [--steps=500] [--repeats=9]
+  python scripts/benchmark.py [--idx_dir=DIR] [--steps=500] [--repeats=9]
     [--figure1] [--profile] [--noinception] [--json]
 
 For BN on and off it times, on one device and interleaved round by round (so
