@@ -34,6 +34,19 @@ def one_line_flags_parser(program: str) -> Callable[[Sequence[str]], list[str]]:
   return parse
 
 
+def is_own_line(record: logging.LogRecord, libraries_from: int = logging.ERROR) -> bool:
+  """Whether a log record is bn_repro's own, or another library's at `libraries_from` or up
+  (orbax logs every save, tfds warns about empty folders)."""
+  return record.levelno >= libraries_from or f"{os.sep}bn_repro{os.sep}" in record.pathname
+
+
+def own_absl_lines_only() -> None:
+  """absl's handler (bn-repro, a sweep's batched child) keeps the records `is_own_line` keeps."""
+  from absl import logging as absl_logging
+
+  absl_logging.get_absl_handler().addFilter(is_own_line)
+
+
 def own_log_lines_only() -> None:
   """Logs to stderr bn_repro's own lines from WARNING up and no other library's below CRITICAL.
 
@@ -46,8 +59,6 @@ def own_log_lines_only() -> None:
       logging.root.removeHandler(h)
   handler = logging.StreamHandler(sys.stderr)
   handler.setFormatter(logging.Formatter("%(levelname)s:%(name)s:%(message)s"))
-  handler.addFilter(
-    lambda r: r.levelno >= logging.CRITICAL or f"{os.sep}bn_repro{os.sep}" in r.pathname
-  )
+  handler.addFilter(lambda r: is_own_line(r, libraries_from=logging.CRITICAL))
   logging.root.addHandler(handler)
   logging.root.setLevel(logging.WARNING)

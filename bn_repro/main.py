@@ -6,8 +6,6 @@ Exit codes: 0 done, 2 bad input (one line on stderr), 3 the run diverged (record
 workdir), 4 stopped by SIGTERM/SIGINT after saving a checkpoint (rerun to resume).
 """
 
-import logging as pylogging
-import os
 import sys
 
 from absl import app, flags, logging
@@ -151,18 +149,10 @@ def _parse_flags(argv):
     _fail(f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
 
 
-class _OwnLinesOnly(pylogging.Filter):
-  """bn_repro's log lines; libraries (orbax logs every save, tfds warns about empty dirs)
-  only from ERROR up."""
-
-  def filter(self, record: pylogging.LogRecord) -> bool:
-    return record.levelno >= pylogging.ERROR or f"{os.sep}bn_repro{os.sep}" in record.pathname
-
-
 def run():
   """Console-script entry point."""
   logging.set_verbosity(logging.INFO)
-  logging.get_absl_handler().addFilter(_OwnLinesOnly())
+  cli.own_absl_lines_only()
   app.run(_main, flags_parser=_parse_flags)
 
 

@@ -11,13 +11,12 @@ prints the commands, trains a batched group in this process (`--in_process`, the
 anything is written.
 """
 
-import logging as pylogging
 import os
 import shlex
 import sys
 from collections.abc import Mapping, Sequence
 
-from absl import app, flags, logging
+from absl import app, flags
 
 from bn_repro import cli, fields, parallel, training
 from bn_repro.errors import EXIT_STOPPED, UserError
@@ -167,11 +166,7 @@ def train_in_process(points: Sequence[resolve.ResolvedPoint], cpu_devices: int) 
   spread over `cpu_devices` CPU devices (0: one per usable CPU) on a CPU host: exit 0
   when each is done or diverged (its status says which), 4 when stopped."""
   parallel.add_cpu_devices(cpu_devices)
-  # bn_repro's own lines, and libraries' (orbax logs every save) from ERROR up, as in a
-  # single run's log (bn_repro.main).
-  logging.get_absl_handler().addFilter(
-    lambda r: r.levelno >= pylogging.ERROR or f"{os.sep}bn_repro{os.sep}" in r.pathname
-  )
+  cli.own_absl_lines_only()  # as in a single run's log (bn_repro.main)
   try:
     training.train_batched(
       [resolve.parse_config(p.config, p.overrides) for p in points], [p.workdir for p in points]
