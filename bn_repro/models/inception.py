@@ -186,6 +186,17 @@ class ConvBN(nn.Module):
     return x
 
 
+def conv_bn_of(module: Any) -> Callable[..., ConvBN]:
+  """ConvBN with a module's norm, kernel init, dtype and convolution implementation."""
+  return functools.partial(
+    ConvBN,
+    norm=module.norm,
+    kernel_init=module.kernel_init,
+    dtype=module.dtype,
+    conv_impl=module.conv_impl,
+  )
+
+
 class InceptionModule(nn.Module):
   """One module of the table: 1x1 | 1x1-3x3 | 1x1-3x3-3x3 | pool(-1x1) branches, concatenated.
 
@@ -212,13 +223,7 @@ class InceptionModule(nn.Module):
   def __call__(self, x: Array, train: bool) -> tuple[Array, Array]:
     s = self.spec
     act = common.NONLINEARITIES[self.nonlinearity]
-    conv = functools.partial(
-      ConvBN,
-      norm=self.norm,
-      kernel_init=self.kernel_init,
-      dtype=self.dtype,
-      conv_impl=self.conv_impl,
-    )
+    conv = conv_bn_of(self)
     branches = []
     if s.b1x1:
       branches.append(act(conv(s.b1x1, (1, 1), name="b1x1")(x, train)))
@@ -292,13 +297,7 @@ class Inception(nn.Module):
     self._check()
     act = common.NONLINEARITIES[self.nonlinearity]
     ch = functools.partial(scale_channels, width_multiplier=self.width_multiplier)
-    conv = functools.partial(
-      ConvBN,
-      norm=self.norm,
-      kernel_init=self.kernel_init,
-      dtype=self.dtype,
-      conv_impl=self.conv_impl,
-    )
+    conv = conv_bn_of(self)
     x = x.astype(self.dtype)
 
     if self.stem == "imagenet":
