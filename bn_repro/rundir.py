@@ -81,9 +81,6 @@ class RunDir:
   def __str__(self) -> str:
     return os.fspath(self.path)
 
-  def file(self, name: str) -> epath.Path:
-    return self.path / name
-
   @property
   def config_path(self) -> epath.Path:
     return self.path / self.CONFIG
