@@ -1,31 +1,30 @@
-"""Training speed of the MNIST MLP, ours next to baselines, measured in one process.
+"""Training speed of the MNIST MLP, ours next to baselines, at each CPU placement, in one run.
 
   python scripts/benchmark.py [--idx_dir=DIR] [--steps=500] [--repeats=9]
-    [--figure1] [--profile] [--noinception] [--json]
+    [--widths=200,400,800] [--figure1] [--profile] [--noinception] [--json]
 
-For BN on and off it times, on one device and interleaved round by round (so
-that machine noise hits all alike), these loops of `--steps` SGD steps (batch 60):
-  floor     the step's matrix multiplications alone (forward, weight and input
-            gradients, the update) in one lax.scan: no nonlinearity, no BN, no loss;
-  ours      bn_repro's compiled training chunk (data on device, lax.scan, pmap);
-  per-step  a plain loop: jax.jit of one step with flax.linen.BatchNorm, one
-            Python dispatch and one host-to-device batch per step;
-  torch     if PyTorch is importable (never a dependency): the same MLP in a
-            PyTorch eager loop (scripts/torch_reference.py).
-Each loop's speed is its fastest round (timeit's rule: the round least disturbed
-by other load; every round is in --json), and each ratio the median over rounds of
-the two loops' speeds in the same round. It prints steps/s, each loop's ratio
-to the floor, our speed-up over the per-step and PyTorch loops, compile time, each
-compiled program's peak memory (XLA's memory analysis: arguments, results and
-temporaries, per device) and the process's peak RSS; 8 seeds of the BN MLP trained
-together in one program (bn_repro.training.BatchedTrainer, vmap over runs, spread over one CPU
-device per core as the sweep runner's --batched does, and on one device) against
-the same runs one after another, in run-steps/s; the small BN-Inception's images/s
-(forward + backward) and compile time, with the convolutions config.model.conv_impl="auto"
-picks (im2col on CPU) and with XLA's own, and PyTorch eager's on the same network.
---figure1 (needs --idx_dir) also times the whole Figure 1 reproduction, `scripts/figure1.sh`
-in a subprocess as a user runs it. --profile adds where the time of one step goes: the XLA
-operations of the floor's and our steps, in microseconds per step, from a jax.profiler trace.
+It times these loops of `--steps` SGD steps (batch 60), each in two worker processes, one
+pinned to one core and one on all cores (XLA:CPU's thread pool is as wide as the process's
+cores, bn_repro.placement), asking them in turn round by round so that machine noise hits all
+alike:
+  floor        the step's matrix multiplications alone (forward, weight and input gradients,
+               the update) in one lax.scan: no nonlinearity, no BN, no loss;
+  ours         bn_repro's compiled training chunk (data on device, lax.scan), BN and no BN;
+  flax_scan    the plain Flax loop at its best: a training step with flax.linen.BatchNorm in
+               one lax.scan over batches in device memory;
+  per_step     the usual Flax loop: jax.jit of one step, one dispatch and one host-to-device
+               batch per step;
+  torch        if PyTorch is importable (never a dependency): the same MLP, PyTorch eager;
+  batched      8 seeds of the BN MLP in one program (bn_repro.training.BatchedTrainer), in
+               run-steps/s against the same runs one after another;
+  inception    the small BN-Inception's images/s (forward + backward) with the convolutions
+               config.model.conv_impl="auto" picks and with XLA's own.
+Each loop's speed is its fastest round at its best placement (timeit's rule: the round least
+disturbed by other load; every round is in --json), and each ratio the median over rounds of
+the two loops' speeds in the same round, each at its best placement. --widths adds ours with
+BN at those hidden widths, at both placements: the crossover bn_repro.placement uses.
+--figure1 (needs --idx_dir) also times `scripts/figure1.sh` in a subprocess as a user runs it.
+--profile adds where one step's time goes (XLA operations, from a jax.profiler trace).
 Without --idx_dir it uses random images (speed does not depend on pixel values).
 """
 
@@ -46,6 +45,9 @@ _PROFILE = flags.DEFINE_bool(
   "profile", False, "Also print the XLA operations of one step and their time."
 )
 _INCEPTION = flags.DEFINE_bool("inception", True, "Also time the small BN-Inception.")
+_WIDTHS = flags.DEFINE_list(
+  "widths", [], "Also time ours with BN at these hidden widths (the placement crossover)."
+)
 
 
 def main(argv):
@@ -57,10 +59,8 @@ def main(argv):
     os.environ["XLA_FLAGS"] = (
       os.environ.get("XLA_FLAGS", "") + " --xla_cpu_enable_xprof_traceme=true"
     ).strip()
-  from bn_repro import parallel
   from bn_repro.benchmark import measure
 
-  parallel.add_cpu_devices()  # for the batched runs, as the sweep runner's --batched does
   script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "figure1.sh")
   res = measure.measure(
     _IDX_DIR.value,
@@ -69,6 +69,7 @@ def main(argv):
     script if _FIGURE1.value else "",
     _PROFILE.value,
     _INCEPTION.value,
+    [int(w) for w in _WIDTHS.value],
   )
   if _JSON.value:
     print(json.dumps(res, indent=2))

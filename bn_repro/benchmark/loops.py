@@ -13,7 +13,7 @@ import numpy as np
 import optax
 from jax import lax
 
-from bn_repro import configs, data, parallel, training
+from bn_repro import configs, data, parallel, placement, training
 
 
 def datasets(idx_dir: str) -> tuple[data.ArrayDataset, data.ArrayDataset]:
@@ -29,18 +29,22 @@ def datasets(idx_dir: str) -> tuple[data.ArrayDataset, data.ArrayDataset]:
   return make(8000), make(2000)
 
 
-def config(variant: str, idx_dir: str):
+def config(variant: str, idx_dir: str, hidden: int = 100):
   c = configs.get(f"mnist_mlp:{variant},t10k")
   c.num_devices = 1
   c.data.idx_dir = idx_dir
+  c.model.hidden = (hidden,) * 3
   return c
 
 
 class Ours:
-  """bn_repro's training chunk, compiled once, timed without compilation."""
+  """bn_repro's training chunk, compiled once, timed without compilation; `hidden` units in
+  each of the 3 hidden layers (the paper's 100 unless a placement crossover asks)."""
 
-  def __init__(self, variant, train_ds, eval_ds, steps):
-    self.trainer = training.Trainer(config(variant, ""), train_ds, eval_ds, parallel.devices(1))
+  def __init__(self, variant, train_ds, eval_ds, steps, hidden=100):
+    c = config(variant, "", hidden)
+    self.flops = placement.step_flops(c)
+    self.trainer = training.Trainer(c, train_ds, eval_ds, parallel.devices(1))
     self.state = parallel.replicate(self.trainer.init_state(train_ds.images[:2]), self.trainer.devs)
     self.steps, self.pos = steps, 0
     t = time.perf_counter()
@@ -88,43 +92,77 @@ class Floor:
     self.w = jax.block_until_ready(self.fn(self.w, self.x))
 
 
+class _FlaxMlp(nn.Module):
+  """The paper's MLP written the usual Flax way, with flax.linen.BatchNorm."""
+
+  use_bn: bool
+
+  @nn.compact
+  def __call__(self, x, train):
+    x = x.reshape((x.shape[0], -1))
+    for _ in range(3):
+      x = nn.Dense(100, use_bias=not self.use_bn)(x)
+      if self.use_bn:
+        x = nn.BatchNorm(use_running_average=not train, momentum=0.99, use_fast_variance=False)(x)
+      x = nn.sigmoid(x)
+    return nn.Dense(10)(x)
+
+
+def _flax_step(use_bn):
+  """(init values, the jitted-to-be SGD step) of _FlaxMlp: the plain Flax training step."""
+  net, tx = _FlaxMlp(use_bn), optax.sgd(0.5)
+  v = net.init(jax.random.PRNGKey(0), jnp.zeros((2, 28, 28, 1)), train=False)
+  params, stats = v["params"], v.get("batch_stats", {})
+
+  def step(params, stats, opt, x, y):
+    def loss_fn(p):
+      logits, upd = net.apply(
+        {"params": p, "batch_stats": stats},
+        x.astype(jnp.float32) / 255,
+        train=True,
+        mutable=["batch_stats"],
+      )
+      return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), upd
+
+    (loss, upd), g = jax.value_and_grad(loss_fn, has_aux=True)(params)
+    updates, opt = tx.update(g, opt)
+    return optax.apply_updates(params, updates), upd.get("batch_stats", {}), opt, loss
+
+  return (params, stats, tx.init(params)), step
+
+
+class FlaxScan:
+  """The plain Flax loop at its best: _flax_step in one lax.scan over batches in device
+  memory (no per-step dispatch), flax.linen.BatchNorm."""
+
+  def __init__(self, use_bn, train_ds, steps):
+    (params, stats, opt), step = _flax_step(use_bn)
+    rng = np.random.default_rng(0)
+    idx = rng.integers(0, len(train_ds), (steps, 60))
+    self.xs = jnp.asarray(train_ds.images[idx])
+    self.ys = jnp.asarray(train_ds.labels[idx])
+
+    def body(carry, xy):
+      *carry, loss = step(*carry, *xy)
+      return tuple(carry), loss
+
+    fn = jax.jit(lambda carry, xs, ys: lax.scan(body, carry, (xs, ys))[0])
+    self.carry = (params, stats, opt)
+    t = time.perf_counter()
+    self.fn = self.compiled = fn.lower(self.carry, self.xs, self.ys).compile()
+    self.compile_seconds = time.perf_counter() - t
+    self.steps = steps
+
+  def run(self):
+    self.carry = jax.block_until_ready(self.fn(self.carry, self.xs, self.ys))
+
+
 class PerStep:
   """The usual Flax loop: jax.jit(step) with flax.linen.BatchNorm, one dispatch per step."""
 
   def __init__(self, use_bn, train_ds, steps):
-    class Net(nn.Module):
-      @nn.compact
-      def __call__(self, x, train):
-        x = x.reshape((x.shape[0], -1))
-        for _ in range(3):
-          x = nn.Dense(100, use_bias=not use_bn)(x)
-          if use_bn:
-            x = nn.BatchNorm(use_running_average=not train, momentum=0.99, use_fast_variance=False)(
-              x
-            )
-          x = nn.sigmoid(x)
-        return nn.Dense(10)(x)
-
-    net, tx = Net(), optax.sgd(0.5)
-    v = net.init(jax.random.PRNGKey(0), jnp.zeros((2, 28, 28, 1)), train=False)
-    self.params, self.stats = v["params"], v.get("batch_stats", {})
-    self.opt = tx.init(self.params)
-
-    @jax.jit
-    def step(params, stats, opt, x, y):
-      def loss_fn(p):
-        logits, upd = net.apply(
-          {"params": p, "batch_stats": stats},
-          x.astype(jnp.float32) / 255,
-          train=True,
-          mutable=["batch_stats"],
-        )
-        return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), upd
-
-      (loss, upd), g = jax.value_and_grad(loss_fn, has_aux=True)(params)
-      updates, opt = tx.update(g, opt)
-      return optax.apply_updates(params, updates), upd.get("batch_stats", {}), opt, loss
-
+    (self.params, self.stats, self.opt), step = _flax_step(use_bn)
+    step = jax.jit(step)
     self.images, self.labels = train_ds.images, train_ds.labels
     self.rng = np.random.default_rng(0)
     self.step, self.steps = step, steps
