@@ -21,6 +21,8 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
+from bn_repro.errors import UserError
+
 AUTO, ALL = "auto", "all"
 # Below this many FLOPs a training step (all runs of a batched group together) runs faster on
 # one core than on two (docs/RESULTS.md, "CPU placement").
@@ -29,7 +31,7 @@ _ACCELERATOR_PLUGINS = ("jax_cuda12_plugin", "jax_cuda13_plugin", "jax_rocm60_pl
 
 
 def parse(spec: str) -> str | tuple[int, ...]:
-  """AUTO, ALL or the core ids of `spec`; ValueError naming the accepted forms."""
+  """AUTO, ALL or the core ids of `spec`; UserError naming the accepted forms."""
   spec = str(spec).strip()
   if spec in (AUTO, ALL):
     return spec
@@ -38,7 +40,10 @@ def parse(spec: str) -> str | tuple[int, ...]:
   except ValueError:
     ids = ()
   if not ids or min(ids) < 0:
-    raise ValueError(f"cpu_cores={spec!r}: use 'auto', 'all' or core ids such as '0' or '0,1'")
+    raise UserError(
+      f"{spec!r} is not a placement; use 'auto', 'all' or core ids such as '0' or '0,1'",
+      field="config.cpu_cores",
+    )
   return ids
 
 
@@ -62,9 +67,10 @@ def choose(spec: str, flops: float | None, allowed: Sequence[int]) -> tuple[int,
     return allowed[:1] if small else allowed
   missing = sorted(set(want) - set(allowed))
   if missing:
-    raise ValueError(
-      f"cpu_cores={spec!r}: core(s) {missing} are not among this process's cores "
-      f"{list(allowed)}; pick from those"
+    raise UserError(
+      f"core(s) {missing} are not among this process's cores {list(allowed)}; pick from "
+      "those or use 'auto'",
+      field="config.cpu_cores",
     )
   return want
 

@@ -10,7 +10,7 @@ from typing import Any
 import ml_collections
 from absl import logging
 
-from bn_repro import batch_norm, data, models, parallel
+from bn_repro import batch_norm, data, models, parallel, placement
 from bn_repro.errors import UserError
 from bn_repro.models import common
 
@@ -53,6 +53,7 @@ def _get(config: ml_collections.ConfigDict, field: str) -> Any:
 def validate(config: ml_collections.ConfigDict) -> None:
   """Checks values and ranges of every field the trainer reads."""
   _validate_choices(config)
+  placement.parse(config.get("cpu_cores", placement.AUTO))
   _validate_sizes(config)
   _validate_bn(config)
   _validate_evaluation(config)

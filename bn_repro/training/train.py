@@ -21,7 +21,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from bn_repro import checkpoints, data, parallel, validation
+from bn_repro import checkpoints, data, parallel, placement, validation
 from bn_repro.errors import UserError
 from bn_repro.metrics import NullWriter
 from bn_repro.rundir import RunDir
@@ -37,6 +37,7 @@ RESUMABLE_CHANGES = (
   "checkpoint_every",
   "tensorboard",
   "num_devices",
+  "cpu_cores",
   "steps_per_call",
   "profile_start_step",
   "profile_num_steps",
@@ -66,6 +67,7 @@ def train_and_evaluate(
     allow_config_change: resume even if the saved config differs from `config`.
   """
   validation.validate(config)
+  logging.info("%s", placement.apply(config))  # before JAX starts its CPU client
   devs = parallel.devices(config.num_devices)
   validation.validate_devices(config, len(devs), jax.process_count())
   if config.data.name in data.STREAMED:
@@ -102,6 +104,7 @@ def train_batched(
   for c in configs:
     validation.validate(c)
     check_batchable(c)
+  logging.info("%s", placement.apply(configs[0], runs=len(configs)))
   if jax.process_count() > 1:
     raise UserError("batched runs train in one process; train each run alone", field="workdirs")
   devs = parallel.devices(configs[0].num_devices)
