@@ -55,8 +55,8 @@ from bn_repro import configs, placement
 c = configs.get("mnist_mlp:bn_sigmoid")
 c.cpu_cores = {spec!r}
 line = placement.apply(c)
-tasks = os.listdir("/proc/self/task")
-print(json.dumps({{"line": line, "threads": [sorted(os.sched_getaffinity(int(t))) for t in tasks]}}))
+threads = [sorted(os.sched_getaffinity(int(t))) for t in os.listdir("/proc/self/task")]
+print(json.dumps({{"line": line, "threads": threads}}))
 """
 
 
