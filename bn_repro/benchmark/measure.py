@@ -186,14 +186,14 @@ def paired_ratio(rates: dict[str, list[float]], a: str, b: str, factor: float = 
   return statistics.median(x * factor / y for x, y in zip(rates[a], rates[b]))
 
 
-def _best_placement(rates: dict) -> tuple[dict[str, str], dict[str, list[float]]]:
+def best_placement(rates: dict) -> tuple[dict[str, str], dict[str, list[float]]]:
   """Each loop's best placement (its fastest round's) and its rounds there."""
   names = next(iter(rates.values()))
   best = {k: max(rates, key=lambda p: max(rates[p][k])) for k in names}
   return best, {k: rates[best[k]][k] for k in names}
 
 
-def _crossover(rates: dict, facts: dict, widths) -> list[dict]:
+def crossover(rates: dict, facts: dict, widths) -> list[dict]:
   """Ours with BN at each hidden width: MFLOP a step, steps/s at each placement, and one
   core's speed over all cores' (paired)."""
   out = []
@@ -230,7 +230,7 @@ def measure(
   finally:
     for w in workers.values():
       w.close()
-  best_place, best_rates = _best_placement(rates)
+  best_place, best_rates = best_placement(rates)
   best = {k: max(v) for k, v in best_rates.items()}
   result: dict = {
     "device": "cpu",
@@ -262,7 +262,7 @@ def measure(
   if with_inception:
     result["small_bn_inception"] = _inception(best_rates, best, facts)
   if widths:
-    result["crossover"] = _crossover(rates, facts, widths)
+    result["crossover"] = crossover(rates, facts, widths)
   if with_profile:
     result["profile"] = _profiles(idx_dir, steps)
   if figure1_script:
