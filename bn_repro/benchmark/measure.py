@@ -9,6 +9,7 @@ import tempfile
 import time
 from typing import Any
 
+from bn_repro import placement
 from bn_repro.benchmark import loops
 
 
@@ -109,8 +110,11 @@ def build_loops(train_ds, eval_ds, steps: int, with_inception: bool, widths=()) 
     timed[f"ours_{bn}"] = loops.Ours(f"{bn}_sigmoid", train_ds, eval_ds, steps)
     timed[f"flax_scan_{bn}"] = loops.FlaxScan(bn == "bn", train_ds, steps)
   timed["per_step_bn"] = loops.PerStep(True, train_ds, steps)
-  for w in widths:
-    timed[f"ours_bn_h{w}"] = loops.Ours("bn_sigmoid", train_ds, eval_ds, steps, hidden=w)
+  base = placement.step_flops(loops.config("bn_sigmoid", ""))
+  for w in widths:  # about as long a round as ours_bn's
+    wide = placement.step_flops(loops.config("bn_sigmoid", "", w))
+    scaled = max(1, round(steps * base / wide))
+    timed[f"ours_bn_h{w}"] = loops.Ours("bn_sigmoid", train_ds, eval_ds, scaled, hidden=w)
   torch = torch_reference.available()
   if torch:
     timed["torch_bn"] = torch_reference.MlpLoop(True, train_ds.images, train_ds.labels, steps)
