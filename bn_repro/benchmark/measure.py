@@ -110,9 +110,9 @@ def build_loops(train_ds, eval_ds, steps: int, with_inception: bool, widths=()) 
     timed[f"ours_{bn}"] = loops.Ours(f"{bn}_sigmoid", train_ds, eval_ds, steps)
     timed[f"flax_scan_{bn}"] = loops.FlaxScan(bn == "bn", train_ds, steps)
   timed["per_step_bn"] = loops.PerStep(True, train_ds, steps)
-  base = placement.step_flops(loops.config("bn_sigmoid", ""))
+  base = placement.step_flops(loops.config("bn_sigmoid", "")) or 1.0
   for w in widths:  # about as long a round as ours_bn's
-    wide = placement.step_flops(loops.config("bn_sigmoid", "", w))
+    wide = placement.step_flops(loops.config("bn_sigmoid", "", w)) or 1.0
     scaled = max(1, round(steps * base / wide))
     timed[f"ours_bn_h{w}"] = loops.Ours("bn_sigmoid", train_ds, eval_ds, scaled, hidden=w)
   torch = torch_reference.available()
