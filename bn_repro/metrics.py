@@ -1,14 +1,16 @@
 """Metric events: JSON lines (one object per event, always with "step").
 
-The writer also mirrors scalars to TensorBoard event files (tensorboardX, no
-TensorFlow needed). Where the files are is bn_repro.rundir's business; reading a
-run's events is `RunDir(workdir).metrics()`, which never imports the training code.
+The writer also mirrors scalars to a TensorBoard event file (tensorboardX's protos and
+record writer, no TensorFlow needed), with the config as text and HParams. Where the
+files are is bn_repro.rundir's business; reading a run's events is
+`RunDir(workdir).metrics()`, which never imports the training code.
 """
 
 import json
 import math
 import os
 import struct
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -38,14 +40,12 @@ class MetricWriter:
   def __init__(self, path: epath.PathLike, tensorboard_dir: epath.PathLike | None = None):
     self.path = epath.Path(path)
     self._tb_dir = None if tensorboard_dir is None else epath.Path(tensorboard_dir)
-    self._tb: Any = None
+    self._tb: EventFile | None = None
 
-  def _board(self) -> Any:
-    """The TensorBoard writer, opened on first use (None when TensorBoard is off)."""
+  def _board(self) -> "EventFile | None":
+    """The TensorBoard event file, opened on first use (None when TensorBoard is off)."""
     if self._tb is None and self._tb_dir is not None:
-      from tensorboardX import SummaryWriter
-
-      self._tb = SummaryWriter(os.fspath(self._tb_dir))
+      self._tb = EventFile(self._tb_dir)
     return self._tb
 
   def truncate_after(self, step: int) -> None:
@@ -64,10 +64,10 @@ class MetricWriter:
     if self._tb_dir.exists():
       for f in self._tb_dir.glob("events.out.tfevents.*"):
         f.unlink()
-    board = self._board()
     for e in kept:
       self._to_board(e)
-    board.flush()
+    self._board()  # a fresh file even when nothing is kept
+    self.flush()
 
   def write_config(self, config: Mapping[str, Any], metrics: Sequence[str] = HPARAM_METRICS):
     """The config as TensorBoard text (JSON) and HParams (every dotted field), with
@@ -75,16 +75,16 @@ class MetricWriter:
     board = self._board()
     if board is None:
       return
-    from tensorboardX.summary import hparams
+    from tensorboardX import summary
 
     text = json.dumps(config, indent=2, sort_keys=True, default=list)
-    board.add_text("config", "```\n" + text + "\n```", 0)
+    board.add(0, summary.text("config", "```\n" + text + "\n```"))
     flat = {
       k: v if isinstance(v, (bool, int, float, str)) else json.dumps(v, default=list)
       for k, v in fields.flatten(config).items()
     }
-    for summary in hparams(flat, {m: 0.0 for m in metrics}):
-      board.file_writer.add_summary(summary)
+    for s in summary.hparams(flat, {m: 0.0 for m in metrics}):
+      board.add(0, s)
 
   def write(self, step: int, scalars: Mapping[str, Any]) -> None:
     event: dict[str, Any] = {"step": int(step)}
@@ -99,9 +99,11 @@ class MetricWriter:
   def _to_board(self, event: Mapping[str, Any]) -> None:
     board = self._board()
     if board is not None:
+      from tensorboardX import summary
+
       for k, v in event.items():
         if k != "step" and _is_finite_number(v):
-          board.add_scalar(k, v, event["step"])
+          board.add(event["step"], summary.scalar(k, v))
 
   def flush(self) -> None:
     if self._tb is not None:
@@ -110,6 +112,30 @@ class MetricWriter:
   def close(self) -> None:
     if self._tb is not None:
       self._tb.close()
+
+
+class EventFile:
+  """One TensorBoard event file in `folder`, written synchronously: `flush` puts every
+  event added so far in the file (tensorboardX's SummaryWriter queues events for a thread,
+  so its flush does not)."""
+
+  def __init__(self, folder: epath.Path):
+    from tensorboardX.event_file_writer import EventsWriter
+
+    folder.mkdir(parents=True, exist_ok=True)
+    self._writer = EventsWriter(os.fspath(folder / "events"))
+
+  def add(self, step: int, summary: Any) -> None:
+    from tensorboardX.proto import event_pb2
+
+    event = event_pb2.Event(wall_time=time.time(), step=int(step), summary=summary)
+    self._writer.write_event(event)
+
+  def flush(self) -> None:
+    self._writer.flush()
+
+  def close(self) -> None:
+    self._writer.close()
 
 
 class NullWriter:
