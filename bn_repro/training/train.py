@@ -90,6 +90,7 @@ def train_and_evaluate(
     extra = [line for line in [console.placement_line(config)] if line]
     primary = jax.process_index() == 0
     if primary:
+      run.create()  # an unwritable workdir is one line, before the start block
       console.log_lines(console.start_block(config, run, devs, jax.process_count(), sizes, extra))
     engine = Trainer(config, train_ds, eval_ds, devs)
     (last,) = _train(engine, [run], fallback_checkpoint, raise_divergence=True)
