@@ -58,6 +58,15 @@ def test_resume_rebuilds_tensorboard_from_the_metrics_it_lacks(tmp_path):
   assert len(list(run.tensorboard_dir.glob("events.out.tfevents.*"))) == 1
 
 
+def test_a_flush_puts_every_event_in_the_file(tmp_path):
+  run = RunDir(tmp_path)
+  w = run.metric_writer()
+  for step in range(0, 40, 4):
+    w.write(step, events(step))
+  w.flush()  # no close: what a SIGKILL right after a checkpoint leaves
+  assert board_steps(run.tensorboard_dir)["train/loss"] == list(range(0, 40, 4))
+
+
 def test_non_finite_numbers_are_refused():
   config = mnist_mlp.get_config("bn_sigmoid")
   config.optimizer.learning_rate = float("1e400")
