@@ -62,7 +62,7 @@ def wrong_kind(name: str, kind: str) -> str:
     )
   return (
     f"{name} is a config, not a sweep file; train it with bn-repro --config={name}:VARIANT "
-    f"--workdir=DIR (the packaged sweep files are {', '.join(SWEEPS)})"
+    f"--workdir=DIR (the packaged sweeps are {', '.join(SWEEPS)})"
   )
 
 
