@@ -92,6 +92,7 @@ def train_and_evaluate(
     if primary:
       run.create()  # an unwritable workdir is one line, before the start block
       console.log_lines(console.start_block(config, run, devs, jax.process_count(), sizes, extra))
+      logging.info("building the model's state ...")
     engine = Trainer(config, train_ds, eval_ds, devs)
     (last,) = _train(engine, [run], fallback_checkpoint, raise_divergence=True)
     step = int(last.last.get("step", run.status().get("step", 0)))
