@@ -83,9 +83,11 @@ def moments(
   error of Var = E[d^2] - E[d]^2 is at most about m * eps_float32 (typically s is within
   a few standard deviations and the error is a few eps), while x is read once (one
   fused reduction; the two-pass mean((x - mean)^2) reads it twice).
-  With a mask, two passes. Across devices the sums and counts are all-reduced (not
-  the per-device means), so devices holding different numbers of masked-in values
-  are weighted correctly.
+  With a mask, two passes over the values inside it, selected (not multiplied by the
+  mask), so that values outside it, whatever they are (NaN, inf, 1e30), reach neither
+  the statistics nor their gradient; there is no shift. Across devices the sums and
+  counts are all-reduced (not the per-device means), so devices holding different
+  numbers of masked-in values are weighted correctly.
 
   Args:
     x: input.
@@ -113,12 +115,19 @@ def moments(
     mean = jnp.squeeze(shift, axes) + mean_d
     var = jnp.maximum(s2 / count - jnp.square(mean_d), 0.0)
   else:
-    w = jnp.broadcast_to(mask, x.shape).astype(x.dtype)
-    count = _sum(w, axes, axis_name)
+    keep = _keep(mask, x.shape)
+    count = _sum(keep.astype(x.dtype), axes, axis_name)
     safe = jnp.maximum(count, 1.0)
-    mean = _sum(w * x, axes, axis_name) / safe
-    var = _sum(w * jnp.square(x - jnp.expand_dims(mean, axes)), axes, axis_name) / safe
+    x = jnp.where(keep, x, 0.0)  # selected, not multiplied: NaN * 0 is NaN
+    mean = _sum(x, axes, axis_name) / safe
+    d = jnp.where(keep, x - jnp.expand_dims(mean, axes), 0.0)
+    var = _sum(jnp.square(d), axes, axis_name) / safe
   return Moments(mean, var, count)
+
+
+def _keep(mask: Array, shape: tuple[int, ...]) -> Array:
+  """The mask as booleans of `shape`: True where a value counts."""
+  return jnp.broadcast_to(jnp.asarray(mask) != 0, shape)
 
 
 def normalize(
@@ -169,14 +178,21 @@ def batch_normalize(
   one expression, dx = scale / sqrt(var + eps) * (dy - mean(dy) - xhat * mean(dy * xhat)),
   with the two means all-reduced across `axis_name`: far fewer operations than
   differentiating `moments` and `normalize`, which is what the masked case does.
+  With a mask, values outside it count in no statistic and get no gradient; their
+  outputs are the same affine map of them (as in flax.linen.BatchNorm).
   `batch`: the moments of `x` when the caller has them already (unmasked only).
   """
   axes = canonical_axes(x.ndim, axes)
   dtype = dtype or x.dtype
   if mask is not None:
     mom = moments(x, axes, axis_name=axis_name, mask=mask)
-    y = normalize(x, mom.mean, mom.var, scale, bias, axes=axes, epsilon=epsilon, dtype=dtype)
-    return y, jax.tree.map(lax.stop_gradient, mom)
+    keep = _keep(mask, x.shape)
+    norm = functools.partial(
+      normalize, mean=mom.mean, var=mom.var, scale=scale, bias=bias, axes=axes, epsilon=epsilon
+    )
+    # Outside the mask: the same affine map, with no gradient (0 * NaN would reach scale).
+    y = jnp.where(keep, norm(jnp.where(keep, x, 0.0)), lax.stop_gradient(norm(x)))
+    return y.astype(dtype), jax.tree.map(lax.stop_gradient, mom)
   mom = moments(lax.stop_gradient(x), axes, axis_name=axis_name) if batch is None else batch
   features = mom.mean.shape
   scale = jnp.ones(features, jnp.float32) if scale is None else scale

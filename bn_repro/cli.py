@@ -1,7 +1,9 @@
-"""What every command line of the project shares: one-line errors."""
+"""What every command line of the project shares: one-line errors, --help."""
 
+import ast
 import logging
 import os
+import re
 import sys
 from collections.abc import Callable, Sequence
 
@@ -20,16 +22,58 @@ def first_line(e: BaseException) -> str:
   return lines[0] if lines else ""
 
 
-def one_line_flags_parser(program: str) -> Callable[[Sequence[str]], list[str]]:
-  """An absl `app.run(..., flags_parser=)`: a bad flag is one line and exit 2, no usage dump."""
+HELP_FLAGS = ("--help", "-h", "-?", "--helpshort")
+
+
+def exit_with_help(argv: Sequence[str], module: str, doc: str | None, extra: str = "") -> None:
+  """With --help (-h, --helpshort) in `argv`: prints `doc`, the flags `module` defines and
+  `extra` on stdout, and exits 0. (absl's own --help lists the flags of the script that
+  started Python, which for a console script is a stub without any.)"""
+  if not any(a in HELP_FLAGS for a in argv[1:]):
+    return
+  from absl import flags
+
+  print((doc or "").strip() + "\n")
+  print(flags.FLAGS.module_help(module))
+  if extra:
+    print("\n" + extra)
+  print("\n--helpfull lists absl's and JAX's flags too.")
+  sys.exit(0)
+
+
+def plain_flag_error(message: str) -> str:
+  """absl's flag error with its Python tuple spelled out: "flag --x=maybe: ('Non-boolean
+  argument to boolean flag', 'maybe')" -> "flag --x=maybe: 'maybe' is not a boolean; use
+  True or False"."""
+  m = re.fullmatch(r"(flag --[^=]+=.*?): (\(.*\))", message)
+  if not m:
+    return message
+  try:
+    parts = ast.literal_eval(m.group(2))
+  except (ValueError, SyntaxError):
+    return message
+  if not isinstance(parts, tuple) or not parts:
+    return message
+  if "boolean" in str(parts[0]).lower():
+    return f"{m.group(1)}: {parts[-1]!r} is not a boolean; use True or False"
+  return f"{m.group(1)}: " + ": ".join(str(p) for p in parts)
+
+
+def one_line_flags_parser(
+  program: str, module: str | None = None, doc: str | None = None
+) -> Callable[[Sequence[str]], list[str]]:
+  """An absl `app.run(..., flags_parser=)`: a bad flag is one line and exit 2, no usage dump;
+  --help prints `doc` and the flags of `module` (bn_repro.cli.exit_with_help)."""
 
   def parse(argv: Sequence[str]) -> list[str]:
     from absl import flags
 
+    if module:
+      exit_with_help(argv, module, doc)
     try:
       return flags.FLAGS(argv)
     except flags.Error as e:
-      sys.exit(report(program, first_line(e)))
+      sys.exit(report(program, plain_flag_error(first_line(e))))
 
   return parse
 

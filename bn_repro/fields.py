@@ -85,3 +85,17 @@ def parse_like(text: str, like: Any) -> Any:
   if isinstance(like, list) and isinstance(value, (list, tuple)):
     return list(value)
   return value
+
+
+def closest(name: str, known: Sequence[str]) -> str | None:
+  """The dotted field of `known` that `name` most likely meant (a typo, or a missing or
+  wrong prefix such as "learning_rate" for "optimizer.learning_rate"), or None."""
+  import difflib
+
+  match = difflib.get_close_matches(name, known, n=1, cutoff=0.75)
+  if match:
+    return match[0]
+  leaf = name.rsplit(".", 1)[-1]
+  leaves = {k.rsplit(".", 1)[-1]: k for k in known}
+  match = difflib.get_close_matches(leaf, list(leaves), n=1, cutoff=0.75)
+  return leaves[match[0]] if match else None

@@ -11,8 +11,8 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from bn_repro import cli, configs
-from bn_repro.errors import EXIT_DIVERGED, EXIT_STOPPED
+from bn_repro import cli, configs, fields
+from bn_repro.errors import EXIT_DIVERGED, EXIT_STOPPED, UserError
 
 _CONFIG = config_flags.DEFINE_config_file(
   "config",
@@ -72,7 +72,6 @@ def _main(argv):
     )
   _init_distributed()
   from bn_repro import training
-  from bn_repro.errors import UserError
   from bn_repro.rundir import RunDir
 
   try:
@@ -121,6 +120,7 @@ def _resolve_config(argv: list[str]) -> list[str]:
 
 def _parse_flags(argv):
   """absl's parser, with a bad flag or config override as one line and exit 2."""
+  cli.exit_with_help(argv, __name__, __doc__, CONFIG_FIELDS_HELP)
   given = list(argv)
   argv = _resolve_config(given)
   try:
@@ -136,17 +136,61 @@ def _parse_flags(argv):
     )
     for resolved, arg in zip(argv, given):  # the --config value as the user wrote it
       message = message.replace(resolved, arg)
-    _fail(message)
-  except (AttributeError, KeyError) as e:  # an override of a field the config does not have
-    key = str(e).strip("\"'")
-    given = [a.split("=")[0] for a in argv if a.startswith("--config.") and key in a]
-    _fail(
-      f"unknown config field {key!r}"
-      + (f" in {given[0]}" if given else "")
-      + "; the fields are those of the config file (see its get_config and the README)"
-    )
+    _fail(_unknown_flag_hint(message, given) or cli.plain_flag_error(message))
+  except (AttributeError, KeyError):  # an override of a field the config does not have
+    _fail(_unknown_field(given))
   except Exception as e:  # a config file's get_config() rejecting its variant
     _fail(f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+
+
+CONFIG_FIELDS_HELP = (
+  "Any field of the config is set with --config.<field>=<value>, e.g. "
+  "--config.num_steps=1000 --config.optimizer.learning_rate=0.1; "
+  "bn_repro/configs/common.py lists every field with its default."
+)
+
+
+def _config_fields(given: list[str]) -> dict | None:
+  """The dotted fields of the config `--config` names, or None when it does not load."""
+  spec = next((a.split("=", 1)[1] for a in given if a.startswith("--config=")), None)
+  if spec is None:
+    return None
+  try:
+    return fields.flatten(configs.get(spec).to_dict())
+  except Exception:  # the parser's own message says what is wrong with it
+    return None
+
+
+def _unknown_field(given: list[str]) -> str:
+  """The message for a --config.<field> override of a field the config does not have."""
+  spec = next((a.split("=", 1)[1] for a in given if a.startswith("--config=")), "")
+  try:
+    known = fields.flatten(configs.get(spec).to_dict())
+  except UserError as e:  # a sweep file, or a file without get_config
+    return f"--config={spec}: {e}"
+  for arg in given:
+    name = arg.split("=", 1)[0].removeprefix("--config.")
+    if arg.startswith("--config.") and name not in known:
+      match = fields.closest(name, list(known))
+      hint = f"; did you mean --config.{match}?" if match else ""
+      return f"unknown config field {name!r} in {arg.split('=', 1)[0]}{hint} (see the config file)"
+  return f"--config={spec}: an override names a field the config does not have"
+
+
+def _unknown_flag_hint(message: str, given: list[str]) -> str | None:
+  """For `--num_steps=100`: the config field it should have been, or None."""
+  if not message.startswith("Unknown command line flag"):
+    return None
+  name = message.split("'")[1] if "'" in message else ""
+  known = _config_fields(given) or {}
+  match = name if name in known else fields.closest(name, list(known)) if known else None
+  if not match:
+    return None
+  value = next((a.split("=", 1)[1] for a in given if a.startswith(f"--{name}=")), "VALUE")
+  return (
+    f"unknown flag --{name}; config fields are set as --config.<field>, "
+    f"here --config.{match}={value}"
+  )
 
 
 def run():

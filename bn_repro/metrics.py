@@ -1,17 +1,25 @@
 """Metric events: JSON lines (one object per event, always with "step").
 
-The writer also mirrors scalars to TensorBoard event files (tensorboardX, no
-TensorFlow needed). Where the files are is bn_repro.rundir's business; reading a
-run's events is `RunDir(workdir).metrics()`, which never imports the training code.
+The writer also mirrors scalars to a TensorBoard event file (tensorboardX's protos and
+record writer, no TensorFlow needed), with the config as text and HParams. Where the
+files are is bn_repro.rundir's business; reading a run's events is
+`RunDir(workdir).metrics()`, which never imports the training code.
 """
 
 import json
 import math
 import os
-from collections.abc import Iterable, Mapping
+import struct
+import time
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from etils import epath
+
+from bn_repro import fields
+
+# The metrics the HParams dashboard shows beside each run's hyperparameters.
+HPARAM_METRICS = ("eval/accuracy", "eval/loss", "train/loss")
 
 
 def _is_finite_number(v: Any) -> bool:
@@ -23,24 +31,60 @@ class MetricWriter:
 
   Each event is one line, written and closed at once, so a killed process loses no
   event it wrote. On resume from step S, `truncate_after(S)` drops events written after
-  the last checkpoint so that a resumed run's file equals an uninterrupted one's.
+  the last checkpoint so that a resumed run's file equals an uninterrupted one's, and
+  rewrites the TensorBoard folder as one fresh event file holding the events kept
+  (a killed process loses the events it had not flushed; the loop flushes at every
+  checkpoint). `write_config` adds the config as text and as HParams.
   """
 
   def __init__(self, path: epath.PathLike, tensorboard_dir: epath.PathLike | None = None):
     self.path = epath.Path(path)
-    self._tb = None
-    if tensorboard_dir is not None:
-      from tensorboardX import SummaryWriter
+    self._tb_dir = None if tensorboard_dir is None else epath.Path(tensorboard_dir)
+    self._tb: EventFile | None = None
 
-      self._tb = SummaryWriter(os.fspath(tensorboard_dir))
+  def _board(self) -> "EventFile | None":
+    """The TensorBoard event file, opened on first use (None when TensorBoard is off)."""
+    if self._tb is None and self._tb_dir is not None:
+      self._tb = EventFile(self._tb_dir)
+    return self._tb
 
   def truncate_after(self, step: int) -> None:
-    if not self.path.exists():
+    """Keeps the events up to `step`, in metrics.jsonl and as a fresh TensorBoard file."""
+    events = parse_events(self.path.read_text()) if self.path.exists() else []
+    kept = [e for e in events if e["step"] <= step]
+    if self.path.exists():
+      tmp = self.path.parent / (self.path.name + ".tmp")
+      tmp.write_text("".join(json.dumps(e) + "\n" for e in kept))
+      tmp.replace(self.path)
+    if self._tb_dir is None:
       return
-    kept = [e for e in parse_events(self.path.read_text()) if e["step"] <= step]
-    tmp = self.path.parent / (self.path.name + ".tmp")
-    tmp.write_text("".join(json.dumps(e) + "\n" for e in kept))
-    tmp.replace(self.path)
+    if self._tb is not None:
+      self._tb.close()
+      self._tb = None
+    if self._tb_dir.exists():
+      for f in self._tb_dir.glob("events.out.tfevents.*"):
+        f.unlink()
+    for e in kept:
+      self._to_board(e)
+    self._board()  # a fresh file even when nothing is kept
+    self.flush()
+
+  def write_config(self, config: Mapping[str, Any], metrics: Sequence[str] = HPARAM_METRICS):
+    """The config as TensorBoard text (JSON) and HParams (every dotted field), with
+    `metrics` as the HParams dashboard's metric columns."""
+    board = self._board()
+    if board is None:
+      return
+    from tensorboardX import summary
+
+    text = json.dumps(config, indent=2, sort_keys=True, default=list)
+    board.add(0, summary.text("config", "```\n" + text + "\n```"))
+    flat = {
+      k: v if isinstance(v, (bool, int, float, str)) else json.dumps(v, default=list)
+      for k, v in fields.flatten(config).items()
+    }
+    for s in summary.hparams(flat, {m: 0.0 for m in metrics}):
+      board.add(0, s)
 
   def write(self, step: int, scalars: Mapping[str, Any]) -> None:
     event: dict[str, Any] = {"step": int(step)}
@@ -50,10 +94,16 @@ class MetricWriter:
       event[k] = v if not isinstance(v, float) or math.isfinite(v) else str(v)
     with self.path.open("a") as f:
       f.write(json.dumps(event) + "\n")
-    if self._tb is not None:
+    self._to_board(event)
+
+  def _to_board(self, event: Mapping[str, Any]) -> None:
+    board = self._board()
+    if board is not None:
+      from tensorboardX import summary
+
       for k, v in event.items():
         if k != "step" and _is_finite_number(v):
-          self._tb.add_scalar(k, v, step)
+          board.add(event["step"], summary.scalar(k, v))
 
   def flush(self) -> None:
     if self._tb is not None:
@@ -64,11 +114,38 @@ class MetricWriter:
       self._tb.close()
 
 
+class EventFile:
+  """One TensorBoard event file in `folder`, written synchronously: `flush` puts every
+  event added so far in the file (tensorboardX's SummaryWriter queues events for a thread,
+  so its flush does not)."""
+
+  def __init__(self, folder: epath.Path):
+    from tensorboardX.event_file_writer import EventsWriter
+
+    folder.mkdir(parents=True, exist_ok=True)
+    self._writer = EventsWriter(os.fspath(folder / "events"))
+
+  def add(self, step: int, summary: Any) -> None:
+    from tensorboardX.proto import event_pb2
+
+    event = event_pb2.Event(wall_time=time.time(), step=int(step), summary=summary)
+    self._writer.write_event(event)
+
+  def flush(self) -> None:
+    self._writer.flush()
+
+  def close(self) -> None:
+    self._writer.close()
+
+
 class NullWriter:
   """A MetricWriter that writes nothing (processes other than 0 in a multi-host run)."""
 
   def truncate_after(self, step: int) -> None:
     del step
+
+  def write_config(self, config: Mapping[str, Any]) -> None:
+    del config
 
   def write(self, step: int, scalars: Mapping[str, Any]) -> None:
     del step, scalars
@@ -103,3 +180,23 @@ def series(events: Iterable[Mapping[str, Any]], key: str) -> tuple[list[int], li
       steps.append(e["step"])
       values.append(e[key])
   return steps, values
+
+
+def tensorboard_scalars(folder: epath.PathLike) -> dict[str, list[tuple[int, float]]]:
+  """{tag: [(step, value), ...]} of every scalar in a folder's event files, in file order
+  (a reader for checks; TensorBoard itself reads the folder)."""
+  from tensorboardX.proto import event_pb2
+
+  out: dict[str, list[tuple[int, float]]] = {}
+  for path in sorted(epath.Path(folder).glob("events.out.tfevents.*")):
+    data, pos = path.read_bytes(), 0
+    while pos + 12 <= len(data):  # TFRecord: length, its CRC, the record, its CRC
+      (length,) = struct.unpack("<Q", data[pos : pos + 8])
+      if pos + 16 + length > len(data):
+        break  # a record cut short by a killed writer
+      event = event_pb2.Event.FromString(data[pos + 12 : pos + 12 + length])
+      pos += 16 + length
+      for v in event.summary.value:
+        if v.HasField("simple_value"):
+          out.setdefault(v.tag, []).append((int(event.step), float(v.simple_value)))
+  return out

@@ -8,7 +8,7 @@ A run directory (`RunDir`) holds
   tensorboard/     the same scalars as TensorBoard event files
   checkpoints/     Orbax checkpoints, one folder per step (bn_repro.checkpoints)
   profile/         a jax.profiler trace, when config.profile_num_steps > 0
-  lock             held (flock) by the process that trains the run
+  lock             held (flock) by the process that trains the run, removed when it ends
   sweep.lock       held by a sweep runner while one of its jobs trains the run
   log.txt          the output of a sweep job
   environment.json what the machine had when a sweep job started
@@ -55,6 +55,14 @@ def read_json(path: epath.PathLike) -> Any:
 
 def _is_local(path: epath.Path) -> bool:
   return "://" not in os.fspath(path)
+
+
+def _same_file(fd: int, path: epath.Path) -> bool:
+  """Whether the open descriptor `fd` is the file at `path` now."""
+  try:
+    return os.fstat(fd).st_ino == os.stat(path).st_ino
+  except OSError:
+    return False
 
 
 class RunDir:
@@ -237,8 +245,17 @@ class RunDir:
       elif path.exists():
         path.unlink()
 
+  def check_not_a_file(self) -> None:
+    """UserError when the path is a file (a run directory is new or a directory)."""
+    if self.path.exists() and not self.path.is_dir():
+      raise UserError(
+        f"{self} is a file, not a directory; choose a new or existing run directory for --workdir",
+        field="--workdir",
+      )
+
   def create(self) -> None:
     """Makes the directory; UserError naming it when that is not possible."""
+    self.check_not_a_file()
     try:
       self.path.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -273,9 +290,18 @@ class RunDir:
           "finish or use another --workdir",
           field="--workdir",
         ) from None
+      if not _same_file(fd, self.path / self.LOCK):  # removed by a run that just ended
+        raise UserError(
+          f"{self} was in use by another run a moment ago; rerun the command",
+          field="--workdir",
+        )
       os.ftruncate(fd, 0)
       os.pwrite(fd, str(os.getpid()).encode(), 0)
-      yield
+      try:
+        yield
+      finally:
+        with contextlib.suppress(FileNotFoundError):  # removed while held: none left behind
+          os.unlink(self.path / self.LOCK)
     finally:
       os.close(fd)
 

@@ -4,13 +4,14 @@ Each failure is a `UserError` naming the field and the fix; the CLI prints it as
 one line and exits 2.
 """
 
+import math
 from collections.abc import Iterable
 from typing import Any
 
 import ml_collections
 from absl import logging
 
-from bn_repro import batch_norm, data, models, parallel, placement
+from bn_repro import batch_norm, data, fields, models, parallel, placement
 from bn_repro.errors import UserError
 from bn_repro.models import common
 
@@ -52,6 +53,7 @@ def _get(config: ml_collections.ConfigDict, field: str) -> Any:
 
 def validate(config: ml_collections.ConfigDict) -> None:
   """Checks values and ranges of every field the trainer reads."""
+  _validate_finite(config)
   _validate_choices(config)
   placement.parse(config.get("cpu_cores", placement.AUTO))
   _validate_sizes(config)
@@ -64,6 +66,17 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _validate_lstm(config)
   else:
     _validate_inception(config)
+
+
+def _validate_finite(config: ml_collections.ConfigDict) -> None:
+  """Every number of the config (and of its lists) is finite: 1e400 parses as inf."""
+  for field, value in fields.flatten(config.to_dict()).items():
+    values = value if isinstance(value, list) else [value]
+    if any(isinstance(v, float) and not math.isfinite(v) for v in values):
+      raise UserError(
+        f"must be a finite number, got {value!r}; set --config.{field} to a finite value",
+        field=f"config.{field}",
+      )
 
 
 def _validate_choices(config: ml_collections.ConfigDict) -> None:
@@ -292,10 +305,18 @@ def validate_devices(
 
 
 def validate_data(config: ml_collections.ConfigDict, train_ds: Any, eval_ds: Any) -> None:
-  """Checks the loaded data against the model."""
+  """Checks the loaded data against the model and the batch."""
   for name, ds in (("train_split", train_ds), ("eval_split", eval_ds)):
     if len(ds) == 0:
       raise UserError("selects no examples; widen the split", field=f"config.data.{name}")
+  if len(train_ds) < config.batch_size:
+    raise UserError(
+      f"global batch {config.batch_size} is larger than the training split "
+      f"{config.data.train_split!r} ({len(train_ds)} examples), so every step would repeat "
+      f"examples; use --config.batch_size <= {len(train_ds)} or a larger "
+      "--config.data.train_split",
+      field="config.batch_size",
+    )
     if int(ds.labels.max()) >= config.model.num_classes:
       raise UserError(
         f"has label {int(ds.labels.max())} but the model has {config.model.num_classes} classes",

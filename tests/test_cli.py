@@ -256,3 +256,77 @@ def test_every_cli_reports_an_unknown_flag_in_one_line(tmp_path, command, progra
   assert len(lines) == 1 and lines[0].startswith(f"{program}: error: "), r.stderr
   assert "no_such_flag" in lines[0]
   assert not (tmp_path / "w").exists()
+
+
+MESSAGES = [
+  (
+    ["--config.optimizer.learning_rat=0.1"],
+    "unknown config field 'optimizer.learning_rat' in --config.optimizer.learning_rat; "
+    "did you mean --config.optimizer.learning_rate?",
+  ),
+  (["--config.tensorboard=maybe"], "'maybe' is not a boolean; use True or False"),
+  (
+    ["--num_steps=100"],
+    "unknown flag --num_steps; config fields are set as --config.<field>, "
+    "here --config.num_steps=100",
+  ),
+  (["--config.optimizer.learning_rate=1e400"], "must be a finite number, got inf"),
+  (
+    ["--config=mnist_sweeps:lr_grid"],
+    "mnist_sweeps is a sweep file, not a config; run it with "
+    "bn-repro-sweep --sweep=mnist_sweeps:NAME",
+  ),
+  (["--workdir={tmp}/afile"], "afile is a file, not a directory"),
+]
+
+
+@pytest.mark.parametrize("flags,expect", MESSAGES, ids=[m[0][0].split("=")[0] for m in MESSAGES])
+def test_mistakes_are_one_clean_line(tmp_path, flags, expect):
+  (tmp_path / "afile").write_text("")
+  flags = [f.format(tmp=tmp_path) for f in flags]
+  config = next((f.split("=", 1)[1] for f in flags if f.startswith("--config=")), "mnist_mlp")
+  workdir = next((f.split("=", 1)[1] for f in flags if f.startswith("--workdir=")), tmp_path / "w")
+  rest = [f for f in flags if not f.startswith(("--config=", "--workdir="))]
+  r = cli(workdir, *rest, config=config)
+  assert r.returncode == 2, r.stderr
+  lines = r.stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith("bn-repro: error: ") and expect in lines[0], lines
+  assert "\\" not in lines[0] and "('" not in lines[0] and not (tmp_path / "w").exists()
+
+
+def test_a_config_passed_as_sweep_is_named(tmp_path):
+  r = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "bn_repro.sweeps",
+      "--sweep=mnist_mlp:bn_sigmoid",
+      f"--workdir={tmp_path}/w",
+    ],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
+  assert r.returncode == 2
+  assert "mnist_mlp is a config, not a sweep file; train it with bn-repro" in r.stderr, r.stderr
+  assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "w").exists()
+
+
+@pytest.mark.parametrize(
+  "script,flags",
+  [
+    ("bn-repro", ("--workdir", "--config", "--fallback_checkpoint")),
+    ("bn-repro-sweep", ("--sweep", "--parallel", "--batched")),
+  ],
+)
+def test_help_of_each_console_script_lists_its_own_flags(script, flags):
+  r = subprocess.run(
+    [os.path.join(os.path.dirname(sys.executable), script), "--help"],
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
+  assert r.returncode == 0, r.stderr
+  for flag in flags:
+    assert f"  {flag}" in r.stdout or f"  --[no]{flag[2:]}" in r.stdout, (flag, r.stdout)

@@ -214,9 +214,9 @@ def test_train_and_evaluate_on_eight_devices_with_algorithm_2(tmp_path):
   workdir = str(tmp_path / "run")
   last = training.train_and_evaluate(config, workdir)
   assert len(jax.local_devices()) == 8
-  assert last["step"] == 4
+  assert last.step == 4 and last.status == "done"
   for k in ("train/loss", "eval/accuracy", "eval/loss"):
-    assert np.isfinite(last[k]), k
+    assert np.isfinite(last.metrics[k]), k
   assert json.loads((tmp_path / "run" / RunDir.STATUS).read_text()) == {
     "status": "done",
     "step": 4,

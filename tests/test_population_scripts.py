@@ -133,8 +133,8 @@ def test_open_run_opens_a_run_without_bn_as_it_finished(tmp_path):
   assert (
     run.step == 4 and not run.config.model.use_bn and not isinstance(run.trainer, runs.Estimator)
   )
-  assert run.metrics()[-1]["eval/accuracy"] == last["eval/accuracy"]
-  np.testing.assert_allclose(run.evaluate()["eval/loss"], last["eval/loss"], rtol=1e-6)
+  assert run.metrics()[-1]["eval/accuracy"] == last.metrics["eval/accuracy"]
+  np.testing.assert_allclose(run.evaluate()["eval/loss"], last.metrics["eval/loss"], rtol=1e-6)
   with pytest.raises(UserError, match="trained without BN"):
     run.require_population()
 

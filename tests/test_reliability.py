@@ -13,6 +13,7 @@ import orbax.checkpoint as ocp
 import pytest
 from idx_files import write_mnist_dir
 
+from bn_repro.metrics import tensorboard_scalars
 from bn_repro.rundir import RunDir
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -83,10 +84,19 @@ def comparable_metrics(workdir):
   return [{k: v for k, v in e.items() if k not in skip} for e in RunDir(workdir).metrics()]
 
 
+TENSORBOARD = "--config.tensorboard=True"
+
+
+def comparable_board(workdir):
+  """TensorBoard's scalars but the timings, tag by tag: [(step, value), ...]."""
+  scalars = tensorboard_scalars(workdir / RunDir.TENSORBOARD)
+  return {k: v for k, v in scalars.items() if k not in ("steps_per_sec", "compile_seconds")}
+
+
 @pytest.fixture(scope="module")
 def straight(tmp_path_factory, idx):
   workdir = tmp_path_factory.mktemp("straight") / "run"
-  r = run(workdir, idx)
+  r = run(workdir, idx, TENSORBOARD)
   assert r.returncode == 0, r.stderr
   return workdir
 
@@ -96,9 +106,10 @@ def straight(tmp_path_factory, idx):
 )
 @pytest.mark.slow
 def test_killed_run_resumes_bit_identical(tmp_path, idx, straight, kill_after, sig):
-  """Params, batch_stats, optimizer state and metrics equal an uninterrupted run's."""
+  """Params, batch_stats, optimizer state, metrics and TensorBoard's scalars equal an
+  uninterrupted run's."""
   workdir = tmp_path / "run"
-  proc = start(workdir, idx)
+  proc = start(workdir, idx, TENSORBOARD)
   wait_for(workdir / "checkpoints" / str(kill_after), proc)
   proc.send_signal(sig)
   _, err = proc.communicate(timeout=600)
@@ -111,8 +122,12 @@ def test_killed_run_resumes_bit_identical(tmp_path, idx, straight, kill_after, s
   else:
     assert proc.returncode == -signal.SIGKILL
     assert status["status"] == "running"
-  r = run(workdir, idx)
+  # Flushed at the checkpoint: TensorBoard holds every eval up to it.
+  evals = [s for s, _ in comparable_board(workdir)["eval/accuracy"]]
+  assert evals[: kill_after // 100 + 1] == list(range(0, kill_after + 1, 100)), evals
+  r = run(workdir, idx, TENSORBOARD)
   assert r.returncode == 0, r.stderr
+  assert not (workdir / RunDir.LOCK).exists()
 
   want, got = final_state(straight), final_state(workdir)
   for key in ("params", "batch_stats", "opt_state"):
@@ -122,6 +137,8 @@ def test_killed_run_resumes_bit_identical(tmp_path, idx, straight, kill_after, s
     for a, b in zip(flat_want, flat_got):
       np.testing.assert_array_equal(b, a)
   assert comparable_metrics(workdir) == comparable_metrics(straight)
+  assert comparable_board(workdir) == comparable_board(straight)
+  assert len(comparable_board(straight)["eval/accuracy"]) == STEPS // 100 + 1
 
 
 def jax_leaves(tree):

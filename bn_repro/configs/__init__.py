@@ -43,9 +43,26 @@ def resolve_path(spec: str, kind: str = "config", root: str | None = None) -> st
   name = name.removesuffix(".py")
   if name in names and (not folder or os.path.basename(folder) == "configs"):
     return os.path.join(DIR, name + ".py") + sep + arg
+  other = "sweep" if kind == "config" else "config"
+  if name in _KINDS[other] and (not folder or os.path.basename(folder) == "configs"):
+    raise UserError(wrong_kind(name, other))
   raise UserError(
     f"there is no file {path!r}, nor a packaged {kind} by that name; the packaged {kind}s are "
     f"{', '.join(names)}"
+  )
+
+
+def wrong_kind(name: str, kind: str) -> str:
+  """The message for a `kind` file ("config" or "sweep") `name` given where the other is."""
+  if kind == "sweep":
+    return (
+      f"{name} is a sweep file, not a config; run it with "
+      f"bn-repro-sweep --sweep={name}:NAME --workdir=DIR (the packaged configs are "
+      f"{', '.join(CONFIGS)})"
+    )
+  return (
+    f"{name} is a config, not a sweep file; train it with bn-repro --config={name}:VARIANT "
+    f"--workdir=DIR (the packaged sweeps are {', '.join(SWEEPS)})"
   )
 
 
@@ -58,5 +75,7 @@ def get(spec: str) -> ml_collections.ConfigDict:
   path, sep, arg = resolve_path(spec).partition(":")
   module = runpy.run_path(path, run_name="_bn_repro_config_" + re.sub(r"\W", "_", path))
   if "get_config" not in module:
-    raise UserError(f"{path} has no get_config()")
+    raise UserError(
+      wrong_kind(path, "sweep") if "get_sweep" in module else f"{path} has no get_config()"
+    )
   return module["get_config"](arg) if sep else module["get_config"]()

@@ -1,4 +1,4 @@
-"""The sweep runner's command line: `python -m bn_repro.sweeps` or `bn-repro-sweep`.
+r"""The sweep runner's command line: `python -m bn_repro.sweeps` or `bn-repro-sweep`.
 
   bn-repro-sweep --sweep=mnist_sweeps:lr_grid --workdir=runs/lr \
       [--parallel=N] [--override=FIELD=VALUE ...] [--point=NAME ...] [--print_commands] \
@@ -240,4 +240,7 @@ def main(argv: Sequence[str]) -> int:
 
 def run() -> None:
   """Console entry point (bn-repro-sweep)."""
-  app.run(lambda argv: sys.exit(main(argv)), flags_parser=cli.one_line_flags_parser(PROGRAM))
+  app.run(
+    lambda argv: sys.exit(main(argv)),
+    flags_parser=cli.one_line_flags_parser(PROGRAM, __name__, __doc__),
+  )

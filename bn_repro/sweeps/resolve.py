@@ -79,7 +79,8 @@ def load_sweep(spec: str) -> tuple[Sweep, str]:
     raise UserError(str(e), field="--sweep") from None
   module = _import_file(path)
   if "get_sweep" not in module:
-    raise UserError(f"{path} has no get_sweep(name)", field="--sweep")
+    message = configs.wrong_kind(path, "config") if "get_config" in module else None
+    raise UserError(message or f"{path} has no get_sweep(name)", field="--sweep")
   try:
     sweep = module["get_sweep"](name)
   except Exception as e:

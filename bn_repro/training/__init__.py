@@ -5,8 +5,10 @@ feeds.py   what the host sends the devices: in-memory indices or streamed batche
 engine.py  compiled programs for one run (Trainer) or R runs in one program (BatchedTrainer)
 loop.py    the loop over R runs: log, eval, target, checkpoints, divergence, stop, profile
 train.py   the front doors: train_and_evaluate (one run) and train_batched (R runs)
+console.py what a run prints: the start block, the summary, progress in a notebook; RunResult
 """
 
+from bn_repro.training.console import RunResult
 from bn_repro.training.engine import (
   POPULATION_SEED_OFFSET,
   VARYING,
@@ -22,6 +24,7 @@ from bn_repro.training.train import RESUMABLE_CHANGES, train_and_evaluate, train
 __all__ = [
   "POPULATION_SEED_OFFSET",
   "RESUMABLE_CHANGES",
+  "RunResult",
   "VARYING",
   "BatchedTrainer",
   "Diverged",

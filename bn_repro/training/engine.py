@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from absl import logging
 from jax.experimental import multihost_utils
 
 from bn_repro import analysis, data, fields, models, parallel
@@ -127,12 +128,14 @@ class Trainer:
     args = (state,) + tuple(self.feed.train_inputs(start, steps))
     if steps not in self._compiled:
       t = time.perf_counter()
+      logging.info("compiling the training program (%d steps a call) ...", steps)
       # Compiled ahead of time to time compilation apart; a multi-process pmap compiles
       # on its first call instead (its AOT path expects global arrays).
       self._compiled[steps] = (
         self._train.lower(*args).compile() if jax.process_count() == 1 else self._train
       )
       self.compile_seconds += time.perf_counter() - t
+      logging.info("compiled in %.1f s", time.perf_counter() - t)
     state, metrics, finite = self._compiled[steps](*args)
     return state, np.asarray(metrics[0]), bool(finite[0])
 
@@ -317,8 +320,10 @@ class BatchedTrainer:
     args = (states, self.dataset, self._shard(idx, 2), self.scales, self.seeds)
     if steps not in self._compiled:
       t = time.perf_counter()
+      logging.info("compiling the batched training program (%d steps a call) ...", steps)
       self._compiled[steps] = self._train.lower(*args).compile()
       self.compile_seconds += time.perf_counter() - t
+      logging.info("compiled in %.1f s", time.perf_counter() - t)
     states, metrics, finite = self._compiled[steps](*args)
     return states, np.asarray(metrics[0]), np.asarray(finite[0])
 

@@ -219,6 +219,7 @@ class Loop:
         continue
       due = is_due(step, config.checkpoint_every, config.num_steps) or stop_signal
       if due and run.primary:
+        run.writer.flush()  # TensorBoard too holds every event up to the checkpoint
         checkpoints.save(run.mgr, self.engine.device_run(states, r), run.config)
       if stopping:
         run.writer.flush()

@@ -13,6 +13,7 @@ runs to the one loop (bn_repro.training.loop):
 """
 
 import contextlib
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -26,6 +27,8 @@ from bn_repro.errors import UserError
 from bn_repro.metrics import NullWriter
 from bn_repro.rundir import RunDir
 from bn_repro.signals import StopSignals
+from bn_repro.training import console
+from bn_repro.training.console import RunResult
 from bn_repro.training.engine import BatchedTrainer, Trainer, check_batchable
 from bn_repro.training.loop import Loop, Run
 
@@ -50,37 +53,75 @@ def train_and_evaluate(
   *,
   fallback_checkpoint: bool = False,
   allow_config_change: bool = False,
-) -> dict[str, Any]:
-  """Trains `config` in `workdir`, resuming from its latest checkpoint; returns the last metrics.
+) -> RunResult:
+  """Trains `config` in `workdir`, resuming from its latest checkpoint; returns a RunResult
+  (status, step, the last metrics, the workdir).
 
-  Raises UserError for bad input (before anything is written), Diverged when the
-  loss, the parameters or the BN statistics stop being finite (after recording
-  status "diverged"; the last checkpoint is the last good state) and Stopped after
-  SIGTERM/SIGINT (after saving a checkpoint).
+  Prints a start block before compiling, progress every config.log_every steps and a
+  summary at the end (through absl logging; in a notebook, on stdout). Raises UserError
+  for bad input (before anything is written), Diverged when the loss, the parameters or
+  the BN statistics stop being finite (after recording status "diverged"; the last
+  checkpoint is the last good state) and Stopped after SIGTERM/SIGINT (after saving a
+  checkpoint).
 
   Args:
     config: the experiment.
-    workdir: where checkpoints, metrics, config and status go (bn_repro.rundir); one
-      run at a time.
+    workdir: where checkpoints, metrics and the config and status go (bn_repro.rundir);
+      one run at a time.
     fallback_checkpoint: if the newest checkpoint cannot be restored, use the newest
       one that can (otherwise that is an error).
     allow_config_change: resume even if the saved config differs from `config`.
   """
-  validation.validate(config)
-  logging.info("%s", placement.apply(config))  # before JAX starts its CPU client
-  devs = parallel.devices(config.num_devices)
-  validation.validate_devices(config, len(devs), jax.process_count())
-  if config.data.name in data.STREAMED:
-    train_ds = eval_ds = None
-  else:
-    train_ds, eval_ds = data.load_splits(config.data)
-    validation.validate_data(config, train_ds, eval_ds)
-  run = RunDir(workdir)
-  if not allow_config_change:
-    run.check_config(config.to_dict(), RESUMABLE_CHANGES)
-  engine = Trainer(config, train_ds, eval_ds, devs)
-  (last,) = _train(engine, [run], fallback_checkpoint, raise_divergence=True)
-  return last.last
+  t = time.perf_counter()
+  with console.show_progress():
+    validation.validate(config)
+    where = placement.apply(config)  # before JAX starts its CPU client
+    run = RunDir(workdir)
+    run.check_not_a_file()
+    check_not_past_end(run, config)
+    devs = parallel.devices(config.num_devices)
+    validation.validate_devices(config, len(devs), jax.process_count())
+    if config.data.name in data.STREAMED:
+      train_ds = eval_ds = None
+    else:
+      train_ds, eval_ds = data.load_splits(config.data)
+      validation.validate_data(config, train_ds, eval_ds)
+    if not allow_config_change:
+      run.check_config(config.to_dict(), RESUMABLE_CHANGES)
+    sizes = None if train_ds is None or eval_ds is None else (len(train_ds), len(eval_ds))
+    extra = [where]
+    primary = jax.process_index() == 0
+    if primary:
+      run.create()  # an unwritable workdir is one line, before the start block
+      console.log_lines(console.start_block(config, run, devs, jax.process_count(), sizes, extra))
+      logging.info("building the model's state ...")
+    engine = Trainer(config, train_ds, eval_ds, devs)
+    (last,) = _train(engine, [run], fallback_checkpoint, raise_divergence=True)
+    step = int(last.last.get("step", run.status().get("step", 0)))
+    metrics = {k: v for k, v in _final_events(run, step).items() if k != "step"}
+    result = RunResult(str(run), last.status, step, metrics, time.perf_counter() - t)
+    if primary:
+      console.log_lines(console.summary(result, config, engine.compile_seconds))
+  return result
+
+
+def _final_events(run: RunDir, step: int) -> dict[str, Any]:
+  """The metrics written at `step`, merged (a finished run rerun trains nothing)."""
+  events = run.metrics() if run.has_metrics() else []
+  return {k: v for e in events if e["step"] == step for k, v in e.items()}
+
+
+def check_not_past_end(run: RunDir, config: ml_collections.ConfigDict) -> None:
+  """Refuses a num_steps below the step the run has reached: config.json would say one
+  thing and status.json and the checkpoints another."""
+  step = run.latest_checkpoint()
+  if step is not None and step > config.num_steps:
+    raise UserError(
+      f"{run} holds a run trained to step {step}, past num_steps={config.num_steps}; "
+      f"rerun with --config.num_steps={step} or more (it resumes from there), or use a "
+      "new --workdir",
+      field="config.num_steps",
+    )
 
 
 def train_batched(
@@ -113,6 +154,8 @@ def train_batched(
   validation.validate_data(configs[0], train_ds, eval_ds)
   runs = [RunDir(w) for w in workdirs]
   for c, run in zip(configs, runs):
+    run.check_not_a_file()
+    check_not_past_end(run, c)
     run.check_config(c.to_dict(), RESUMABLE_CHANGES)
   shards = parallel.run_shards(len(configs), len(devs)) if spread else 1
   engine = BatchedTrainer(configs, train_ds, eval_ds, devs, shards)
@@ -183,6 +226,7 @@ def _resume(
       d.write_status("running", step=start)
     writer = d.metric_writer(c.tensorboard) if primary else NullWriter()
     writer.truncate_after(start if start else -1)  # events past the checkpoint
+    writer.write_config(c.to_dict())
     # Figure 3's "steps to reach accuracy X": written once, at the first eval that gets there.
     target_open = (
       primary
