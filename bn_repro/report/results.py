@@ -115,9 +115,7 @@ def describe(run: Run, config: Any) -> Run:
   return run
 
 
-def load_run(
-  run_dir: str | os.PathLike, max_step: int | None = None, probe: str = "probe"
-) -> Run:
+def load_run(run_dir: str | os.PathLike, max_step: int | None = None, probe: str = "probe") -> Run:
   """Reads the eval events (step <= max_step) and, when it has one, the config of a run dir
   (`probe`: see run_from_events).
 
@@ -183,8 +181,9 @@ class PointResult:
 
   def value(self, field: str) -> Any:
     """A config value: the resolved config, else the grid value."""
-    value = fields.get(self.config, field, fields.MISSING)
-    return self.fields.get(field) if value is fields.MISSING else value
+    absent = object()
+    value = fields.get(self.config, field, absent)
+    return self.fields.get(field) if value is absent else value
 
 
 @dataclasses.dataclass
