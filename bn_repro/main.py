@@ -122,7 +122,7 @@ def _train_seeds(training) -> None:
     c = copy.deepcopy(_CONFIG.value)
     c.seed = _CONFIG.value.seed + k
     runs.append(c)
-  workdirs = [os.path.join(_WORKDIR.value, f"seed{c.seed}") for c in runs]
+  workdirs = [os.path.join(str(_WORKDIR.value), f"seed{c.seed}") for c in runs]
   statuses = training.train_batched(runs, workdirs, spread=False)
   diverged = [w for w, s in zip(workdirs, statuses) if s == "diverged"]
   if diverged:

@@ -56,7 +56,7 @@ def main(argv: Sequence[str]) -> int:
   nets = {}
   for name in ("bn", "nobn"):
     try:
-      nets[name] = seeds.load_net(FLAGS[name].value, FLAGS.max_step, prefix)
+      nets[name] = seeds.load_net(str(FLAGS[name].value), FLAGS.max_step, prefix)
     except UserError as e:
       return _fail(f"--{name}={FLAGS[name].value}: {e}")
   bn, nobn = nets["bn"], nets["nobn"]

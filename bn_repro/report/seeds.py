@@ -184,10 +184,11 @@ def targets(bn: Sequence[Run], nobn: Sequence[Run]) -> list[tuple[str, str, bool
     f"seed {fmt(b.seed)}: {fmt(f, '.3f')} at 250, min {fmt(m, '.3f')}"
     for (b, _), (f, m) in zip(pairs, leads)
   )
+  known = [(f, m) for f, m in leads if f is not None and m is not None]
   ok_lead = (
-    None
-    if any(m is None or f is None for f, m in leads)
-    else all(f >= MIN_LEAD and m >= MIN_LEAD for f, m in leads)
+    all(f >= MIN_LEAD and m >= MIN_LEAD for f, m in known)
+    if known and len(known) == len(leads)
+    else None
   )
   out = [
     (
