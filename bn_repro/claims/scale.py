@@ -33,6 +33,7 @@ def deviations(config: Any, scale: float, batch: int = 60) -> tuple[float, float
   variables = model.init(jax.random.PRNGKey(config.seed), x, train=False)
   params, stats = variables["params"], variables.get("batch_stats", {})
 
+  @jax.jit
   def hidden_grad(params):
     # d loss / d h, h = the first hidden layer's output, via a perturbation added to it:
     # equal to d loss / d (LAYER's input).
