@@ -171,17 +171,21 @@ def higher_lr(results: dict[tuple[str, float], list[tuple[str, float | None]]]) 
         f"{'BN' if net == 'bn' else 'no BN'} {spread(finals)}" + (f", {d} diverged" if d else "")
       )
     parts.append(f"lr {lr:g}: " + "; ".join(cell))
-  high = lrs[1:]
-  held = all(
-    not diverged("bn", lr) and mean_final("bn", lr) > mean_final("nobn", lr) for lr in high
+  base, top = lrs[0], lrs[-1]
+  held = (
+    None
+    if top == base
+    else not diverged("bn", top)
+    and mean_final("bn", top) >= mean_final("bn", base) - 0.02
+    and mean_final("nobn", top) < mean_final("bn", top) - 0.05
   )
   return Claim(
     "Higher learning rates",
-    "BN allows much higher learning rates (5× and 30× the base rate) without divergence; "
-    "without BN they diverge or train worse.",
+    "BN allows much higher learning rates: at 30× the base rate BN trains about as well as at "
+    "the base rate, while without BN training fails (diverges or ends ≥ 0.05 below BN).",
     "Sec. 3.3, 4.2.1",
     "final test accuracy: " + " | ".join(parts),
-    judged(held if high else None),
+    judged(held),
   )
 
 
