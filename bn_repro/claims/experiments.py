@@ -124,15 +124,17 @@ def finished(dirs: Sequence[str], num_steps: int) -> bool:
 
 
 def train_group(job: tuple[Group, list[int], str, dict[str, Any], str]) -> str:
-  """Trains one group (a worker's task); returns its name."""
+  """Trains one group (a worker's task) unless it finished; returns what it did."""
   group, seeds, preset, overrides, workdir = job
   from bn_repro import training
 
   cs = configs(group, seeds, preset, overrides)
   dirs = list(run_dirs(workdir, group, seeds).values())
-  if not finished(dirs, cs[0].num_steps):
-    training.train_batched(cs, dirs, spread=False)
-  return f"{group.experiment}/{group.name}"
+  name = f"{group.experiment}/{group.name}"
+  if finished(dirs, cs[0].num_steps):
+    return f"read {name} (finished)"
+  training.train_batched(cs, dirs, spread=False)
+  return f"trained {name}"
 
 
 def _pin(cores: Any, counter: Any) -> None:
@@ -161,7 +163,7 @@ def run_all(
   jobs = [(g, list(seeds), preset, overrides, workdir) for g in groups]
   if workers <= 1:
     for job in jobs:
-      log(f"trained {train_group(job)}")
+      log(train_group(job))
     return
   usable = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
   cores = usable if len(usable) >= workers else []
@@ -173,5 +175,5 @@ def run_all(
   with concurrent.futures.ProcessPoolExecutor(
     workers, mp_context=ctx, initializer=_pin, initargs=(cores, counter)
   ) as pool:
-    for name in pool.map(train_group, jobs):
-      log(f"trained {name}")
+    for done in pool.map(train_group, jobs):
+      log(done)
