@@ -43,6 +43,12 @@ _DISTRIBUTED = flags.DEFINE_bool(
   False,
   "Call jax.distributed.initialize() with what the cluster provides (SLURM, a TPU pod slice).",
 )
+_SEEDS = flags.DEFINE_integer(
+  "seeds",
+  1,
+  "N > 1: seeds config.seed .. config.seed + N - 1 trained as one batched program, each "
+  "run in <workdir>/seed<seed>.",
+)
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -74,7 +80,12 @@ def _main(argv):
   from bn_repro import training
   from bn_repro.rundir import RunDir
 
+  if _SEEDS.value < 1:
+    _fail(f"--seeds={_SEEDS.value}: must be at least 1")
   try:
+    if _SEEDS.value > 1:
+      _train_seeds(training)
+      return
     training.train_and_evaluate(
       _CONFIG.value,
       _WORKDIR.value,
@@ -96,6 +107,25 @@ def _main(argv):
       f"{RunDir(_WORKDIR.value).status_path}",
       file=sys.stderr,
     )
+    sys.exit(EXIT_DIVERGED)
+
+
+def _train_seeds(training) -> None:
+  """--seeds=N: the N seeds in one batched program (training.train_batched); exit 3 if any
+  diverged."""
+  import copy
+  import os
+
+  runs = []
+  for k in range(_SEEDS.value):
+    c = copy.deepcopy(_CONFIG.value)
+    c.seed = _CONFIG.value.seed + k
+    runs.append(c)
+  workdirs = [os.path.join(str(_WORKDIR.value), f"seed{c.seed}") for c in runs]
+  statuses = training.train_batched(runs, workdirs, spread=False)
+  diverged = [w for w, s in zip(workdirs, statuses) if s == "diverged"]
+  if diverged:
+    print(f"bn-repro: diverged: {', '.join(diverged)}", file=sys.stderr)
     sys.exit(EXIT_DIVERGED)
 
 

@@ -17,6 +17,7 @@ from bn_repro.models import common
 
 SOURCES = ("tfds", "idx")
 OPTIMIZERS = ("sgd",)
+PROBE_NETWORKS = ("train", "inference", "both")  # config.probe_network
 
 
 def _one_of(config: ml_collections.ConfigDict, field: str, allowed: Iterable[Any]) -> None:
@@ -97,6 +98,7 @@ def _validate_choices(config: ml_collections.ConfigDict) -> None:
     )
   _one_of(config, "optimizer.name", OPTIMIZERS)
   _one_of(config, "bn.population", batch_norm.POPULATION_MODES)
+  _one_of(config, "probe_network", PROBE_NETWORKS)
 
 
 def _validate_sizes(config: ml_collections.ConfigDict) -> None:

@@ -1,41 +1,55 @@
 #!/usr/bin/env bash
 # Figure 1 end to end: train the MNIST MLP with and without BN (sigmoid), then draw the figure.
-#   [FIGURE1_PRESET=PRESET] scripts/figure1.sh OUT_DIR [--config.field=value ...]
+#   [FIGURE1_PRESET=PRESET] [FIGURE1_SEEDS=N] scripts/figure1.sh OUT_DIR [--config.field=value ...]
 # Extra flags go to both runs; FIGURE1_PRESET is a data preset of bn_repro/configs/common.py
 # for both, e.g. t10k for the IDX files of the MNIST test set (8,000 train, 2,000 eval) in
 # the directory DIR:
 #   BN_REPRO_MNIST_DIR=DIR FIGURE1_PRESET=t10k scripts/figure1.sh runs/fig1
-# The two runs train at the same time, each on one XLA CPU thread (as bn-repro-sweep
-# --parallel=2 runs them); set FIGURE1_SEQUENTIAL=1 to run one after the other. Where taskset
-# exists, each run is pinned to one CPU in both modes: XLA:CPU splits some operations by the
-# number of CPUs a process may use, which changes float rounding, so one CPU per run gives the
-# same numbers in both modes and on any machine with the same instruction set (and, this MLP
-# being small, is also the fastest: neither process's threads preempt the other's).
+# Each net trains FIGURE1_SEEDS seeds (default 3: seeds 0..N-1 in OUT_DIR/bn/seed<k> and
+# OUT_DIR/nobn/seed<k>) as one batched program (bn-repro --seeds); FIGURE1_SEEDS=1 trains one
+# run each, in OUT_DIR/bn and OUT_DIR/nobn. The two nets train at the same time, each on one
+# CPU core and one XLA CPU thread, and every line they print starts with "bn: " or "nobn: ";
+# FIGURE1_SEQUENTIAL=1 runs one after the other. Pinning each run to one core also fixes the
+# float rounding: XLA:CPU splits some operations by the number of CPUs a process may use, so
+# one core per run gives the same numbers in both modes and on any machine with the same
+# instruction set.
 set -euo pipefail
 out=${1:?usage: scripts/figure1.sh OUT_DIR [--config.field=value ...]}
 shift
+seeds=${FIGURE1_SEEDS:-3}
+# --- CPU placement -----------------------------------------------------------------------
+# PLACEMENT=taskset pins each run's process to its core with taskset. PLACEMENT=field passes
+# --config.cpu_cores=<core> instead (the config field of bn_repro/placement.py, issue 18):
+# switch the default to "field" once that field is on main.
+PLACEMENT=${FIGURE1_PLACEMENT:-taskset}
+# ------------------------------------------------------------------------------------------
 run() {
-  local variant=$1 cpus=$2
+  local variant=$1 core=$2
   shift 2
-  local pin=()
-  [[ -n $cpus ]] && pin=(taskset -c "$cpus")
+  local pin=() place=()
+  if [[ -n $core && $PLACEMENT == taskset ]]; then
+    pin=(taskset -c "$core")
+  elif [[ -n $core && $PLACEMENT == field ]]; then
+    place=("--config.cpu_cores=$core")
+  fi
   "${pin[@]}" python -m bn_repro.main \
     --config="mnist_mlp:${variant}_sigmoid${FIGURE1_PRESET:+,$FIGURE1_PRESET}" \
-    --workdir="$out/$variant" "$@"
+    --workdir="$out/$variant" --seeds="$seeds" "${place[@]}" "$@" 2>&1 |
+    sed -u "s/^/$variant: /"
 }
-# Two CPUs this script may use (the first twice if it has one); none without taskset.
-cpus=()
-if command -v taskset > /dev/null; then
-  read -r -a cpus < <(python -c 'import os
+# Two cores this script may use (the first twice if it has one); none without taskset.
+cores=()
+if [[ $PLACEMENT == field ]] || command -v taskset > /dev/null; then
+  read -r -a cores < <(python -c 'import os
 c = sorted(os.sched_getaffinity(0)); print(c[0], c[1 % len(c)])')
 fi
 export XLA_FLAGS="${XLA_FLAGS:-} --xla_cpu_multi_thread_eigen=false"
 if [[ "${FIGURE1_SEQUENTIAL:-0}" == 1 ]]; then
-  run bn "${cpus[0]:-}" "${@}"
-  run nobn "${cpus[0]:-}" "${@}"
+  run bn "${cores[0]:-}" "${@}"
+  run nobn "${cores[0]:-}" "${@}"
 else
-  run bn "${cpus[0]:-}" "${@}" & bn=$!
-  run nobn "${cpus[1]:-}" "${@}" & nobn=$!
+  run bn "${cores[0]:-}" "${@}" & bn=$!
+  run nobn "${cores[1]:-}" "${@}" & nobn=$!
   status=0
   wait "$bn" || status=$?
   wait "$nobn" || status=$?

@@ -57,6 +57,16 @@ def test_load_splits_idx_full(idx_dir):
   np.testing.assert_array_equal(eval_.labels, test_y)
 
 
+def test_load_splits_binarize(idx_dir):
+  """data.binarize: pixel >= 128 -> 255 (1 after / 255), below -> 0, labels unchanged."""
+  directory, (train_x, train_y), (test_x, _) = idx_dir
+  train, eval_ = data_lib.load_splits(config(idx_dir=str(directory), binarize=True))
+  np.testing.assert_array_equal(train.images[..., 0], np.where(train_x >= 128, 255, 0))
+  np.testing.assert_array_equal(eval_.images[..., 0], np.where(test_x >= 128, 255, 0))
+  np.testing.assert_array_equal(train.labels, train_y)
+  assert set(np.unique(train.images)) <= {0, 255} and len(np.unique(train_x)) > 2
+
+
 @pytest.mark.parametrize(
   "train_split,eval_split,train_slice,eval_slice",
   [

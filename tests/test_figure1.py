@@ -9,11 +9,12 @@ import re
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 from matplotlib.figure import Figure
 
 from bn_repro.errors import UserError
-from bn_repro.report import figure1, results
+from bn_repro.report import figure1, results, seeds
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 SCRIPT = REPO_ROOT / "scripts" / "figure1.py"
@@ -87,7 +88,7 @@ def run_dirs(tmp_path_factory):
     BN_EVAL,
     config={"model": {"use_bn": True, "nonlinearity": "sigmoid", "probe_unit": 7}},
   )
-  nobn = _write_run(root / "nobn", NOBN_EVAL)  # No config.json: optional.
+  nobn = _write_run(root / "nobn", NOBN_EVAL)  # No config.json: load_run reads it all the same.
   return bn, nobn
 
 
@@ -99,7 +100,11 @@ def _run_cli(*args: str) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def cli_out(run_dirs, tmp_path_factory):
-  bn, nobn = run_dirs
+  bn, _ = run_dirs
+  # The CLI tells BN from no BN by config.json.
+  nobn = _write_run(
+    tmp_path_factory.mktemp("cfg") / "nobn", NOBN_EVAL, {"model": {"use_bn": False}}
+  )
   out = tmp_path_factory.mktemp("out") / "nested" / "fig"  # Created by script.
   proc = _run_cli(f"--bn={bn}", f"--nobn={nobn}", f"--out={out}")
   assert proc.returncode == 0, proc.stderr
@@ -242,8 +247,10 @@ def test_draw_returns_figures_and_writes_nothing(run_dirs, tmp_path, monkeypatch
   assert isinstance(fig, Figure)
   assert [ax.get_title() for ax in fig.axes] == [
     "(a) Test accuracy",
-    "(b) Without BN: input to sigmoid, last hidden layer",
-    "(c) With BN: input to sigmoid #7, last hidden layer",
+    # No probe_network in these configs: probe/* measured the inference network.
+    "(b) Without BN: input to sigmoid\nlast hidden layer, inference network",
+    "(c) With BN: input to sigmoid #7\nlast hidden layer, inference network (population "
+    "statistics)",
   ]
   for panel, title in zip(figure1.PANELS, [ax.get_title() for ax in fig.axes]):
     one = figure1.draw_panel(bn, nobn, panel)
@@ -305,9 +312,9 @@ def test_load_run_bad_input_raises_user_error(run_dirs, tmp_path, case):
 
 @pytest.mark.slow
 def test_figure1_sh_parallel_equals_sequential(tmp_path):
-  """scripts/figure1.sh end to end on tiny runs: the default (both runs at once) and
-  FIGURE1_SEQUENTIAL=1 (one after the other), each run pinned to one CPU in both, write the
-  same figure1.csv."""
+  """scripts/figure1.sh end to end on tiny runs of 2 seeds: the default (both nets at once)
+  and FIGURE1_SEQUENTIAL=1 (one after the other), each net pinned to one CPU in both, write
+  the same figure1.csv."""
   from idx_files import write_mnist_dir
 
   (tmp_path / "idx").mkdir()
@@ -332,13 +339,76 @@ def test_figure1_sh_parallel_equals_sequential(tmp_path):
       capture_output=True,
       text=True,
       timeout=600,
-      env=dict(env, FIGURE1_SEQUENTIAL=mode),
+      env=dict(env, FIGURE1_SEQUENTIAL=mode, FIGURE1_SEEDS="2"),
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     for name in OUTPUTS:
       assert (out / name).exists(), name
-    for run in ("bn", "nobn"):
+    for run in ("bn/seed0", "bn/seed1", "nobn/seed0", "nobn/seed1"):
       assert json.loads((out / run / "status.json").read_text())["status"] == "done"
+    runs = [l.split(": ", 1)[0] for l in proc.stdout.splitlines() if " batched runs on " in l]
+    assert sorted(runs) == ["bn", "nobn"]  # each run's lines start with its name
     csvs.append((out / "figure1.csv").read_text())
   assert csvs[0] == csvs[1]
   assert len(csvs[0].splitlines()) == 4  # header + steps 0, 10, 20
+
+
+def test_cli_refuses_swapped_runs_in_one_line(run_dirs, tmp_path):
+  bn, _ = run_dirs
+  nobn = _write_run(tmp_path / "nobn", NOBN_EVAL, {"model": {"use_bn": False}})
+  out = tmp_path / "out"
+  proc = _run_cli(f"--bn={nobn}", f"--nobn={bn}", f"--out={out}")
+  assert proc.returncode == 2
+  assert proc.stderr.strip().splitlines() == [
+    f"figure1: error: the runs are swapped: {nobn} has model.use_bn=False and {bn} "
+    "model.use_bn=True; exchange --bn and --nobn"
+  ]
+  assert not out.exists()
+
+
+def _seed_run(path, seed, acc, p15, p85, use_bn=True):
+  """A run of eval steps 0, 250, ..., with the given accuracies and percentiles."""
+  evals = {
+    250 * i: dict(acc=a, p15=lo, p50=(lo + hi) / 2, p85=hi)
+    for i, (a, lo, hi) in enumerate(zip(acc, p15, p85))
+  }
+  return _write_run(path, evals, {"seed": seed, "model": {"use_bn": use_bn}})
+
+
+def test_seeds_band_growth_and_targets(tmp_path):
+  """A directory of seed runs: mean and min-max accuracy, the band's ratios to its value at
+  the first eval after step 0, and the three targets, against hand computation."""
+  bn_acc = [[0.1, 0.9, 0.92, 0.95, 0.96], [0.1, 0.85, 0.9, 0.94, 0.95]]
+  nobn_acc = [[0.1, 0.3, 0.5, 0.6, 0.6], [0.1, 0.2, 0.55, 0.62, 0.62]]
+  for seed in (1, 0):  # written out of order: runs are sorted by their configs' seed
+    _seed_run(
+      tmp_path / "bn" / f"s{seed}",
+      seed,
+      bn_acc[seed],
+      [-1, -1, -1.1, -1.2, -0.9],
+      [1, 1, 1.1, 1.2, 1.3],
+    )
+    _seed_run(
+      tmp_path / "nobn" / f"s{seed}",
+      seed,
+      nobn_acc[seed],
+      [0, -0.1, -0.5, -1, -2],
+      [0, 0.1, 0.5, 1, 2],
+      use_bn=False,
+    )
+  bn, nobn = seeds.load_net(str(tmp_path / "bn")), seeds.load_net(str(tmp_path / "nobn"))
+  assert [r.seed for r in bn] == [0, 1]
+  steps, mean, lo, hi = seeds.accuracy_band(bn)
+  np.testing.assert_allclose(mean, np.mean(bn_acc, 0))
+  np.testing.assert_allclose(lo, np.min(bn_acc, 0))
+  np.testing.assert_allclose(hi, np.max(bn_acc, 0))
+  # BN bands 2, 2.2, 2.4, 2.2 from step 250: ratios 1 .. 1.2; no BN 0.2, 1, 2, 4: 1 .. 20.
+  first, ratios = seeds.band_ratios(bn[0])
+  assert first == pytest.approx(2.0) and ratios == pytest.approx([1, 1.1, 1.2, 1.1])
+  assert seeds.band_ratios(nobn[0])[1] == pytest.approx([1, 5, 10, 20])
+  (lead, _, b_lead), (band, _, b_band), (growth, shown, b_growth) = seeds.targets(bn, nobn)
+  # Leads at 250: 0.6 and 0.65; minimum over 250..1,000: 0.35 and 0.32 (both at 750).
+  assert b_lead is True and b_band is True and b_growth is True
+  assert "20.00, with BN 1.20: 16.67×" in shown
+  nobn[1].accuracy[750] = 0.7  # seed 1's lead at 750 drops to 0.24
+  assert seeds.targets(bn, nobn)[0][2] is False

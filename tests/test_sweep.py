@@ -327,7 +327,7 @@ def test_report_writes_tables_figures_and_report(swept):
     "lr_sensitivity.png",
     "diverged 1/1",
     record["runner_command"],
-    record["points"][2]["command"],
+    "--print_commands",
     "jax 0.10",
     "cpu",
     "Pair: `bn=on,lr=0.1`",

@@ -122,11 +122,51 @@ def test_eval_independent_of_eval_batch_size_and_device_count(use_bn):
   assert abs(acc - round(acc)) < 1e-6
 
 
-def test_probe_is_the_last_hidden_layers_pre_nonlinearity():
-  config = tiny_config(**{"model.use_bn": False})
+def test_probe_of_the_training_network_is_bn_with_batch_statistics():
+  """probe/*: the last hidden layer's BN output, each fixed training batch normalized by
+  its own statistics (NumPy), after steps that moved the population statistics away."""
+  config = tiny_config()
+  trainer = make_trainer(config, 1)
+  state = parallel.replicate(trainer.init_state(synthetic(2, 0).images), trainer.devs)
+  state, _, _ = trainer.train(state, 0, 4)
+  got = trainer.evaluate(state)
+  p = parallel.unreplicate(state).params
+  train = synthetic(64, 0)
+  k = -(-37 // config.batch_size)  # the eval set's size in training batches
+  idx = data.train_batch_indices(64, 16, config.seed + training.engine.PROBE_SEED_OFFSET, 0, k)
+  values = []
+  for batch in idx:
+    h = train.images[batch].reshape(len(batch), -1).astype(np.float64) / 255
+    for i in range(2):
+      z = h @ np.asarray(p[f"dense{i}"]["kernel"], np.float64)
+      z = (z - z.mean(0)) / np.sqrt(z.var(0) + config.bn.epsilon)
+      z = z * np.asarray(p[f"bn{i}"]["scale"]) + np.asarray(p[f"bn{i}"]["bias"])
+      h = 1 / (1 + np.exp(-z))
+    values.append(z[:, 3])
+  want = np.percentile(np.concatenate(values), training.step.PERCENTILES)
+  np.testing.assert_allclose(
+    [got["probe/p15"], got["probe/p50"], got["probe/p85"]], want, rtol=1e-4, atol=1e-5
+  )
+  assert "probe_inference/p50" not in got
+
+
+def test_masked_percentiles_are_numpys():
+  rng = np.random.default_rng(0)
+  values = rng.standard_normal(50).astype(np.float32)
+  for mask in (np.ones(50), (rng.random(50) < 0.4).astype(np.float32), np.eye(50)[7]):
+    qs = (0, 15, 50, 85, 100)
+    got = training.step.masked_percentiles(jnp.asarray(values), jnp.asarray(mask), qs)
+    want = np.percentile(values[mask > 0], qs)
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+  assert np.isnan(training.step.masked_percentiles(jnp.asarray(values), jnp.zeros(50))).all()
+
+
+def test_probe_of_the_inference_network_is_the_last_hidden_layers_pre_nonlinearity():
+  config = tiny_config(**{"model.use_bn": False, "probe_network": "inference"})
   trainer = make_trainer(config, 1)
   state = trainer.init_state(synthetic(2, 0).images)
   got = trainer.evaluate(parallel.replicate(state, trainer.devs))
+  assert "probe/p50" not in got
   eval_ds = synthetic(37, 1)
   x = eval_ds.images.reshape(37, -1).astype(np.float32) / 255
   p = state.params
@@ -136,7 +176,10 @@ def test_probe_is_the_last_hidden_layers_pre_nonlinearity():
     h = 1 / (1 + np.exp(-pre))
   want = np.percentile(pre[:, 3], training.step.PERCENTILES)
   np.testing.assert_allclose(
-    [got["probe/p15"], got["probe/p50"], got["probe/p85"]], want, rtol=1e-4, atol=1e-5
+    [got["probe_inference/p15"], got["probe_inference/p50"], got["probe_inference/p85"]],
+    want,
+    rtol=1e-4,
+    atol=1e-5,
   )
 
 

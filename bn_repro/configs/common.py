@@ -65,6 +65,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.data.idx_dir = ""
   c.data.train_split = "train"
   c.data.eval_split = "test"
+  c.data.binarize = False  # pixels >= 128 become 1, the others 0 (else pixel / 255)
 
   c.optimizer = ml_collections.ConfigDict()
   c.optimizer.name = "sgd"
@@ -84,6 +85,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.target_accuracy = 0.0  # > 0: record the first step whose eval accuracy reaches it
   c.max_loss = 0.0  # > 0: a train loss above it counts as divergence, like NaN/Inf
   c.eval_train_examples = 0  # > 0: also evaluate on this many training examples (train_eval/*)
+  # Figure 1(b, c)'s probe at each eval: "train" (BN with batch statistics, on fixed training
+  # batches), "inference" (population statistics, on the eval set: probe_inference/*), "both"
+  c.probe_network = "train"
   c.ics_probe = False  # at each eval: internal covariate shift per layer (bn_repro/analysis.py)
   c.dtype = "float32"  # compute dtype: float32 or bfloat16 (params, BN statistics float32)
   c.num_devices = 0  # 0 = all local devices

@@ -4,6 +4,8 @@ Sweeps (`--sweep=inception_sweeps:<name>[,<preset>]`, a data preset of
 bn_repro/configs/common.py applied to every point):
   small_five  inception, bn_baseline, bn_x5, bn_x30, bn_x5_sigmoid of inception_small.py
               (MNIST by default; add --override=data.name=cifar10 for CIFAR-10)
+  small_five_seeds  the same over seeds 0, 1, 2 (REPORT.md: steps to Inception's best with
+              their spread over seeds)
   full_five   the same five at paper size (inception_imagenet.py)
 
 Offline on the IDX files of the 10,000-image MNIST test set (first 8,000 train, last 2,000
@@ -40,7 +42,19 @@ def full_five() -> sw.Sweep:
   return _five("inception_imagenet.py", "BN-Inception on ImageNet, the paper's five variants")
 
 
-SWEEPS = {"small_five": small_five, "full_five": full_five}
+def small_five_seeds() -> sw.Sweep:
+  """small_five over seeds 0, 1, 2: Figure 3's steps to Inception's best with their spread."""
+  sweep = small_five()
+  return sw.Sweep(
+    base=sweep.base,
+    grid=sw.product(
+      sw.axis(sw.CONFIG_KEY, [p[sw.CONFIG_KEY] for p in sweep.grid]), sw.axis("seed", (0, 1, 2))
+    ),
+    description=sweep.description + ", 3 seeds",
+  )
+
+
+SWEEPS = {"small_five": small_five, "small_five_seeds": small_five_seeds, "full_five": full_five}
 
 
 def get_sweep(arg: str) -> sw.Sweep:

@@ -94,7 +94,21 @@ def load_splits(data: ml_collections.ConfigDict) -> tuple[ArrayDataset, ArrayDat
   train_range = train.resolve(len(bases[train.name]))
   eval_range = eval_.resolve(len(bases[eval_.name]))
   splits.check_disjoint(train, train_range, eval_, eval_range)
-  return (_take(bases[train.name], train_range, spec), _take(bases[eval_.name], eval_range, spec))
+  train_ds = _take(bases[train.name], train_range, spec)
+  eval_ds = _take(bases[eval_.name], eval_range, spec)
+  if data.get("binarize", False):
+    train_ds, eval_ds = binarize(train_ds), binarize(eval_ds)
+  return train_ds, eval_ds
+
+
+BINARY_THRESHOLD = 128  # data.binarize: a pixel >= this (0.5 of full scale) becomes 1
+
+
+def binarize(ds: ArrayDataset) -> ArrayDataset:
+  """The paper's "28x28 binary image": pixels >= BINARY_THRESHOLD to 255, the others to 0
+  (the trainer's pixel / 255 then gives 1 and 0)."""
+  images = np.where(ds.images >= BINARY_THRESHOLD, 255, 0).astype(np.uint8)
+  return ArrayDataset(images, ds.labels)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -22,6 +22,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
+from matplotlib import ticker
 from matplotlib.figure import Figure
 
 from bn_repro.errors import UserError
@@ -56,12 +57,17 @@ class Setting:
 
   def curve(self, key: str) -> tuple[np.ndarray, np.ndarray]:
     """Steps and the mean over seeds of `key`, at steps every seed has."""
+    steps, values = self.per_seed(key)
+    return steps, values.mean(0) if values.size else np.zeros(0)
+
+  def per_seed(self, key: str) -> tuple[np.ndarray, np.ndarray]:
+    """Steps every seed has, and `key` there: [seed, step]."""
     per_seed = [dict(zip(*series(events, key))) for events in self.runs]
     per_seed = [s for s in per_seed if s]
     if not per_seed:
-      return np.zeros(0), np.zeros(0)
+      return np.zeros(0), np.zeros((0, 0))
     steps = sorted(set.intersection(*(set(s) for s in per_seed)))
-    return np.asarray(steps), np.asarray([np.mean([s[t] for s in per_seed]) for t in steps])
+    return np.asarray(steps), np.asarray([[s[t] for t in steps] for s in per_seed], np.float64)
 
   def at(self, key: str, step: int | None = None) -> tuple[float, float, int]:
     """Mean, sample std and count over seeds of `key` at `step` (None: the last value of
@@ -125,11 +131,14 @@ def accuracy_curves(
   fig = plots.figure(7, 4.5)
   ax = fig.subplots()
   for s in settings:
-    x, y = s.curve(ACC_KEY)
-    ax.plot(x, y, label=s.label, **style(s))
-  ax.set_xscale("symlog", linthresh=250)
-  ax.set_xlabel("training step")
-  ax.set_ylabel("eval accuracy (mean over seeds)")
+    x, per_seed = s.per_seed(ACC_KEY)
+    if not x.size:
+      continue
+    (line,) = ax.plot(x, per_seed.mean(0), label=s.label, **style(s))
+    if len(per_seed) > 1:
+      ax.fill_between(x, per_seed.min(0), per_seed.max(0), color=line.get_color(), alpha=0.15, lw=0)
+  steps_axis(ax)
+  ax.set_ylabel("eval accuracy (mean over seeds; band: min–max)")
   ax.set_ylim(0, 1)
   ax.set_title(title)
   ax.grid(alpha=0.3)
@@ -214,13 +223,13 @@ def _ics_figure(settings: Sequence[Setting], shown: Sequence[str]) -> Figure:
       ax = axes[row][j]
       for s in settings:
         ax.plot(*s.curve(f"ics/{layer}/{stat}"), label=s.label)
-      ax.set_xscale("symlog", linthresh=250)
+      steps_axis(ax)
       ax.set_title(f"{layer}: {name}", fontsize=9)
       ax.grid(alpha=0.3)
       if stat == "rel":
         ax.set_yscale("log")
-      if row == 1:
-        ax.set_xlabel("training step")
+      if row == 0:
+        ax.set_xlabel("")
   axes[0][0].legend(fontsize=8)
   fig.suptitle("Internal covariate shift (Santurkar et al. 2018, Def. 2.1), mean over seeds")
   fig.tight_layout()
@@ -255,6 +264,18 @@ def ics(sweep_dir: str) -> Section:
   return section("Internal covariate shift", sweep_dir, "ics", note, table, fig)
 
 
+def steps_axis(ax) -> None:
+  """A symlog step axis (linear to 250) with its ticks labelled as numbers: 0, 250, 1,000 ..."""
+  ax.set_xscale("symlog", linthresh=250)
+  lo, hi = ax.get_xlim()
+  ticks = [t for t in (0, 250, 500, 1_000, 2_000, 5_000, 10_000, 20_000, 50_000) if t <= hi]
+  ax.set_xticks(ticks)
+  ax.set_xticklabels([f"{t:,}" for t in ticks], fontsize=8)
+  ax.xaxis.set_minor_locator(ticker.NullLocator())
+  ax.set_xlim(max(lo, 0), hi)
+  ax.set_xlabel("training step")
+
+
 def scale_label(fields: dict[str, Any]) -> str:
   bn = "BN" if fields.get("model.use_bn") else "no BN"
   return f"{bn}, a = {fields.get('model.init_std')}"
@@ -262,10 +283,14 @@ def scale_label(fields: dict[str, Any]) -> str:
 
 def weight_scale(sweep_dir: str) -> Section:
   settings = load_settings(sweep_dir, scale_label)
-  fig = accuracy_curves(
+  scales = sorted({s.fields.get("model.init_std") for s in settings}, key=lambda a: (a is None, a))
+  fig = accuracy_curves(  # one colour per scale a: its BN and no-BN runs are a pair
     settings,
     "Initial weights scaled by a: BN (solid) vs no BN (dashed)",
-    style=lambda s: {"linestyle": "-" if s.fields.get("model.use_bn") else "--"},
+    style=lambda s: {
+      "linestyle": "-" if s.fields.get("model.use_bn") else "--",
+      "color": f"C{scales.index(s.fields.get('model.init_std'))}",
+    },
   )
   note = " Weights ~ N(0, a²/fan_in)."
   table = accuracy_table(settings)
@@ -296,8 +321,10 @@ def _bars(labels: Sequence[str], test: Sequence[float], gap: Sequence[float]) ->
   ax1.bar(labels, test, color="tab:blue")
   ax1.set_ylim(min(v for v in test if not math.isnan(v)) - 0.02, 1.0)
   ax1.set_title("final eval accuracy")
+  ax1.set_ylabel("accuracy (mean over seeds)")
   ax2.bar(labels, gap, color="tab:orange")
   ax2.set_title("train - eval accuracy (gap)")
+  ax2.set_ylabel("gap (mean over seeds)")
   for ax in (ax1, ax2):
     ax.tick_params(axis="x", labelrotation=30, labelsize=8)
     ax.grid(alpha=0.3, axis="y")

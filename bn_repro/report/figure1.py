@@ -16,10 +16,11 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
+from matplotlib import ticker
 from matplotlib.figure import Figure
 
 from bn_repro import fields
-from bn_repro.report import plots
+from bn_repro.report import plots, seeds
 from bn_repro.report.results import (
   BN_FIELD,
   LR_FIELD,
@@ -167,6 +168,8 @@ def csv_rows(bn: Run, nobn: Run) -> list[list[str]]:
 # ---------------------------------------------------------------------------
 # Drawing.
 
+COLORS = {True: "tab:blue", False: "tab:orange"}  # BN / no BN, in every panel
+
 
 def _xy(values: dict[int, float]) -> tuple[np.ndarray, np.ndarray]:
   """Sorted steps and values, non-finite values as NaN (gaps in the line)."""
@@ -192,79 +195,133 @@ def _unit_name(run: Run) -> str:
   return unit
 
 
-def _draw_accuracy(ax, bn: Run, nobn: Run) -> None:
-  for run, use_bn, style in ((bn, True, "-"), (nobn, False, "--")):
+def _steps_axis(ax) -> None:
+  """x: training steps, ticks at round numbers (0, 2,500, 5,000 or 0, 10k, 20k ...)."""
+  ax.set_xlabel("training step")
+  ax.xaxis.set_major_locator(ticker.MaxNLocator(6, steps=[1, 2, 2.5, 5, 10], integer=True))
+  ax.xaxis.set_major_formatter(
+    ticker.FuncFormatter(lambda x, _: f"{x / 1000:g}k" if abs(x) >= 10_000 else f"{x:,.0f}")
+  )
+  ax.grid(alpha=0.3)
+
+
+def _draw_accuracy(ax, bn: Sequence[Run], nobn: Sequence[Run]) -> None:
+  for runs, use_bn, style in ((bn, True, "-"), (nobn, False, "--")):
+    color = COLORS[use_bn]
+    if len(runs) == 1:
+      ax.plot(*_xy(runs[0].accuracy), style, color=color, label=label(runs[0], use_bn))
+      continue
+    steps, mean, lo, hi = seeds.accuracy_band(runs)
+    ax.fill_between(steps, lo, hi, color=color, alpha=0.25, lw=0)
     ax.plot(
-      *_xy(run.accuracy), style, color="black" if use_bn else "gray", label=label(run, use_bn)
+      steps,
+      mean,
+      style,
+      color=color,
+      label=f"{label(runs[0], use_bn)}: mean of {len(runs)} seeds, band min–max",
     )
   ax.set_title("(a) Test accuracy")
-  ax.set_xlabel("training step")
   ax.set_ylabel("test accuracy")
-  ax.grid(alpha=0.3)
-  ax.legend(loc="lower right")
+  ax.yaxis.set_major_locator(ticker.MaxNLocator(6))
+  _steps_axis(ax)
+  ax.legend(loc="lower right", fontsize=8)
+
+
+def _network(run: Run) -> str:
+  if run.probe_network == "train":
+    return "training network (batch statistics)"
+  return "inference network (population statistics)" if run.use_bn else "inference network"
 
 
 def _draw_percentiles(
   ax, run: Run, use_bn: bool, panel: str, ylim: tuple[float, float] | None
 ) -> None:
-  styles = {"p15": ("C0", ":"), "p50": ("C3", "-"), "p85": ("C0", "--")}
+  color = COLORS[use_bn]
+  styles = {"p15": ":", "p50": "-", "p85": "--"}
   for name in ("p85", "p50", "p15"):
-    color, style = styles[name]
-    ax.plot(*_xy(run.percentile(name)), style, color=color, label=f"{name[1:]}th percentile")
+    ax.plot(*_xy(run.percentile(name)), styles[name], color=color, label=f"{name[1:]}th percentile")
+  seed = "" if run.seed is None else f", seed {run.seed}"
   ax.set_title(
-    f"({panel}) {'With' if use_bn else 'Without'} BN: "
-    f"input to {_unit_name(run)}, last hidden layer",
-    fontsize=10,
+    f"({panel}) {'With' if use_bn else 'Without'} BN: input to {_unit_name(run)}\n"
+    f"last hidden layer, {_network(run)}{seed}",
+    fontsize=9,
   )
-  ax.set_xlabel("training step")
   ax.set_ylabel(f"{run.nonlinearity or 'sigmoid'} input")
   if ylim is not None:
     ax.set_ylim(*ylim)
-  ax.grid(alpha=0.3)
+  ax.yaxis.set_major_locator(ticker.MaxNLocator(6))
+  _steps_axis(ax)
   ax.legend(loc="best", fontsize=8)
 
 
-def _draw_panel(ax, bn: Run, nobn: Run, panel: str) -> None:
-  """Panel a, b (no BN) or c (BN) into `ax`; b and c share the y range of both runs."""
+def _draw_panel(ax, bn: Sequence[Run], nobn: Sequence[Run], panel: str) -> None:
+  """Panel a, b (no BN) or c (BN) into `ax`; b and c: the first seed of each net, on the
+  y range of both."""
   if panel == "a":
     _draw_accuracy(ax, bn, nobn)
   elif panel in ("b", "c"):
     use_bn = panel == "c"
-    _draw_percentiles(ax, bn if use_bn else nobn, use_bn, panel, _percentile_ylim(bn, nobn))
+    run = bn[0] if use_bn else nobn[0]
+    _draw_percentiles(ax, run, use_bn, panel, _percentile_ylim(bn[0], nobn[0]))
   else:
     raise ValueError(f"Figure 1 has panels {', '.join(PANELS)}, not {panel!r}")
 
 
-def draw(bn: Run, nobn: Run) -> Figure:
+Runs = Run | Sequence[Run]  # one run, or one per seed
+
+
+def _seeds(runs: Runs) -> list[Run]:
+  return [runs] if isinstance(runs, Run) else list(runs)
+
+
+def draw(bn: Runs, nobn: Runs) -> Figure:
   """Figure 1, panels a | b | c side by side; writes nothing."""
-  fig = plots.figure(16, 4.5)
+  fig = plots.figure(16, 4.8)
   for ax, panel in zip(fig.subplots(1, len(PANELS)), PANELS):
-    _draw_panel(ax, bn, nobn, panel)
+    _draw_panel(ax, _seeds(bn), _seeds(nobn), panel)
   fig.tight_layout()
   return fig
 
 
-def draw_panel(bn: Run, nobn: Run, panel: str) -> Figure:
+def draw_panel(bn: Runs, nobn: Runs, panel: str) -> Figure:
   """One panel of Figure 1 ("a", "b" or "c") on its own; writes nothing."""
-  fig = plots.figure(6, 4.5)
-  _draw_panel(fig.subplots(), bn, nobn, panel)
+  fig = plots.figure(6, 4.8)
+  _draw_panel(fig.subplots(), _seeds(bn), _seeds(nobn), panel)
   fig.tight_layout()
   return fig
 
 
-def write(bn: Run, nobn: Run, out_dir: str) -> list[str]:
+def seeds_markdown(bn: Runs, nobn: Runs) -> list[str]:
+  """Per seed and over seeds, both nets; then Figure 1's targets."""
+  bn, nobn = _seeds(bn), _seeds(nobn)
+  out = ["## Seeds", ""]
+  for runs, use_bn in ((bn, True), (nobn, False)):
+    out += seeds.seeds_table(f"seed ({label(runs[0], use_bn)})", runs) + [""]
+  out += [
+    f"Band: p85 − p15 of the probe; its first value is at the first eval after step 0, the "
+    f"ratios over the evals in (0, {seeds.BAND_STEPS:,}].",
+    "",
+    "## Targets",
+    "",
+  ]
+  return out + seeds.targets_markdown(bn, nobn) + [""]
+
+
+def write(bn: Runs, nobn: Runs, out_dir: str) -> list[str]:
   """Writes figure1.png (a|b|c), figure1{a,b,c}.png, figure1.csv and figure1.md into
-  `out_dir` (which exists); returns their paths in that order."""
+  `out_dir` (which exists); returns their paths in that order. The CSV and the first
+  tables are the first seed's; figure1.md adds every seed and the targets."""
   path = lambda name: os.path.join(out_dir, name)
   written = [plots.save(draw(bn, nobn), path("figure1.png"))]
   for panel in PANELS:
     written.append(plots.save(draw_panel(bn, nobn, panel), path(f"figure1{panel}.png")))
+  first_bn, first_nobn = _seeds(bn)[0], _seeds(nobn)[0]
   written.append(path("figure1.csv"))
   with open(written[-1], "w", newline="") as f:
-    csv.writer(f).writerows(csv_rows(bn, nobn))
+    csv.writer(f).writerows(csv_rows(first_bn, first_nobn))
   written.append(path("figure1.md"))
   with open(written[-1], "w") as f:
-    f.write(make_table(bn, nobn))
+    f.write(make_table(first_bn, first_nobn) + "\n" + "\n".join(seeds_markdown(bn, nobn)))
   return written
 
 

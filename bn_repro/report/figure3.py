@@ -32,6 +32,19 @@ class VariantRow:
   point: PointResult
   steps: int | None  # first eval step at or above Inception's best accuracy
   speedup: float | None  # Inception's steps / ours
+  seed_steps: list[int | None] = dataclasses.field(default_factory=list)  # every point's
+
+  @property
+  def steps_spread(self) -> str:
+    """Steps to the target over the variant's points (seeds): "mean (min–max), k of n"."""
+    got = [s for s in self.seed_steps if s is not None]
+    if len(self.seed_steps) < 2:
+      return fmt(self.steps)
+    if not got:
+      return f"{NEVER} (0 of {len(self.seed_steps)})"
+    return (
+      f"{sum(got) / len(got):.0f} ({min(got)}–{max(got)}), {len(got)} of {len(self.seed_steps)}"
+    )
 
   @property
   def name(self) -> str:
@@ -64,10 +77,18 @@ def _speedup(base_steps: int | None, steps: int | None) -> float | None:
   return base_steps / steps if base_steps is not None and steps else None
 
 
+def _reach(p: PointResult, target: float | None) -> int | None:
+  """The first eval step of `p` at or above `target`."""
+  if p.run is None or target is None:
+    return None
+  return next((s for s in sorted(p.run.accuracy) if p.run.accuracy[s] >= target), None)
+
+
 def figure3(res: SweepResults) -> Figure3 | None:
   """Figure 3's table when every point is a paper variant and one is `inception`.
 
-  With several points of one variant (e.g. seeds), the first in sweep order is used.
+  With several points of one variant (e.g. seeds), the first in sweep order is the row's;
+  every point's steps to the same target are the row's `seed_steps` (the spread).
   """
   variants = [variant_of(p) for p in res.points]
   if not res.points or None in variants or BASELINE not in variants:
@@ -86,7 +107,13 @@ def figure3(res: SweepResults) -> Figure3 | None:
     )
   base_steps = reach[BASELINE]
   rows = [
-    VariantRow(v, first[v], reach[v], _speedup(base_steps, reach[v]))
+    VariantRow(
+      v,
+      first[v],
+      reach[v],
+      _speedup(base_steps, reach[v]),
+      [_reach(p, best) for vv, p in zip(variants, res.points) if vv == v],
+    )
     for v in PAPER_VARIANTS
     if v in first
   ]
@@ -142,18 +169,24 @@ def csv_rows(fig: Figure3) -> list[list[str]]:
 def markdown(fig: Figure3) -> list[str]:
   """Figure 3's table, ours next to the paper's."""
   target, bn_x30 = paper.percent(PAPER_TARGET), paper.percent(paper.max_accuracy("bn_x30"))
-  header = [
-    "model",
-    "point",
-    "status",
-    f"steps to {fmt(fig.baseline_best)} (Inception's best)",
-    "speed-up",
-    "max accuracy (step)",
-    "top-5 at max",
-    f"paper: steps to {target}",
-    "paper: max top-1",
-    "paper: speed-up",
-  ]
+  seeds = any(len(r.seed_steps) > 1 for r in fig.rows)  # a column for the spread over seeds
+  header = (
+    [
+      "model",
+      "point",
+      "status",
+      f"steps to {fmt(fig.baseline_best)} (Inception's best)",
+    ]
+    + (["over seeds: mean (min–max), reached"] if seeds else [])
+    + [
+      "speed-up",
+      "max accuracy (step)",
+      "top-5 at max",
+      f"paper: steps to {target}",
+      "paper: max top-1",
+      "paper: speed-up",
+    ]
+  )
   rows = []
   for r in fig.rows:
     p = r.point
@@ -165,6 +198,9 @@ def markdown(fig: Figure3) -> list[str]:
         f"`{p.name}`",
         status,
         NEVER if r.never else fmt(r.steps),
+      ]
+      + ([r.steps_spread] if seeds else [])
+      + [
         times(r.speedup),
         f"{fmt(p.best_accuracy)} ({fmt(p.best_step)})",
         fmt(r.top5_at_max),

@@ -119,13 +119,22 @@ def claims(lr_lines: Sequence[LrLine], target: float) -> tuple[str, str]:
   """Our numbers for the paper's two learning-rate / nonlinearity claims."""
   highest, best = [], []
   for line in lr_lines:
+    points = [p for g in line.groups for p in g.points]
+    ran = [p for p in points if p.run is not None or p.status in ("done", "diverged")]
+    if len(ran) < len(points):
+      highest.append(f"{line.label}: {len(ran)} of {len(points)} points ran")
+      if not ran:
+        continue
+      highest[-1] += ", over those"
+    else:
+      highest.append(f"{line.label}:")
     stable = [
       lr for lr, g in zip(line.lrs, line.groups) if g.points and g.count("done") == len(g.points)
     ]
     all_means = [(mean_std(g.finals())[0], lr) for lr, g in zip(line.lrs, line.groups)]
     means = [(m, lr) for m, lr in all_means if m is not None]
     good = [lr for m, lr in means if m >= target]
-    highest.append(f"{line.label}: {max(stable):g}" if stable else f"{line.label}: none")
+    highest[-1] += f" {max(stable):g}" if stable else " none"
     highest[-1] += f" (≥ {target:g} up to {max(good):g})" if good else f" (never ≥ {target:g})"
     if line.groups[0].points[0].value(NONLINEARITY_FIELD) == "sigmoid" and means:
       m, lr = max(means)

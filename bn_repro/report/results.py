@@ -39,6 +39,10 @@ class Run:
   use_bn: bool | None = None
   nonlinearity: str | None = None
   probe_unit: Any = None
+  seed: int | None = None
+  # Which network probe/* measured: "train" (BN with batch statistics) or "inference"
+  # (population statistics; also runs from before config.probe_network existed).
+  probe_network: str = "inference"
 
   def percentile(self, name: str) -> dict[int, float]:
     return {"p15": self.p15, "p50": self.p50, "p85": self.p85}[name]
@@ -59,9 +63,15 @@ def read_events(run_dir: RunDir) -> list[dict[str, Any]]:
 
 
 def run_from_events(
-  path: str, events: list[dict[str, Any]], source: Any, max_step: int | None = None
+  path: str,
+  events: list[dict[str, Any]],
+  source: Any,
+  max_step: int | None = None,
+  probe: str = "probe",
 ) -> Run:
   """The eval series of `events` (step <= max_step); `source` names them in errors.
+  `probe`: the percentiles' metric prefix ("probe", or "probe_inference" for the
+  inference network's when the run recorded both).
 
   Raises:
     UserError: an event has no integer step, or no event is an eval (with step <= max_step).
@@ -70,7 +80,8 @@ def run_from_events(
     if not isinstance(e, dict) or not isinstance(e.get("step"), int):
       raise UserError(f"{source} has an event without an integer step")
   events = [e for e in events if max_step is None or e["step"] <= max_step]
-  evals = [e for e in events if any(k in e for k in EVAL_KEYS)]
+  keys = {n: f"{probe}/{n}" for n in PROBE_KEYS}
+  evals = [e for e in events if ACC_KEY in e or any(k in e for k in keys.values())]
   if not evals:
     where = f" with step <= {max_step}" if max_step is not None else ""
     raise UserError(f"no eval events{where} in {source}")
@@ -84,9 +95,9 @@ def run_from_events(
     path=path,
     steps=sorted({e["step"] for e in evals}),
     accuracy=by_step(ACC_KEY),
-    p15=by_step(PROBE_KEYS["p15"]),
-    p50=by_step(PROBE_KEYS["p50"]),
-    p85=by_step(PROBE_KEYS["p85"]),
+    p15=by_step(keys["p15"]),
+    p50=by_step(keys["p50"]),
+    p85=by_step(keys["p85"]),
   )
 
 
@@ -97,11 +108,16 @@ def describe(run: Run, config: Any) -> Run:
     run.use_bn = None if use_bn is None else bool(use_bn)
     run.nonlinearity = fields.get(config, NONLINEARITY_FIELD, None)
     run.probe_unit = fields.get(config, "model.probe_unit", None)
+    seed = fields.get(config, SEED_FIELD, None)
+    run.seed = seed if isinstance(seed, int) else None
+    network = fields.get(config, "probe_network", "inference")
+    run.probe_network = "inference" if network == "inference" else "train"
   return run
 
 
-def load_run(run_dir: str | os.PathLike, max_step: int | None = None) -> Run:
-  """Reads the eval events (step <= max_step) and, when it has one, the config of a run dir.
+def load_run(run_dir: str | os.PathLike, max_step: int | None = None, probe: str = "probe") -> Run:
+  """Reads the eval events (step <= max_step) and, when it has one, the config of a run dir
+  (`probe`: see run_from_events).
 
   Raises:
     UserError: the dir or its metrics file is missing or unreadable, or it has
@@ -112,8 +128,11 @@ def load_run(run_dir: str | os.PathLike, max_step: int | None = None) -> Run:
     raise UserError(f"run dir {os.fspath(run_dir)} does not exist")
   if not rd.has_metrics():
     raise UserError(f"{rd.metrics_path} does not exist")
-  run = run_from_events(os.fspath(run_dir), read_events(rd), rd.metrics_path, max_step)
-  return describe(run, rd.config()) if rd.has_config() else run
+  run = run_from_events(os.fspath(run_dir), read_events(rd), rd.metrics_path, max_step, probe)
+  run = describe(run, rd.config()) if rd.has_config() else run
+  if probe != "probe":
+    run.probe_network = "inference"
+  return run
 
 
 def accuracy_summary(run: Run) -> dict[str, Any]:
@@ -162,8 +181,9 @@ class PointResult:
 
   def value(self, field: str) -> Any:
     """A config value: the resolved config, else the grid value."""
-    value = fields.get(self.config, field, fields.MISSING)
-    return self.fields.get(field) if value is fields.MISSING else value
+    absent = object()
+    value = fields.get(self.config, field, absent)
+    return self.fields.get(field) if value is absent else value
 
 
 @dataclasses.dataclass

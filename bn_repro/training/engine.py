@@ -18,6 +18,7 @@ the batched path.
 """
 
 import copy
+import math
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -27,7 +28,6 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
-from jax.experimental import multihost_utils
 
 from bn_repro import analysis, data, fields, models, parallel
 from bn_repro.errors import UserError
@@ -46,6 +46,10 @@ from bn_repro.training.step import (
 
 # Algorithm 2 draws its batches from the training stream of seed config.seed + this.
 POPULATION_SEED_OFFSET = 1_000_003
+# The probe of the training network reads the first batches of the stream of seed + this.
+PROBE_SEED_OFFSET = 2_000_003
+# The metrics of the probe of each network: <prefix>/p15, /p50, /p85.
+PROBE_PREFIX = {"train": "probe", "inference": "probe_inference"}
 VARYING = ("seed", "optimizer.learning_rate")
 
 
@@ -65,7 +69,7 @@ class Trainer:
   ):
     self.config = config
     self.devs = devs
-    dtype = common.DTYPES[config.dtype]
+    dtype = self.dtype = common.DTYPES[config.dtype]
     self.model = models.build(config, axis_name=parallel.AXIS, dtype=dtype)
     sync = config.model.use_bn and not config.bn.cross_device
     backend = config.parallel
@@ -81,11 +85,9 @@ class Trainer:
       donate_argnums=(0,),
       backend=backend,
     )
-    self._eval = parallel.data_parallel(
-      lambda *a: steps_lib.evaluate(*a, dtype=dtype, probe_unit=config.model.probe_unit),
-      devs,
-      backend=backend,
-    )
+    self._evals: dict[tuple[str, ...], Any] = {}  # by the probe's networks
+    self._probe_batches: dict[int, Any] = {}  # by seed
+    self.num_probe_batches = max(1, math.ceil(len(eval_ds) / config.batch_size)) if eval_ds else 0
     self._compiled: dict[int, Any] = {}
     self.compile_seconds = 0.0
     self.feed: InMemoryFeed | StreamFeed = (
@@ -156,37 +158,62 @@ class Trainer:
     )
     return self._population(state, *self.in_memory.dataset, idx)
 
-  def evaluate(self, state) -> dict[str, float]:
-    """eval/* (and probe/*) on the eval set; train_eval/* on the first
-    eval_train_examples training examples; ics/* when config.ics_probe."""
-    out = self._evaluate(state, "eval", self.feed.eval_inputs(), self.has_probe)
+  def evaluate(self, state, seed: int | None = None) -> dict[str, float]:
+    """eval/* and the probe on the eval set; train_eval/* on the first eval_train_examples
+    training examples; ics/* when config.ics_probe. `seed` picks the probe's training
+    batches (default config.seed)."""
+    seed = self.config.seed if seed is None else seed
+    out = self._evaluate(state, "eval", self.feed.eval_inputs(), self.probe_networks(), seed)
     if self.config.eval_train_examples:
-      out.update(self._evaluate(state, "train_eval", self.feed.eval_inputs(train=True), False))
+      out.update(self._evaluate(state, "train_eval", self.feed.eval_inputs(train=True), (), seed))
     if self._ics is not None:
       out.update(self._ics(parallel.unreplicate(state)))
     return out
 
-  def _evaluate(self, state, prefix: str, inputs, probe: bool) -> dict[str, float]:
-    totals = np.zeros(len(EVAL_SUMS))
-    values = []
+  def probe_networks(self) -> tuple[str, ...]:
+    """The networks the probe reads (config.probe_network), () without a probe. A streamed
+    dataset has no training batches on the devices, and its eval takes several calls: no probe."""
+    if not self.has_probe or not isinstance(self.feed, InMemoryFeed):
+      return ()
+    mode = self.config.probe_network
+    return ("train", "inference") if mode == "both" else (mode,)
+
+  def probe_batches(self, seed: int) -> tuple[Any, Any]:
+    """The probe's fixed training batches: (device dataset, indices [device, batch, example]),
+    the first num_probe_batches batches of the stream of seed + PROBE_SEED_OFFSET."""
+    if seed not in self._probe_batches:
+      feed = self.in_memory
+      idx = feed.indices(seed + PROBE_SEED_OFFSET, 0, self.num_probe_batches)
+      self._probe_batches[seed] = (feed.dataset[0], idx)
+    return self._probe_batches[seed]
+
+  def _eval_fn(self, probe: tuple[str, ...]) -> Any:
+    if probe not in self._evals:
+      kw = dict(dtype=self.dtype, probe_unit=self.config.model.probe_unit, probe=probe)
+      self._evals[probe] = parallel.data_parallel(
+        lambda *a: steps_lib.evaluate(*a, **kw), self.devs, backend=self.config.parallel
+      )
+    return self._evals[probe]
+
+  def _evaluate(self, state, prefix: str, inputs, probe: tuple[str, ...], seed: int):
+    """One compiled call per batch of inputs (one for a dataset in memory), one transfer."""
+    extra = (self.probe_batches(seed),) if "train" in probe else ()
+    totals = None
     for images, labels, mask in inputs:
-      sums, probes = self._eval(state, images, labels, mask)
-      totals += np.asarray(sums[0], np.float64)
-      if probe:
-        probes, mask = np.asarray(probes), np.asarray(mask)
-        if jax.process_count() > 1:  # every process's share of the eval set
-          probes, mask = (np.asarray(x) for x in multihost_utils.process_allgather((probes, mask)))
-        values.append(probes.reshape(-1)[mask.reshape(-1) > 0])
-    correct, top5, loss, count = totals
-    out: dict[str, float] = {
+      out = np.asarray(self._eval_fn(probe)(state, images, labels, mask, *extra)[0], np.float64)
+      totals = out if totals is None else totals + out  # several batches: streamed, no probe
+    assert totals is not None, "an eval set has at least one batch"
+    correct, top5, loss, count = totals[: len(EVAL_SUMS)]
+    result: dict[str, float] = {
       f"{prefix}/accuracy": correct / count,
       f"{prefix}/top5": top5 / count,
       f"{prefix}/loss": loss / count,
     }
-    if probe:
-      for p, v in zip(PERCENTILES, np.percentile(np.concatenate(values), PERCENTILES)):
-        out[f"probe/p{p}"] = float(v)
-    return out
+    values = totals[len(EVAL_SUMS) :].reshape(len(probe), len(PERCENTILES))
+    for network, row in zip(probe, values):
+      for p, v in zip(PERCENTILES, row):
+        result[f"{PROBE_PREFIX[network]}/p{p}"] = float(v)
+    return result
 
   def close(self):
     self.feed.close()
@@ -332,11 +359,12 @@ class BatchedTrainer:
     return self._compiled[steps]
 
   def evaluate(self, states, run: int) -> dict[str, float]:
+    seed = self.configs[run].seed  # the probe's batches: those of the run alone
     if self.shards == 1:
-      return self.trainer.evaluate(jax.tree.map(lambda x: x[:, run], states))
+      return self.trainer.evaluate(jax.tree.map(lambda x: x[:, run], states), seed)
     # run's row may be another one: bring its state over to the evaluating devices
     one = jax.tree.map(lambda x: np.asarray(x[:, run]), states)
-    return self.trainer.evaluate(parallel.shard(one, self.devs))
+    return self.trainer.evaluate(parallel.shard(one, self.devs), seed)
 
   def host_run(self, states: Any, r: int) -> TrainState:
     return run_of(states, r)

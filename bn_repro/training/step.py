@@ -189,8 +189,52 @@ def recompute_population(state, images, labels, indices, *, dtype):
   return state.replace(batch_stats=batch_stats)
 
 
-def evaluate(state, images, labels, mask, *, dtype, probe_unit: int):
-  """Sums (EVAL_SUMS) over this device's eval batches, and the probe unit's values."""
+def probe_values(state, images, *, dtype, probe_unit: int, train: bool) -> jax.Array:
+  """The probe unit's values (models.PROBE) on a batch, as float32 [batch].
+
+  train=True: the training network N^tr_BN, BN with this batch's statistics (dropout and
+  noise drawn from a fixed key), nothing updated; train=False: the inference network,
+  BN with the population statistics.
+  """
+  collections = ["intermediates", "batch_stats"] if train else ["intermediates"]
+  _, inter = state.apply_fn(
+    {"params": state.params, "batch_stats": state.batch_stats},
+    preprocess(images, dtype),
+    train=train,
+    mutable=collections,
+    rngs=train_rngs(jax.random.PRNGKey(0)) if train else None,
+  )
+  return inter["intermediates"][models.PROBE][0][:, probe_unit].astype(jnp.float32)
+
+
+def masked_percentiles(values: jax.Array, mask: jax.Array, qs=PERCENTILES) -> jax.Array:
+  """np.percentile(values[mask > 0], qs) (linear interpolation) on device; NaN when empty."""
+  v, keep = values.reshape(-1), mask.reshape(-1) > 0
+  n = jnp.sum(keep)
+  ordered = jnp.sort(jnp.where(keep, v, jnp.inf))
+  pos = jnp.asarray(qs, jnp.float32) / 100 * (n - 1).astype(jnp.float32)
+  lo = jnp.clip(jnp.floor(pos).astype(jnp.int32), 0, jnp.maximum(n - 1, 0))
+  hi = jnp.minimum(lo + 1, jnp.maximum(n - 1, 0))
+  a, b = ordered[lo], ordered[hi]
+  out = a + (b - a) * (pos - lo)
+  return jnp.where(n > 0, out, jnp.nan)
+
+
+def gather_devices(x: jax.Array) -> jax.Array:
+  """x from every device of parallel.AXIS, stacked on a leading axis (no collective on one)."""
+  return x[None] if lax.axis_size(parallel.AXIS) == 1 else lax.all_gather(x, parallel.AXIS)
+
+
+def evaluate(state, images, labels, mask, probe_batches=(), *, dtype, probe_unit: int, probe=()):
+  """One evaluation, on device: [EVAL_SUMS..., then PERCENTILES per network in `probe`].
+
+  images, labels, mask: this device's eval batches [batch index, example, ...], every
+  example once (mask 0: padding). probe: the probe's networks, a subset of ("train",
+  "inference") in that order. "train" reads `probe_batches` = (dataset images, indices
+  [batch, example]): fixed training batches in training mode; "inference" reads the eval
+  batches. Percentiles are over every device's values.
+  """
+  inference = "inference" in probe
 
   def body(sums, batch):
     x, y, m = batch
@@ -206,12 +250,21 @@ def evaluate(state, images, labels, mask, *, dtype, probe_unit: int):
     sums = sums + jnp.stack(
       [jnp.sum(correct * m), jnp.sum(top5 * m), jnp.sum(cross_entropy(logits, y) * m), jnp.sum(m)]
     )
-    probe = inter.get("intermediates", {}).get(models.PROBE)
-    probe = probe[0][:, probe_unit].astype(jnp.float32) if probe else jnp.zeros_like(m)
-    return sums, probe
+    values = inter["intermediates"][models.PROBE][0][:, probe_unit] if inference else m
+    return sums, values.astype(jnp.float32)
 
-  sums, probes = lax.scan(body, jnp.zeros(len(EVAL_SUMS)), (images, labels, mask))
-  return lax.psum(sums, parallel.AXIS), probes
+  sums, values = lax.scan(body, jnp.zeros(len(EVAL_SUMS)), (images, labels, mask))
+  out = [lax.psum(sums, parallel.AXIS)]
+  if "train" in probe:
+    dataset, idx = probe_batches
+
+    # vmap, not scan: each batch normalized by its own statistics, as one larger matmul.
+    one = lambda x: probe_values(state, x, dtype=dtype, probe_unit=probe_unit, train=True)
+    train_values = gather_devices(jax.vmap(one)(dataset[idx]))
+    out.append(masked_percentiles(train_values, jnp.ones_like(train_values)))
+  if inference:
+    out.append(masked_percentiles(gather_devices(values), gather_devices(mask)))
+  return jnp.concatenate(out)
 
 
 def train_chunk_batched(states, dataset, batches, scales, seeds, *, dtype, sync_batch_stats):
