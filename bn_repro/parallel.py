@@ -18,11 +18,15 @@ from typing import Any
 
 import jax
 import numpy as np
+from absl import logging
 from jax import lax
 
 from bn_repro.errors import UserError
 
 AXIS = "batch"
+# Models so small that splitting their batch over devices costs more than it saves: with
+# config.num_devices=0 a single-process run of one trains on the first device alone.
+PINNED_MODELS = ("mlp",)
 RUNS = "runs"
 MIN_CPU_RUNS_PER_ROW = 2
 
@@ -81,6 +85,23 @@ def devices(num_devices: int = 0) -> list[jax.Device]:
       field="config.num_devices",
     )
   return available[:num_devices] if num_devices else available
+
+
+def run_devices(config: Any) -> list[jax.Device]:
+  """The devices a run trains on: `devices(config.num_devices)`, except that a model in
+  PINNED_MODELS with num_devices=0 in a single-process run takes the first device alone
+  (logged), so that its numbers are those of a one-device host."""
+  devs = devices(config.num_devices)
+  if config.num_devices or config.model.name not in PINNED_MODELS or jax.process_count() > 1:
+    return devs
+  if len(devs) > 1:
+    logging.info(
+      "The %s model trains on 1 of %d local devices (pinned: too small to gain from "
+      "splitting its batch); --config.num_devices=N spreads it over N",
+      config.model.name,
+      len(devs),
+    )
+  return devs[:1]
 
 
 def run_shards(num_runs: int, data_devices: int) -> int:

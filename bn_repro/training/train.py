@@ -66,7 +66,7 @@ def train_and_evaluate(
     allow_config_change: resume even if the saved config differs from `config`.
   """
   validation.validate(config)
-  devs = parallel.devices(config.num_devices)
+  devs = parallel.run_devices(config)
   validation.validate_devices(config, len(devs), jax.process_count())
   if config.data.name in data.STREAMED:
     train_ds = eval_ds = None
@@ -104,7 +104,7 @@ def train_batched(
     check_batchable(c)
   if jax.process_count() > 1:
     raise UserError("batched runs train in one process; train each run alone", field="workdirs")
-  devs = parallel.devices(configs[0].num_devices)
+  devs = parallel.run_devices(configs[0])
   validation.validate_devices(configs[0], len(devs))
   train_ds, eval_ds = data.load_splits(configs[0].data)
   validation.validate_data(configs[0], train_ds, eval_ds)
