@@ -8,8 +8,8 @@ is `train_batch_indices` and each example's augmentation draws from
 `np.random.default_rng([seed, s, j])`, j its position in the global batch. So
 resuming is exact and the global batch does not depend on the number of hosts.
 `data.shuffle` chooses the order: "full" (one permutation of the split per epoch, the
-paper's "within-shard shuffling") or "shards" (`shard_order_indices`: shards in a random
-order, each read in its stored order, as the paper's baseline pipeline is read here).
+paper's "within-shard shuffling") or "shards" (`train_batch_indices` with num_shards:
+data.shuffle_shards shards in a random order, each read in its stored order).
 
 ImageNet needs a manual download. Put ILSVRC2012_img_train.tar and
 ILSVRC2012_img_val.tar (from image-net.org) in
@@ -56,37 +56,6 @@ STREAMING_DATASETS: dict[str, StreamSpec] = {
 
 
 SHUFFLES = ("full", "shards")
-
-
-def shard_order_indices(
-  num_examples: int, batch_size: int, seed: int, start_step: int, num_steps: int, num_shards: int
-) -> np.ndarray:
-  """int32 [num_steps, batch_size]: example indices for steps from start_step, without
-  within-shard shuffling.
-
-  The split is cut into `num_shards` contiguous shards (np.array_split's sizes); epoch e
-  reads them in the order default_rng([seed, e]).permutation(num_shards), each from its
-  first example to its last. So each epoch still sees every example once, but neighbours
-  in storage share batches every epoch.
-  """
-  mnist.train_batch_indices(num_examples, batch_size, seed, start_step, num_steps)  # checks
-  if not 0 < num_shards <= num_examples:
-    raise UserError(
-      f"{num_shards} shards for {num_examples} examples; use 1 to {num_examples}",
-      field="config.data.shuffle_shards",
-    )
-  seed = int(seed) % 2**64
-  shards = np.array_split(np.arange(num_examples, dtype=np.int32), num_shards)
-  begin = start_step * batch_size
-  end = begin + num_steps * batch_size
-  out = np.empty((end - begin,), np.int32)
-  for epoch in range(begin // num_examples, -(-end // num_examples)):
-    order = np.random.default_rng([seed, epoch]).permutation(num_shards)
-    perm = np.concatenate([shards[i] for i in order])
-    lo = max(begin, epoch * num_examples)
-    hi = min(end, (epoch + 1) * num_examples)
-    out[lo - begin : hi - begin] = perm[lo - epoch * num_examples : hi - epoch * num_examples]
-  return out.reshape(num_steps, batch_size)
 
 
 # Batching in a thread pool.
@@ -404,11 +373,8 @@ class StreamingImages:
     mask = np.ones((self.local_batch,), np.float32)
     step = start_step
     while True:
-      rows = (
-        shard_order_indices(n, batch, self.seed, step, chunk, min(self.shuffle_shards, n))
-        if self.shuffle == "shards"
-        else mnist.train_batch_indices(n, batch, self.seed, step, chunk)
-      )
+      shards = min(self.shuffle_shards, n) if self.shuffle == "shards" else 0
+      rows = mnist.train_batch_indices(n, batch, self.seed, step, chunk, num_shards=shards)
       for row in rows[:, lo : lo + self.local_batch]:
         yield [(key, step, lo + j) for j, key in enumerate(row)], mask
         step += 1
