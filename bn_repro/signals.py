@@ -1,5 +1,5 @@
-"""Stop requests: SIGTERM/SIGINT become a stop the training loop honours at its next
-chunk boundary, agreed across processes so that every process stops at the same step."""
+"""Stop requests: SIGTERM/SIGINT become a stop the training loop honours after its device
+call in progress, agreed across processes so that every process stops at the same step."""
 
 import signal
 import threading
@@ -11,7 +11,7 @@ from jax.experimental import multihost_utils
 
 
 class StopSignals:
-  """Turns SIGTERM/SIGINT into a request the loop honours at its next chunk boundary.
+  """Turns SIGTERM/SIGINT into a request the loop honours after its device call in progress.
 
   A second signal while the first is pending interrupts at once.
   """
@@ -28,7 +28,7 @@ class StopSignals:
       raise KeyboardInterrupt
     self.requested = signum
     logging.warning(
-      "Signal %d: saving a checkpoint at the end of this chunk, then stopping "
+      "Signal %d: saving a checkpoint after this device call, then stopping "
       "(send it again to stop at once)",
       signum,
     )

@@ -38,6 +38,7 @@ RESUMABLE_CHANGES = (
   "tensorboard",
   "num_devices",
   "steps_per_call",
+  "call_seconds",
   "profile_start_step",
   "profile_num_steps",
 )
