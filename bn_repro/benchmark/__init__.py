@@ -5,5 +5,5 @@ loops.py            the timed loops: the floor, ours, the per-step Flax loop, ba
 torch_reference.py  PyTorch eager twins of the MLP and the small BN-Inception (optional)
 measure.py          interleaved rounds, paired ratios, memory, profile, the table
 accelerator.py      BN-Inception at 224x224 (fp32, bf16: images/s, MFU) and the MNIST MLP's
-                    loop on any device, without ml_collections/tfds (scripts/accelerator_benchmark.py)
+                    loop on any device, without ml_collections or tfds
 """
