@@ -3,15 +3,15 @@
 Chunks of steps run between the points where something happens (log, eval, checkpoint,
 the end: `next_stop`), each in device calls that `CallPlan` keeps to about
 config.call_seconds (and at most config.steps_per_call steps); a stop signal is acted on
-after the call in progress, so within about call_seconds of its arrival (plus the
-checkpoint's save) once a call of the run has been timed. After each chunk the loop
-checks every run for divergence (a loss or the final parameters and BN statistics not
-finite, or a loss above max_loss), logs, evaluates (recording the first step that reaches
+after the call in progress, so within about call_seconds of its arrival (plus an
+evaluation due at that step and the checkpoint's save) once a call has been timed; a call
+that compiles (the first of each length) takes longer. After each chunk the loop checks
+every run for divergence (a loss or the final parameters and BN statistics not finite, or
+a loss above max_loss), logs, evaluates (recording the first step that reaches
 config.target_accuracy), saves checkpoints, and honours a stop signal (checkpoint, status
-"stopped", `Stopped`). A run
-that diverges gets status "diverged" and a {"diverged": true} event at the first bad
-step; with `raise_divergence` (a single run) the loop then raises `Diverged`, otherwise
-the other runs go on. Only process 0 writes.
+"stopped", `Stopped`). A run that diverges gets status "diverged" and a {"diverged": true}
+event at the first bad step; with `raise_divergence` (a single run) the loop then raises
+`Diverged`, otherwise the other runs go on. Only process 0 writes.
 """
 
 import dataclasses
