@@ -18,11 +18,15 @@ from typing import Any
 
 import jax
 import numpy as np
+from absl import logging
 from jax import lax
 
 from bn_repro.errors import UserError
 
 AXIS = "batch"
+# Models so small that splitting their batch over devices costs more than it saves: with
+# config.num_devices=0 a single-process run of one trains on the first device alone.
+PINNED_MODELS = ("mlp",)
 RUNS = "runs"
 MIN_CPU_RUNS_PER_ROW = 2
 
@@ -81,6 +85,35 @@ def devices(num_devices: int = 0) -> list[jax.Device]:
       field="config.num_devices",
     )
   return available[:num_devices] if num_devices else available
+
+
+def is_pinned(config: Any) -> bool:
+  """Whether a run of `config` trains on the first local device alone: a model in
+  PINNED_MODELS with num_devices=0 in a single-process run."""
+  return (
+    not config.num_devices
+    and config.model.name in PINNED_MODELS
+    and jax.process_count() == 1
+    and len(devices()) > 1
+  )
+
+
+def run_devices(config: Any) -> list[jax.Device]:
+  """The devices a run trains on: `devices(config.num_devices)`, or the first one alone
+  when `is_pinned`, so that such a run's numbers are those of a one-device host."""
+  devs = devices(config.num_devices)
+  return devs[:1] if is_pinned(config) else devs
+
+
+def log_pinned(config: Any) -> None:
+  """The log line saying that a run is pinned (after its input has been checked)."""
+  if is_pinned(config):
+    logging.info(
+      "The %s model trains on 1 of %d local devices (pinned: too small to gain from "
+      "splitting its batch); --config.num_devices=N spreads it over N",
+      config.model.name,
+      len(devices()),
+    )
 
 
 def run_shards(num_runs: int, data_devices: int) -> int:

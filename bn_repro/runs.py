@@ -229,7 +229,7 @@ def open_run(
       "it; add the field with --override or retrain",
       field="--workdir",
     ) from None
-  devs = parallel.devices(config.num_devices)
+  devs = parallel.run_devices(config)
   validation.validate_devices(config, len(devs), jax.process_count())
   train_ds = eval_ds = None
   if config.data.name in data.STREAMED:

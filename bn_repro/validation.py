@@ -122,6 +122,7 @@ def _validate_sizes(config: ml_collections.ConfigDict) -> None:
     "max_loss",
     "profile_num_steps",
     "steps_per_call",
+    "call_seconds",
   ):
     _non_negative(config, field)
   if not config.optimizer.momentum < 1:

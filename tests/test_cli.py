@@ -81,10 +81,10 @@ BAD_INPUT = [
   ("learning rate 0", ["--config.optimizer.learning_rate=0"], "config.optimizer.learning_rate"),
   ("negative steps", ["--config.num_steps=-5"], "config.num_steps"),
   ("batch 0", ["--config.batch_size=0"], "config.batch_size"),
-  ("batch not divisible", ["--config.batch_size=60"], "8 devices"),
+  ("batch not divisible", ["--config.batch_size=60", "--config.num_devices=8"], "8 devices"),
   (
     "one value per statistic",
-    ["--config.batch_size=8", "--config.bn.cross_device=False"],
+    ["--config.batch_size=8", "--config.bn.cross_device=False", "--config.num_devices=8"],
     "config.batch_size",
   ),
   ("too many devices", ["--config.num_devices=9"], "config.num_devices"),

@@ -90,7 +90,12 @@ def test_two_processes_equal_one_process(tmp_path):
   write_mnist_dir(idx, train=96, test=30)
   single = tmp_path / "single"
   r = subprocess.run(
-    command(single, idx), cwd=REPO, env=env(4), capture_output=True, text=True, timeout=600
+    command(single, idx, "--config.num_devices=4"),  # all 4 (the MLP alone would take one)
+    cwd=REPO,
+    env=env(4),
+    capture_output=True,
+    text=True,
+    timeout=600,
   )
   assert r.returncode == 0, r.stderr
 

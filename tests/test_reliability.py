@@ -44,6 +44,7 @@ def command(workdir, idx_dir, *extra, hidden="(16, 16)"):
     "--config.eval_every=100",
     "--config.checkpoint_every=100",
     "--config.tensorboard=False",
+    "--config.num_devices=8",  # conftest's 8 CPU devices (the MLP alone would take one)
     *extra,
   ]
 

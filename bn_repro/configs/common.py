@@ -80,6 +80,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.num_steps = 10_000
   c.log_every = 100
   c.steps_per_call = 0  # > 0: at most this many steps per device call (0: up to the next log/eval)
+  # > 0: device calls of about this many seconds at most (measured), so that a SIGTERM is
+  # acted on within about that long; 0: calls as long as the chunks between log/eval points
+  c.call_seconds = 10.0
   c.eval_every = 1_000
   c.checkpoint_every = 1_000
   c.target_accuracy = 0.0  # > 0: record the first step whose eval accuracy reaches it

@@ -7,6 +7,9 @@ the data of training step s is a pure function of (seed, s): the example order
 is `train_batch_indices` and each example's augmentation draws from
 `np.random.default_rng([seed, s, j])`, j its position in the global batch. So
 resuming is exact and the global batch does not depend on the number of hosts.
+`data.shuffle` chooses the order: "full" (one permutation of the split per epoch, the
+paper's "within-shard shuffling") or "shards" (`train_batch_indices` with num_shards:
+data.shuffle_shards shards in a random order, each read in its stored order).
 
 ImageNet needs a manual download. Put ILSVRC2012_img_train.tar and
 ILSVRC2012_img_val.tar (from image-net.org) in
@@ -50,6 +53,9 @@ STREAMING_DATASETS: dict[str, StreamSpec] = {
     manual_files=("ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar"),
   ),
 }
+
+
+SHUFFLES = ("full", "shards")
 
 
 # Batching in a thread pool.
@@ -327,6 +333,16 @@ class StreamingImages:
     self.process_count = process_count
     self.prefetch = prefetch
     self.workers = workers
+    self.shuffle = str(data_cfg.get("shuffle", "full"))
+    self.shuffle_shards = int(data_cfg.get("shuffle_shards", 1))
+    if self.shuffle not in SHUFFLES:
+      raise UserError(
+        f"is {self.shuffle!r}; choose one of {', '.join(SHUFFLES)}", field="config.data.shuffle"
+      )
+    if self.shuffle_shards < 1:
+      raise UserError(
+        f"is {self.shuffle_shards}; use 1 or more", field="config.data.shuffle_shards"
+      )
     self._source, self._start, self._stop = _open_range(data_cfg, split, train, spec)
 
   def __len__(self) -> int:
@@ -357,7 +373,8 @@ class StreamingImages:
     mask = np.ones((self.local_batch,), np.float32)
     step = start_step
     while True:
-      rows = mnist.train_batch_indices(n, batch, self.seed, step, chunk)
+      shards = min(self.shuffle_shards, n) if self.shuffle == "shards" else 0
+      rows = mnist.train_batch_indices(n, batch, self.seed, step, chunk, num_shards=shards)
       for row in rows[:, lo : lo + self.local_batch]:
         yield [(key, step, lo + j) for j, key in enumerate(row)], mask
         step += 1

@@ -271,12 +271,21 @@ def _tfds_sources(
 
 
 def train_batch_indices(
-  num_examples: int, batch_size: int, seed: int, start_step: int, num_steps: int
+  num_examples: int,
+  batch_size: int,
+  seed: int,
+  start_step: int,
+  num_steps: int,
+  num_shards: int = 0,
 ) -> np.ndarray:
   """int32 [num_steps, batch_size]: example indices for steps from start_step.
 
-  The stream concatenates per-epoch permutations (epoch e: default_rng([seed,
-  e])), so no example is dropped and each step depends only on (seed, step).
+  The stream concatenates per-epoch orders, so no example is dropped and each step depends
+  only on (seed, step). Epoch e's order is default_rng([seed, e]).permutation(num_examples);
+  with num_shards > 0 (no within-shard shuffling), the examples cut into that many
+  contiguous shards (np.array_split's sizes), the shards in the order
+  default_rng([seed, e]).permutation(num_shards), each read from its first example to its
+  last, so that neighbours in storage share batches every epoch.
   """
   if not 0 < num_examples < 2**31:
     raise UserError(
@@ -288,14 +297,24 @@ def train_batch_indices(
       f" {batch_size}, {start_step}, {num_steps}; fix the batch size or"
       " step counts."
     )
+  if not 0 <= num_shards <= num_examples:
+    raise UserError(
+      f"{num_shards} shards for {num_examples} examples; use 1 to {num_examples}",
+      field="config.data.shuffle_shards",
+    )
   seed = int(seed) % 2**64
+  shards = np.array_split(np.arange(num_examples, dtype=np.int32), num_shards or 1)
   begin = start_step * batch_size
   end = begin + num_steps * batch_size
   out = np.empty((end - begin,), np.int32)
   for epoch in range(begin // num_examples, -(-end // num_examples)):
     lo = max(begin, epoch * num_examples)
     hi = min(end, (epoch + 1) * num_examples)
-    perm = np.random.default_rng([seed, epoch]).permutation(num_examples)
+    rng = np.random.default_rng([seed, epoch])
+    if num_shards:
+      perm = np.concatenate([shards[i] for i in rng.permutation(num_shards)])
+    else:
+      perm = rng.permutation(num_examples)
     out[lo - begin : hi - begin] = perm[lo - epoch * num_examples : hi - epoch * num_examples]
   return out.reshape(num_steps, batch_size)
 

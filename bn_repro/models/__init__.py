@@ -1,11 +1,19 @@
-"""Model registry: `build(config, ...)` maps `config.model.name` to a linen module."""
+"""Model registry: `build(config, ...)` maps `config.model.name` to a linen module.
+
+`config` is an ml_collections.ConfigDict or anything with its attribute and item access
+(bn_repro.benchmark.accelerator builds models without ml_collections installed).
+"""
+
+from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import flax.linen as nn
-import ml_collections
+
+if TYPE_CHECKING:
+  import ml_collections
 
 from bn_repro import bn_layer
 from bn_repro.models import common

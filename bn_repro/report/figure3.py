@@ -10,9 +10,9 @@ import dataclasses
 from matplotlib.figure import Figure
 
 from bn_repro.report import paper, plots
-from bn_repro.report.paper import BASELINE, PAPER_TARGET, PAPER_VARIANTS
+from bn_repro.report.paper import BASELINE, PAPER_BATCH, PAPER_TARGET, PAPER_VARIANTS
 from bn_repro.report.results import PointResult, SweepResults
-from bn_repro.report.tables import csv_cell, fmt, md_table, times
+from bn_repro.report.tables import NONE, csv_cell, fmt, md_table, times
 
 NEVER = "never"
 
@@ -137,7 +137,29 @@ COLUMNS = (
   f"paper_steps_to_{100 * PAPER_TARGET:.1f}_millions",
   "paper_max_accuracy",
   "paper_speedup",
+  "steps_to_baseline_best_in_paper_steps",  # ours x batch / 32: the paper's unit
+  f"paper_steps_to_{100 * PAPER_TARGET:.1f}_in_our_steps",  # the paper's x 32 / batch
 )
+
+
+def _units(r: VariantRow) -> tuple[float | None, float | None]:
+  """Row r's steps in the paper's unit (examples / 32) and the paper's steps in ours."""
+  batch = r.point.value("batch_size")
+  paper_steps = paper.steps_millions(r.variant)
+  if not isinstance(batch, int) or batch <= 0:
+    return None, None
+  ours = None if r.never or r.steps is None else paper.steps_between(r.steps, batch, PAPER_BATCH)
+  theirs = (
+    None if paper_steps is None else paper.steps_between(1e6 * paper_steps, PAPER_BATCH, batch)
+  )
+  return ours, theirs
+
+
+def _count(steps: float | None) -> str:
+  """A step count: as an integer, in millions from 100,000 on."""
+  if steps is None:
+    return NONE
+  return f"{steps / 1e6:.3g}M" if steps >= 1e5 else f"{steps:.0f}"
 
 
 def csv_rows(fig: Figure3) -> list[list[str]]:
@@ -161,6 +183,7 @@ def csv_rows(fig: Figure3) -> list[list[str]]:
         NEVER if paper_steps is None else csv_cell(paper_steps),
         csv_cell(paper.max_accuracy(r.variant)),
         csv_cell(paper.speedup(r.variant)),
+        *(csv_cell(x) for x in _units(r)),
       ]
     )
   return rows
@@ -185,6 +208,8 @@ def markdown(fig: Figure3) -> list[str]:
       f"paper: steps to {target}",
       "paper: max top-1",
       "paper: speed-up",
+      "ours in the paper's steps (of 32)",
+      "paper's steps in ours",
     ]
   )
   rows = []
@@ -207,6 +232,7 @@ def markdown(fig: Figure3) -> list[str]:
         NEVER if paper_steps is None else f"{paper_steps:.1f}M",
         paper.percent(paper.max_accuracy(r.variant)),
         times(paper.speedup(r.variant)),
+        *(_count(x) for x in _units(r)),
       ]
     )
   return md_table(header, rows) + [
@@ -214,7 +240,9 @@ def markdown(fig: Figure3) -> list[str]:
     "Steps: the first eval step whose accuracy is at or above Inception's best eval "
     f"accuracy (the paper: {target}, Inception's max); speed-up: Inception's steps / the "
     f"variant's. Paper numbers from Figure 3 (BN-x30's {bn_x30} after "
-    f"{paper.BN_X30_MAX_AT}M steps).",
+    f"{paper.BN_X30_MAX_AT}M steps). A paper step is one replica's update of "
+    f"{PAPER_BATCH} examples; the last two columns convert by examples seen (ours x batch / "
+    f"{PAPER_BATCH}, the paper's x {PAPER_BATCH} / batch).",
   ]
 
 

@@ -16,6 +16,7 @@ PAPER_VARIANTS = {
   "bn_x30": ("BN-x30", 2.7, 0.748),
   "bn_x5_sigmoid": ("BN-x5-Sigmoid", None, 0.698),
 }
+PAPER_BATCH = 32  # Sec. 4.2: a step is one replica's update of 32 examples
 PAPER_TARGET = PAPER_VARIANTS[BASELINE][2]  # Inception's max top-1: Figure 3's target, 0.722
 BN_X30_MAX_AT = 6  # Figure 3: BN-x30's max top-1 is after 6M steps
 IMAGENET_CHANCE = "1/1000"  # Sec. 4.2: sigmoid Inception without BN "never achieves better"
@@ -36,6 +37,12 @@ def name(variant: str) -> str:
 def steps_millions(variant: str) -> float | None:
   """The variant's steps to 72.2% top-1 in millions (Figure 3); None: never."""
   return PAPER_VARIANTS[variant][1]
+
+
+def steps_between(steps: float, from_batch: int, to_batch: int) -> float:
+  """`steps` of `from_batch` examples as steps of `to_batch` (the same examples seen): ours
+  in the paper's unit with to_batch=PAPER_BATCH, the paper's in ours with from_batch=it."""
+  return steps * from_batch / to_batch
 
 
 def max_accuracy(variant: str) -> float:

@@ -69,6 +69,7 @@ class Trainer:
   ):
     self.config = config
     self.devs = devs
+    parallel.log_pinned(config)
     dtype = self.dtype = common.DTYPES[config.dtype]
     self.model = models.build(config, axis_name=parallel.AXIS, dtype=dtype)
     sync = config.model.use_bn and not config.bn.cross_device

@@ -1,13 +1,17 @@
 """The training loop: one loop for R >= 1 runs of one engine (bn_repro.training.engine).
 
 Chunks of steps run between the points where something happens (log, eval, checkpoint,
-the end: `next_stop`). After each chunk the loop checks every run for divergence (a
-loss or the final parameters and BN statistics not finite, or a loss above max_loss),
-logs, evaluates (recording the first step that reaches config.target_accuracy), saves
-checkpoints, and honours a stop signal (checkpoint, status "stopped", `Stopped`). A run
-that diverges gets status "diverged" and a {"diverged": true} event at the first bad
-step; with `raise_divergence` (a single run) the loop then raises `Diverged`, otherwise
-the other runs go on. Only process 0 writes.
+the end: `next_stop`), each in device calls that `CallPlan` keeps to about
+config.call_seconds (and at most config.steps_per_call steps); a stop signal is acted on
+after the call in progress, so within about call_seconds of its arrival (plus an
+evaluation due at that step and the checkpoint's save) once a call has been timed; a call
+that compiles (the first of each length) takes longer. After each chunk the loop checks
+every run for divergence (a loss or the final parameters and BN statistics not finite, or
+a loss above max_loss), logs, evaluates (recording the first step that reaches
+config.target_accuracy), saves checkpoints, and honours a stop signal (checkpoint, status
+"stopped", `Stopped`). A run that diverges gets status "diverged" and a {"diverged": true}
+event at the first bad step; with `raise_divergence` (a single run) the loop then raises
+`Diverged`, otherwise the other runs go on. Only process 0 writes.
 """
 
 import dataclasses
@@ -20,6 +24,7 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
+from jax.experimental import multihost_utils
 
 from bn_repro import checkpoints
 from bn_repro.metrics import MetricWriter, NullWriter
@@ -49,15 +54,44 @@ def is_due(step: int, every: int, last: int) -> bool:
 
 
 def next_stop(step: int, config: ml_collections.ConfigDict) -> int:
-  """The next step at which something happens: log, eval, checkpoint, the end, or the
-  end of a device call of at most steps_per_call steps."""
+  """The next step at which something happens: log, eval, checkpoint or the end."""
   stops = [config.num_steps]
-  if config.steps_per_call > 0:
-    stops.append(step + config.steps_per_call)
   for every in (config.log_every, config.eval_every, config.checkpoint_every):
     if every > 0:
       stops.append((step // every + 1) * every)
   return min(stops)
+
+
+class CallPlan:
+  """How a chunk of steps splits into device calls: calls of at most `max_steps`, which is
+  config.steps_per_call (0: no cap) until a call has been timed, then also the steps that
+  take config.call_seconds at the measured rate (0 s: no limit). A chunk splits into equal
+  calls (lengths differing by at most one), so that few programs are compiled."""
+
+  def __init__(self, config: ml_collections.ConfigDict, agree: bool = False):
+    self.seconds = config.call_seconds
+    self.cap = config.steps_per_call
+    self.max_steps = self.cap
+    self.timed = False
+    self.agree = agree  # several processes: process 0's measurement decides for all
+
+  def lengths(self, steps: int) -> list[int]:
+    if not self.max_steps or steps <= self.max_steps:
+      return [steps]
+    calls = -(-steps // self.max_steps)
+    return [steps // calls + (i < steps % calls) for i in range(calls)]
+
+  def observe(self, steps: int, seconds: float) -> None:
+    """A call of `steps` steps took `seconds` (without compilation). Decided once (with
+    several processes, on the same call everywhere); again when a call takes more than twice
+    call_seconds (one process only)."""
+    if self.seconds <= 0 or (self.timed and (self.agree or seconds <= 2 * self.seconds)):
+      return
+    fit = max(1, math.floor(self.seconds * steps / max(seconds, 1e-9)))
+    if self.agree:
+      fit = int(multihost_utils.broadcast_one_to_all(np.int32(min(fit, 2**30))))
+    self.timed = True
+    self.max_steps = min(fit, self.cap) if self.cap else fit
 
 
 def format_eta(seconds: float) -> str:
@@ -127,6 +161,7 @@ class Loop:
     self.engine, self.runs, self.signals = engine, runs, signals
     self.raise_divergence = raise_divergence
     self.config = runs[0].config  # the schedule every run shares
+    self.plan = CallPlan(self.config, agree=jax.process_count() > 1)
 
   def diverge(self, r: int, at: int) -> None:
     run = self.runs[r]
@@ -142,6 +177,22 @@ class Loop:
       return states, evals
     self.diverge(r, step)
     return states, None
+
+  def train_chunk(self, states: Any, step: int, stop: int) -> tuple[Any, int, np.ndarray, Any]:
+    """Trains from `step` towards `stop` in the plan's calls, stopping after a call when a
+    stop signal is pending: states, the step reached, metrics [steps, R, 2], finite [R]."""
+    engine, parts, finite = self.engine, [], None
+    for i, n in enumerate(self.plan.lengths(stop - step)):
+      if i and self.signals.agreed() is not None:
+        break
+      t, compiled = time.perf_counter(), engine.compile_seconds
+      states, metrics, ok = engine.train_runs(states, step, n)
+      if engine.compile_seconds == compiled:
+        self.plan.observe(n, time.perf_counter() - t)
+      parts.append(metrics)
+      finite = ok if finite is None else finite & ok
+      step += n
+    return states, step, np.concatenate(parts), finite
 
   def run(self, states: Any, start: int) -> Any:
     profiler = Profiler(self.config, self.runs[0].dir)
@@ -163,14 +214,14 @@ class Loop:
       profiler.update(step)
       stop = next_stop(step, config)
       t, compile_before = time.perf_counter(), engine.compile_seconds
-      states, metrics, finite = engine.train_runs(states, step, stop - step)
+      states, reached, metrics, finite = self.train_chunk(states, step, stop)
       compiled = engine.compile_seconds - compile_before
-      rate = (stop - step) / max(time.perf_counter() - t - compiled, 1e-9)
+      rate = (reached - step) / max(time.perf_counter() - t - compiled, 1e-9)
       for r, run in enumerate(self.runs):
         bad = first_bad_step(metrics[:, r, 0], bool(finite[r]), config.max_loss)
         if run.status == "running" and bad is not None:
           self.diverge(r, step + bad)
-      step = stop
+      step = reached
       states = self.after_chunk(states, step, metrics, rate, compiled)
       self.log(step, start, t_start)
       stop_signal = self.signals.agreed()  # read once: every run stops at this step, or none

@@ -42,6 +42,7 @@ RESUMABLE_CHANGES = (
   "num_devices",
   "cpu_cores",
   "steps_per_call",
+  "call_seconds",
   "profile_start_step",
   "profile_num_steps",
 )
@@ -79,7 +80,7 @@ def train_and_evaluate(
     run = RunDir(workdir)
     run.check_not_a_file()
     check_not_past_end(run, config)
-    devs = parallel.devices(config.num_devices)
+    devs = parallel.run_devices(config)
     validation.validate_devices(config, len(devs), jax.process_count())
     if config.data.name in data.STREAMED:
       train_ds = eval_ds = None
@@ -148,7 +149,7 @@ def train_batched(
   logging.info("%s", placement.apply(configs[0], runs=len(configs)))
   if jax.process_count() > 1:
     raise UserError("batched runs train in one process; train each run alone", field="workdirs")
-  devs = parallel.devices(configs[0].num_devices)
+  devs = parallel.run_devices(configs[0])
   validation.validate_devices(configs[0], len(devs))
   train_ds, eval_ds = data.load_splits(configs[0].data)
   validation.validate_data(configs[0], train_ds, eval_ds)
