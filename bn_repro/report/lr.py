@@ -128,8 +128,10 @@ def claims(lr_lines: Sequence[LrLine], target: float) -> tuple[str, str]:
       highest[-1] += ", over those"
     else:
       highest.append(f"{line.label}:")
-    stable = [
-      lr for lr, g in zip(line.lrs, line.groups) if g.points and g.count("done") == len(g.points)
+    stable = [  # every point that ran finished (a partial sweep: those that ran)
+      lr
+      for lr, g in zip(line.lrs, line.groups)
+      if g.count("done") and g.count("done") == len(g.points) - g.count("pending")
     ]
     all_means = [(mean_std(g.finals())[0], lr) for lr, g in zip(line.lrs, line.groups)]
     means = [(m, lr) for m, lr in all_means if m is not None]
