@@ -9,6 +9,7 @@ A run directory (`RunDir`) holds
   checkpoints/     Orbax checkpoints, one folder per step (bn_repro.checkpoints)
   profile/         a jax.profiler trace, when config.profile_num_steps > 0
   lock             held (flock) by the process that trains the run, removed when it ends
+                   (local disks only)
   sweep.lock       held by a sweep runner while one of its jobs trains the run
   log.txt          the output of a sweep job
   environment.json what the machine had when a sweep job started
@@ -16,7 +17,14 @@ A run directory (`RunDir`) holds
 
 and a sweep directory (`SweepDir`) holds sweep.json and one run directory per point.
 Every path is an `etils.epath.Path`, the path type Orbax and tfds use, so that the
-same code reads a local folder or a gs:// bucket; locks exist on local disks only.
+same code reads a local folder or a gs:// bucket (through gcsfs: the `gcs` extra).
+
+On object storage (a path with "://") a JSON file is one object upload, which is
+atomic: a reader sees the old object or the new one, never a part. Locks do not exist
+there, so the rule is one writer a run: one trainer (process 0 of a multi-host run)
+and one sweep runner per directory; nothing enforces it. Before the first read or
+write of a run on object storage, its bucket is probed once (`check_storage`), so an
+unreachable bucket is one line and nothing is written anywhere.
 """
 
 import contextlib
@@ -36,12 +44,68 @@ FINISHED = ("done", "diverged")
 PENDING = {"status": "pending"}
 
 
-def write_json(path: epath.PathLike, obj: Any) -> None:
-  """Writes `obj` as JSON atomically (a temporary file per process, then a rename)."""
+def is_local(path: epath.PathLike) -> bool:
+  """Whether `path` is on a local (or mounted) file system, not object storage."""
+  return "://" not in os.fspath(path)
+
+
+def absolute(path: epath.PathLike) -> epath.Path:
+  """`path` made absolute; a URI (gs://...) is absolute already."""
   path = epath.Path(path)
+  return path.absolute() if is_local(path) else path
+
+
+def write_text_atomic(path: epath.PathLike, text: str) -> None:
+  """Replaces the file's content at once: a temporary file per process and a rename on a
+  local disk, one object upload (atomic there) on object storage."""
+  path = epath.Path(path)
+  if not is_local(path):
+    path.write_text(text)
+    return
   tmp = path.parent / f"{path.name}.{os.getpid()}.tmp"
-  tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=list) + "\n")
+  tmp.write_text(text)
   tmp.replace(path)
+
+
+def write_json(path: epath.PathLike, obj: Any) -> None:
+  """Writes `obj` as JSON atomically (`write_text_atomic`)."""
+  write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True, default=list) + "\n")
+
+
+_REACHED: set[str] = set()  # buckets check_storage has reached in this process
+
+
+def check_storage(path: epath.PathLike) -> None:
+  """On object storage, that the bucket of `path` can be listed (checked once a bucket);
+  UserError naming it and the fix otherwise. Local paths pass without a look."""
+  text = os.fspath(path)
+  if is_local(text):
+    return
+  scheme, _, rest = text.partition("://")
+  bucket = f"{scheme}://{rest.split('/', 1)[0]}"
+  if bucket in _REACHED:
+    return
+  try:
+    found = epath.Path(bucket).exists()
+  except ImportError as e:
+    raise UserError(
+      f"cannot open {bucket} ({e}); install the cloud client: pip install 'bn_repro[gcs]'",
+      field="--workdir",
+    ) from None
+  except Exception as e:  # the client's own errors: network, credentials, permissions
+    raise UserError(
+      f"cannot reach {bucket} ({type(e).__name__}: {str(e).strip().splitlines()[0][:200]}); "
+      "check the bucket's name, the network and the credentials "
+      "(gcloud auth application-default login)",
+      field="--workdir",
+    ) from None
+  if not found:
+    raise UserError(
+      f"bucket {bucket} does not exist or is not visible with these credentials; "
+      "create it or fix the name",
+      field="--workdir",
+    )
+  _REACHED.add(bucket)
 
 
 def read_json(path: epath.PathLike) -> Any:
@@ -51,10 +115,6 @@ def read_json(path: epath.PathLike) -> Any:
     return json.loads(path.read_text())
   except (OSError, ValueError) as e:
     raise UserError(f"cannot read {path} ({type(e).__name__}: {e}); delete or repair it") from None
-
-
-def _is_local(path: epath.Path) -> bool:
-  return "://" not in os.fspath(path)
 
 
 def _same_file(fd: int, path: epath.Path) -> bool:
@@ -186,7 +246,7 @@ class RunDir:
 
   def busy(self) -> bool:
     """Whether a trainer process holds this run's lock right now."""
-    if not _is_local(self.path):
+    if not is_local(self.path):
       return False
     try:
       fd = os.open(self.path / self.LOCK, os.O_RDONLY)
@@ -204,6 +264,7 @@ class RunDir:
     """Refuses to resume a run whose saved config differs from `config` in a field
     outside `may_change` (fields only one side has come from another version of the
     code, not from the user, and are let through)."""
+    check_storage(self.path)
     if not self.has_config():
       return
     saved = fields.flatten(read_json(self.config_path))
@@ -255,6 +316,7 @@ class RunDir:
 
   def create(self) -> None:
     """Makes the directory; UserError naming it when that is not possible."""
+    check_storage(self.path)
     self.check_not_a_file()
     try:
       self.path.mkdir(parents=True, exist_ok=True)
@@ -268,10 +330,10 @@ class RunDir:
   def exclusive(self) -> Iterator[None]:
     """Creates the directory and holds its lock (released when the process dies).
 
-    On storage without locks (gs://) the lock is skipped: one process writes a run.
+    On object storage the lock is skipped: one process writes a run (module docstring).
     """
     self.create()
-    if not _is_local(self.path):
+    if not is_local(self.path):
       yield
       return
     try:
@@ -307,8 +369,11 @@ class RunDir:
 
   def claim(self) -> int | None:
     """Takes the sweep runner's lock on this point: the open descriptor (for the job to
-    inherit; the caller closes it), or None when another runner or a trainer holds it."""
+    inherit; the caller closes it), or None when another runner or a trainer holds it.
+    On object storage a descriptor that holds nothing: one runner a sweep there."""
     self.create()
+    if not is_local(self.path):
+      return os.open(os.devnull, os.O_RDONLY)
     fd = os.open(self.path / self.SWEEP_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
     try:
       fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -322,7 +387,7 @@ class RunDir:
 
   def check_disk(self, nbytes: int) -> None:
     """Refuses to start when the directory cannot hold a few checkpoints of `nbytes`."""
-    if not _is_local(self.path):
+    if not is_local(self.path):
       return
     need = 4 * nbytes + (16 << 20)
     free = shutil.disk_usage(self.path).free
@@ -365,6 +430,7 @@ class SweepDir:
     return record
 
   def write_record(self, record: Mapping[str, Any]) -> None:
+    check_storage(self.path)
     self.path.mkdir(parents=True, exist_ok=True)
     write_json(self.record_path, dict(record))
 
