@@ -15,7 +15,9 @@ A run directory (`RunDir`) holds
   environment.json what the machine had when a sweep job started
   source.json      where re-estimated statistics came from (bn_repro.runs.save_run)
 
-and a sweep directory (`SweepDir`) holds sweep.json and one run directory per point.
+and a sweep directory (`SweepDir`) holds sweep.json, the runner's lines (log.txt: each
+point's start and end, the progress and ETA), submitit/ (the SLURM launcher's job files)
+and one run directory per point.
 Every path is an `etils.epath.Path`, the path type Orbax and tfds use, so that the
 same code reads a local folder or a gs:// bucket (through gcsfs: the `gcs` extra).
 
@@ -403,6 +405,8 @@ class SweepDir:
   """A sweep's directory: sweep.json and one RunDir per point (named by the point)."""
 
   RECORD = "sweep.json"
+  LOG = "log.txt"
+  SUBMITIT = "submitit"
 
   def __init__(self, path: epath.PathLike):
     self.path = epath.Path(path)
@@ -413,6 +417,20 @@ class SweepDir:
   @property
   def record_path(self) -> epath.Path:
     return self.path / self.RECORD
+
+  @property
+  def log_path(self) -> epath.Path:
+    return self.path / self.LOG
+
+  @property
+  def submitit_dir(self) -> epath.Path:
+    return self.path / self.SUBMITIT
+
+  def log(self, line: str) -> None:
+    """Appends one of the runner's lines to the sweep's log."""
+    self.path.mkdir(parents=True, exist_ok=True)
+    with self.log_path.open("a") as f:
+      f.write(line + "\n")
 
   def has_record(self) -> bool:
     return self.record_path.is_file()

@@ -77,7 +77,7 @@ def test_children_see_their_own_gpus(tmp_path, monkeypatch):
   assert rc == 0
   assert sorted(s["cuda"] for s in seen) == ["0,1", "0,1", "2,3", "2,3"]
   started = [line for line in lines if "started" in line]
-  assert len(started) == 4 and all(" on gpu " in line for line in started)
+  assert len(started) == 4 and all(" on gpu " in line for line in started), lines
   assert lines[-2].startswith("sweep: 4/4 finished, 0 failed, 0 running")
 
 

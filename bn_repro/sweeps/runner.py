@@ -386,7 +386,7 @@ class Runner:
     fds = [fd for _, fd, _ in claimed]
     proc = self.launch(argv, self.cwd, {**self.env, **slot.env()}, log, fds, slot.cpus)
     together = f" (batched, {len(points)} points)" if len(points) > 1 else ""
-    together += f" on {slot.describe()}" if slot.describe() else ""
+    together += f" on {slot.describe()}" if slot.devices else ""  # cores: environment.json
     for (i, _, status), point in zip(claimed, points):
       extra = f" from step {status['step']}" if status.get("step") else ""
       self._say(i, point, f"started{extra}{together}")
