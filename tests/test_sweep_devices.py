@@ -28,6 +28,13 @@ def test_gpu_points_get_disjoint_devices_and_wait_for_free_ones():
   big = pool.acquire(3)
   assert big.devices == (0, 1, 2) and pool.acquire(2) is None  # waits: 1 device free
   assert devices.DevicePool("gpu", 1, parallel=2).acquire(0).devices == (0,)  # shared
+  given = devices.pool_from_probe(
+    {"platform": "gpu", "device_count": 2}, 2, {"CUDA_VISIBLE_DEVICES": "4,6"}
+  )
+  assert [given.acquire(0).env(), given.acquire(0).env()] == [
+    {"CUDA_VISIBLE_DEVICES": "4"},
+    {"CUDA_VISIBLE_DEVICES": "6"},
+  ]
   tpu = devices.DevicePool("tpu", 4, parallel=4).acquire(1)
   assert tpu.env()["TPU_VISIBLE_CHIPS"] == "0" and tpu.env()["TPU_PROCESS_BOUNDS"] == "1,1,1"
 

@@ -67,12 +67,21 @@ class DevicePool:
   """The local devices and cores, lent to at most `parallel` jobs at once."""
 
   def __init__(
-    self, platform: str, num_devices: int, parallel: int, cpus: Sequence[int] | None = None
+    self,
+    platform: str,
+    num_devices: int,
+    parallel: int,
+    cpus: Sequence[int] | None = None,
+    ids: Sequence[int] | None = None,
   ):
+    """`ids`: the devices' ids as the visible-devices variable names them (default
+    0..num_devices-1), so a runner started with CUDA_VISIBLE_DEVICES=4,5 lends 4 and 5."""
     self.platform = platform
     self.parallel = parallel
     self.accelerator = platform not in ("cpu", "") and num_devices > 0
-    self.free = list(range(num_devices)) if self.accelerator else []
+    ids = list(range(num_devices)) if ids is None or len(ids) != num_devices else list(ids)
+    self.ids = ids
+    self.free = list(ids) if self.accelerator else []
     self.num_devices = num_devices if self.accelerator else 0
     self.share = max(1, self.num_devices // parallel) if self.accelerator else 0
     cores = sorted(os.sched_getaffinity(0) if cpus is None else cpus)
@@ -95,7 +104,7 @@ class DevicePool:
     index = self.free_slots[0]
     devices: tuple[int, ...] = ()
     if self._round_robin:
-      devices = (index % self.num_devices,)
+      devices = (self.ids[index % self.num_devices],)
     elif self.accelerator:
       want = min(max(want, 1), self.num_devices)
       if len(self.free) < want:
@@ -111,11 +120,19 @@ class DevicePool:
       self.free = sorted([*self.free, *slot.devices])
 
 
-def pool_from_probe(environment: Mapping, parallel: int) -> DevicePool:
-  """The pool for the machine `environment` (the probe's result) describes."""
-  return DevicePool(
-    str(environment.get("platform", "cpu")), int(environment.get("device_count", 0)), parallel
-  )
+def pool_from_probe(
+  environment: Mapping, parallel: int, env: Mapping[str, str] | None = None
+) -> DevicePool:
+  """The pool for the machine `environment` (the probe's result) describes, within the
+  devices the runner's own visible-devices variable in `env` allows."""
+  platform = str(environment.get("platform", "cpu"))
+  var = "TPU_VISIBLE_CHIPS" if platform == "tpu" else VISIBLE.get(platform, "")
+  given = (env if env is not None else os.environ).get(var, "")
+  try:
+    ids = [int(x) for x in given.split(",")] if given.strip() else None
+  except ValueError:  # GPU UUIDs: keep them out of reach, lend all as 0..n-1
+    ids = None
+  return DevicePool(platform, int(environment.get("device_count", 0)), parallel, ids=ids)
 
 
 def confine(cpus: Sequence[int]) -> None:

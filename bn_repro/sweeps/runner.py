@@ -363,7 +363,7 @@ class Runner:
     the machine has), or None while they are in use."""
     if self.pool is None:
       self.environment = probe_environment(self.env)
-      self.pool = devices.pool_from_probe(self.environment, self.parallel)
+      self.pool = devices.pool_from_probe(self.environment, self.parallel, self.env)
     return self.pool.acquire(devices.wanted(self.points[group[0]].resolved, self.pool.share))
 
   def _release(self, slot: devices.Slot) -> None:
