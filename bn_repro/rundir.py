@@ -32,6 +32,7 @@ unreachable bucket is one line and nothing is written anywhere.
 import contextlib
 import fcntl
 import json
+import logging
 import os
 import shutil
 from collections.abc import Iterator, Mapping, Sequence
@@ -87,6 +88,10 @@ def check_storage(path: epath.PathLike) -> None:
   bucket = f"{scheme}://{rest.split('/', 1)[0]}"
   if bucket in _REACHED:
     return
+  # gcsfs logs a request that ran out of retries with a traceback; the UserError says it
+  quiet = logging.getLogger({"gs": "gcsfs", "gcs": "gcsfs", "s3": "s3fs"}.get(scheme, "fsspec"))
+  level = quiet.level
+  quiet.setLevel(logging.CRITICAL)
   try:
     found = epath.Path(bucket).exists()
   except ImportError as e:
@@ -101,6 +106,8 @@ def check_storage(path: epath.PathLike) -> None:
       "(gcloud auth application-default login)",
       field="--workdir",
     ) from None
+  finally:
+    quiet.setLevel(level)
   if not found:
     raise UserError(
       f"bucket {bucket} does not exist or is not visible with these credentials; "
