@@ -15,7 +15,8 @@ import orbax.checkpoint as ocp
 from absl import logging
 
 from bn_repro.errors import UserError
-from bn_repro.rundir import RunDir, absolute
+from bn_repro.rundir import RunDir
+from bn_repro.storage import absolute
 
 MAX_TO_KEEP = 3
 

@@ -17,7 +17,7 @@ from typing import Any
 from etils import epath
 
 from bn_repro import fields
-from bn_repro.rundir import is_local, write_text_atomic
+from bn_repro.storage import is_local, write_text_atomic
 
 # The metrics the HParams dashboard shows beside each run's hyperparameters.
 HPARAM_METRICS = ("eval/accuracy", "eval/loss", "train/loss")

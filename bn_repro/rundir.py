@@ -25,14 +25,13 @@ On object storage (a path with "://") a JSON file is one object upload, which is
 atomic: a reader sees the old object or the new one, never a part. Locks do not exist
 there, so the rule is one writer a run: one trainer (process 0 of a multi-host run)
 and one sweep runner per directory; nothing enforces it. Before the first read or
-write of a run on object storage, its bucket is probed once (`check_storage`), so an
+write of a run on object storage, its bucket is probed once (bn_repro.storage), so an
 unreachable bucket is one line and nothing is written anywhere.
 """
 
 import contextlib
 import fcntl
 import json
-import logging
 import os
 import shutil
 from collections.abc import Iterator, Mapping, Sequence
@@ -42,79 +41,15 @@ from etils import epath
 
 from bn_repro import fields
 from bn_repro.errors import UserError
+from bn_repro.storage import check_storage, is_local, write_text_atomic
 
 FINISHED = ("done", "diverged")
 PENDING = {"status": "pending"}
 
 
-def is_local(path: epath.PathLike) -> bool:
-  """Whether `path` is on a local (or mounted) file system, not object storage."""
-  return "://" not in os.fspath(path)
-
-
-def absolute(path: epath.PathLike) -> epath.Path:
-  """`path` made absolute; a URI (gs://...) is absolute already."""
-  path = epath.Path(path)
-  return path.absolute() if is_local(path) else path
-
-
-def write_text_atomic(path: epath.PathLike, text: str) -> None:
-  """Replaces the file's content at once: a temporary file per process and a rename on a
-  local disk, one object upload (atomic there) on object storage."""
-  path = epath.Path(path)
-  if not is_local(path):
-    path.write_text(text)
-    return
-  tmp = path.parent / f"{path.name}.{os.getpid()}.tmp"
-  tmp.write_text(text)
-  tmp.replace(path)
-
-
 def write_json(path: epath.PathLike, obj: Any) -> None:
   """Writes `obj` as JSON atomically (`write_text_atomic`)."""
   write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True, default=list) + "\n")
-
-
-_REACHED: set[str] = set()  # buckets check_storage has reached in this process
-
-
-def check_storage(path: epath.PathLike) -> None:
-  """On object storage, that the bucket of `path` can be listed (checked once a bucket);
-  UserError naming it and the fix otherwise. Local paths pass without a look."""
-  text = os.fspath(path)
-  if is_local(text):
-    return
-  scheme, _, rest = text.partition("://")
-  bucket = f"{scheme}://{rest.split('/', 1)[0]}"
-  if bucket in _REACHED:
-    return
-  # gcsfs logs a request that ran out of retries with a traceback; the UserError says it
-  quiet = logging.getLogger({"gs": "gcsfs", "gcs": "gcsfs", "s3": "s3fs"}.get(scheme, "fsspec"))
-  level = quiet.level
-  quiet.setLevel(logging.CRITICAL)
-  try:
-    found = epath.Path(bucket).exists()
-  except ImportError as e:
-    raise UserError(
-      f"cannot open {bucket} ({e}); install the cloud client: pip install 'bn_repro[gcs]'",
-      field="--workdir",
-    ) from None
-  except Exception as e:  # the client's own errors: network, credentials, permissions
-    raise UserError(
-      f"cannot reach {bucket} ({type(e).__name__}: {str(e).strip().splitlines()[0][:200]}); "
-      "check the bucket's name, the network and the credentials "
-      "(gcloud auth application-default login)",
-      field="--workdir",
-    ) from None
-  finally:
-    quiet.setLevel(level)
-  if not found:
-    raise UserError(
-      f"bucket {bucket} does not exist or is not visible with these credentials; "
-      "create it or fix the name",
-      field="--workdir",
-    )
-  _REACHED.add(bucket)
 
 
 def read_json(path: epath.PathLike) -> Any:

@@ -21,7 +21,8 @@ from absl import app, flags
 
 from bn_repro import cli, fields, parallel, training
 from bn_repro.errors import EXIT_STOPPED, UserError
-from bn_repro.rundir import SweepDir, is_local, read_json
+from bn_repro.rundir import SweepDir, read_json
+from bn_repro.storage import is_local
 from bn_repro.sweeps import grid, resolve, slurm
 from bn_repro.sweeps.runner import Runner, batch_groups
 
