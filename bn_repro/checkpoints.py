@@ -16,6 +16,7 @@ from absl import logging
 
 from bn_repro.errors import UserError
 from bn_repro.rundir import RunDir
+from bn_repro.storage import absolute
 
 MAX_TO_KEEP = 3
 
@@ -26,7 +27,7 @@ def manager(run: RunDir) -> ocp.CheckpointManager:
   The state is replicated, so with several processes each one reads the checkpoint
   on its own and process 0 alone writes it (the run directory must be shared storage).
   """
-  directory = run.checkpoint_dir.absolute()
+  directory = absolute(run.checkpoint_dir)
   options = ocp.CheckpointManagerOptions(max_to_keep=MAX_TO_KEEP, create=True)
   if jax.process_count() > 1:
     directory.mkdir(parents=True, exist_ok=True)

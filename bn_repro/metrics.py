@@ -17,6 +17,7 @@ from typing import Any
 from etils import epath
 
 from bn_repro import fields
+from bn_repro.storage import is_local, write_text_atomic
 
 # The metrics the HParams dashboard shows beside each run's hyperparameters.
 HPARAM_METRICS = ("eval/accuracy", "eval/loss", "train/loss")
@@ -34,11 +35,17 @@ class MetricWriter:
   the last checkpoint so that a resumed run's file equals an uninterrupted one's, and
   rewrites the TensorBoard folder as one fresh event file holding the events kept
   (a killed process loses the events it had not flushed; the loop flushes at every
-  checkpoint). `write_config` adds the config as text and as HParams.
+  checkpoint). `write_config` adds the config as text and as HParams. Object storage
+  cannot append: there the writer keeps the file's lines and uploads the whole file
+  after each event (one atomic object write), so the object always holds every event
+  written before it, none half.
   """
 
   def __init__(self, path: epath.PathLike, tensorboard_dir: epath.PathLike | None = None):
     self.path = epath.Path(path)
+    self._lines: list[str] | None = None  # on object storage: the file's lines
+    if not is_local(self.path):
+      self._lines = self.path.read_text().splitlines(True) if self.path.exists() else []
     self._tb_dir = None if tensorboard_dir is None else epath.Path(tensorboard_dir)
     self._tb: EventFile | None = None
 
@@ -53,9 +60,9 @@ class MetricWriter:
     events = parse_events(self.path.read_text()) if self.path.exists() else []
     kept = [e for e in events if e["step"] <= step]
     if self.path.exists():
-      tmp = self.path.parent / (self.path.name + ".tmp")
-      tmp.write_text("".join(json.dumps(e) + "\n" for e in kept))
-      tmp.replace(self.path)
+      write_text_atomic(self.path, "".join(json.dumps(e) + "\n" for e in kept))
+    if self._lines is not None:
+      self._lines = [json.dumps(e) + "\n" for e in kept]
     if self._tb_dir is None:
       return
     if self._tb is not None:
@@ -92,9 +99,16 @@ class MetricWriter:
       v = float(v) if not isinstance(v, (str, bool)) else v
       # JSON has no NaN/Inf: write them as strings so the file stays valid.
       event[k] = v if not isinstance(v, float) or math.isfinite(v) else str(v)
-    with self.path.open("a") as f:
-      f.write(json.dumps(event) + "\n")
+    self._append(json.dumps(event) + "\n")
     self._to_board(event)
+
+  def _append(self, line: str) -> None:
+    if self._lines is None:
+      with self.path.open("a") as f:
+        f.write(line)
+    else:
+      self._lines.append(line)
+      write_text_atomic(self.path, "".join(self._lines))
 
   def _to_board(self, event: Mapping[str, Any]) -> None:
     board = self._board()

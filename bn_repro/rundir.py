@@ -9,14 +9,24 @@ A run directory (`RunDir`) holds
   checkpoints/     Orbax checkpoints, one folder per step (bn_repro.checkpoints)
   profile/         a jax.profiler trace, when config.profile_num_steps > 0
   lock             held (flock) by the process that trains the run, removed when it ends
+                   (local disks only)
   sweep.lock       held by a sweep runner while one of its jobs trains the run
   log.txt          the output of a sweep job
   environment.json what the machine had when a sweep job started
   source.json      where re-estimated statistics came from (bn_repro.runs.save_run)
 
-and a sweep directory (`SweepDir`) holds sweep.json and one run directory per point.
+and a sweep directory (`SweepDir`) holds sweep.json, the runner's lines (log.txt: each
+point's start and end, the progress and ETA), submitit/ (the SLURM launcher's job files)
+and one run directory per point.
 Every path is an `etils.epath.Path`, the path type Orbax and tfds use, so that the
-same code reads a local folder or a gs:// bucket; locks exist on local disks only.
+same code reads a local folder or a gs:// bucket (through gcsfs: the `gcs` extra).
+
+On object storage (a path with "://") a JSON file is one object upload, which is
+atomic: a reader sees the old object or the new one, never a part. Locks do not exist
+there, so the rule is one writer a run: one trainer (process 0 of a multi-host run)
+and one sweep runner per directory; nothing enforces it. Before the first read or
+write of a run on object storage, its bucket is probed once (bn_repro.storage), so an
+unreachable bucket is one line and nothing is written anywhere.
 """
 
 import contextlib
@@ -31,17 +41,15 @@ from etils import epath
 
 from bn_repro import fields
 from bn_repro.errors import UserError
+from bn_repro.storage import check_storage, is_local, write_text_atomic
 
 FINISHED = ("done", "diverged")
 PENDING = {"status": "pending"}
 
 
 def write_json(path: epath.PathLike, obj: Any) -> None:
-  """Writes `obj` as JSON atomically (a temporary file per process, then a rename)."""
-  path = epath.Path(path)
-  tmp = path.parent / f"{path.name}.{os.getpid()}.tmp"
-  tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=list) + "\n")
-  tmp.replace(path)
+  """Writes `obj` as JSON atomically (`write_text_atomic`)."""
+  write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True, default=list) + "\n")
 
 
 def read_json(path: epath.PathLike) -> Any:
@@ -51,10 +59,6 @@ def read_json(path: epath.PathLike) -> Any:
     return json.loads(path.read_text())
   except (OSError, ValueError) as e:
     raise UserError(f"cannot read {path} ({type(e).__name__}: {e}); delete or repair it") from None
-
-
-def _is_local(path: epath.Path) -> bool:
-  return "://" not in os.fspath(path)
 
 
 def _same_file(fd: int, path: epath.Path) -> bool:
@@ -186,7 +190,7 @@ class RunDir:
 
   def busy(self) -> bool:
     """Whether a trainer process holds this run's lock right now."""
-    if not _is_local(self.path):
+    if not is_local(self.path):
       return False
     try:
       fd = os.open(self.path / self.LOCK, os.O_RDONLY)
@@ -204,6 +208,7 @@ class RunDir:
     """Refuses to resume a run whose saved config differs from `config` in a field
     outside `may_change` (fields only one side has come from another version of the
     code, not from the user, and are let through)."""
+    check_storage(self.path)
     if not self.has_config():
       return
     saved = fields.flatten(read_json(self.config_path))
@@ -255,6 +260,7 @@ class RunDir:
 
   def create(self) -> None:
     """Makes the directory; UserError naming it when that is not possible."""
+    check_storage(self.path)
     self.check_not_a_file()
     try:
       self.path.mkdir(parents=True, exist_ok=True)
@@ -268,10 +274,10 @@ class RunDir:
   def exclusive(self) -> Iterator[None]:
     """Creates the directory and holds its lock (released when the process dies).
 
-    On storage without locks (gs://) the lock is skipped: one process writes a run.
+    On object storage the lock is skipped: one process writes a run (module docstring).
     """
     self.create()
-    if not _is_local(self.path):
+    if not is_local(self.path):
       yield
       return
     try:
@@ -307,8 +313,11 @@ class RunDir:
 
   def claim(self) -> int | None:
     """Takes the sweep runner's lock on this point: the open descriptor (for the job to
-    inherit; the caller closes it), or None when another runner or a trainer holds it."""
+    inherit; the caller closes it), or None when another runner or a trainer holds it.
+    On object storage a descriptor that holds nothing: one runner a sweep there."""
     self.create()
+    if not is_local(self.path):
+      return os.open(os.devnull, os.O_RDONLY)
     fd = os.open(self.path / self.SWEEP_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
     try:
       fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -322,7 +331,7 @@ class RunDir:
 
   def check_disk(self, nbytes: int) -> None:
     """Refuses to start when the directory cannot hold a few checkpoints of `nbytes`."""
-    if not _is_local(self.path):
+    if not is_local(self.path):
       return
     need = 4 * nbytes + (16 << 20)
     free = shutil.disk_usage(self.path).free
@@ -338,6 +347,8 @@ class SweepDir:
   """A sweep's directory: sweep.json and one RunDir per point (named by the point)."""
 
   RECORD = "sweep.json"
+  LOG = "log.txt"
+  SUBMITIT = "submitit"
 
   def __init__(self, path: epath.PathLike):
     self.path = epath.Path(path)
@@ -348,6 +359,20 @@ class SweepDir:
   @property
   def record_path(self) -> epath.Path:
     return self.path / self.RECORD
+
+  @property
+  def log_path(self) -> epath.Path:
+    return self.path / self.LOG
+
+  @property
+  def submitit_dir(self) -> epath.Path:
+    return self.path / self.SUBMITIT
+
+  def log(self, line: str) -> None:
+    """Appends one of the runner's lines to the sweep's log."""
+    self.path.mkdir(parents=True, exist_ok=True)
+    with self.log_path.open("a") as f:
+      f.write(line + "\n")
 
   def has_record(self) -> bool:
     return self.record_path.is_file()
@@ -365,6 +390,7 @@ class SweepDir:
     return record
 
   def write_record(self, record: Mapping[str, Any]) -> None:
+    check_storage(self.path)
     self.path.mkdir(parents=True, exist_ok=True)
     write_json(self.record_path, dict(record))
 

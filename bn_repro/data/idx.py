@@ -9,6 +9,7 @@ import os
 import zlib
 
 import numpy as np
+from etils import epath
 
 from bn_repro.errors import UserError
 
@@ -28,8 +29,7 @@ def _invalid(path: str, reason: str) -> UserError:
 
 
 def _read_bytes(path: str) -> bytes:
-  with open(path, "rb") as f:
-    raw = f.read()
+  raw = epath.Path(path).read_bytes()  # a local file or an object (gs://...)
   if not raw.startswith(_GZIP_MAGIC):
     return raw
   try:

@@ -15,6 +15,7 @@ from typing import Any
 
 import ml_collections
 import numpy as np
+from etils import epath
 
 from bn_repro.configs.common import MNIST_DIR_ENV
 from bn_repro.data import idx, splits
@@ -145,9 +146,9 @@ def _take(
 
 def _idx_file(directory: str, name: str) -> str | None:
   for candidate in (name + ".gz", name):
-    path = os.path.join(directory, candidate)
-    if os.path.isfile(path):
-      return path
+    path = epath.Path(directory) / candidate
+    if path.is_file():
+      return os.fspath(path)
   return None
 
 
@@ -167,7 +168,15 @@ def _load_idx_base(directory: str, split: str, spec: DatasetSpec) -> ArrayDatase
       f" to a directory holding {wanted}.",
       field="config.data.idx_dir",
     )
-  if not os.path.isdir(directory):
+  try:
+    found = epath.Path(directory).is_dir()  # a local directory or a gs:// prefix
+  except Exception as e:  # a cloud client's own errors: network, credentials
+    raise UserError(
+      f"cannot read {directory!r} ({type(e).__name__}); check the bucket's name, the network "
+      "and the credentials",
+      field="config.data.idx_dir",
+    ) from None
+  if not found:
     raise UserError(
       f"directory {directory!r} does not exist; set it to a directory holding {wanted}.",
       field="config.data.idx_dir",

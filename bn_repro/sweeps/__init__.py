@@ -18,7 +18,7 @@ not on dict or grid order.
 Runner (`python -m bn_repro.sweeps`, or the console script):
   bn-repro-sweep --sweep=mnist_sweeps:lr_grid --workdir=runs/lr \
       [--parallel=N] [--override=FIELD=VALUE ...] [--point=NAME ...] [--print_commands] \
-      [--batched [--max_batched_runs=N]]
+      [--batched [--max_batched_runs=N]] [--launcher=slurm --slurm_partition=P ...]
 
 Each point runs as `python -m bn_repro.main --config=... --workdir=<workdir>/<name>
 --config.<field>=<value> ...` in its own process, so a crash or divergence in one never
@@ -50,7 +50,15 @@ was raised since runs on); the others run again and the trainer resumes from its
 Exit codes: 0 every selected point done or diverged; 1 some point failed or did not
 finish; 2 bad input (one line on stderr, nothing written); 128+N after signal N.
 
+Placement: jobs side by side get disjoint devices (visible-devices variables) on GPU and
+TPU hosts and disjoint CPU cores (affinity) on CPU hosts (devices.py). Progress: after each
+point, finished / total, failures and an ETA, also in the sweep's log.txt.
+`--launcher=slurm` submits the unfinished points as one submitit job array, a task a
+point running this runner with --point=NAME (slurm.py).
+
 Modules: grid (the language of sweep files, standard library only), resolve (loading a
-sweep file, points against their configs), runner (jobs and their processes),
-environment (what a job's machine has), cli (the flags and main).
+sweep file, points against their configs), runner (jobs and their processes), devices
+(which devices and cores a job gets), outcomes (a point's status before and after a job),
+progress (the progress line), slurm (the job-array launcher), environment (what a job's
+machine has), cli (the flags and main).
 """

@@ -11,6 +11,7 @@ prints the commands, trains a batched group in this process (`--in_process`, the
 anything is written.
 """
 
+import datetime
 import os
 import shlex
 import sys
@@ -21,7 +22,8 @@ from absl import app, flags
 from bn_repro import cli, fields, parallel, training
 from bn_repro.errors import EXIT_STOPPED, UserError
 from bn_repro.rundir import SweepDir, read_json
-from bn_repro.sweeps import grid, resolve
+from bn_repro.storage import is_local
+from bn_repro.sweeps import grid, resolve, slurm
 from bn_repro.sweeps.runner import Runner, batch_groups
 
 PROGRAM = "bn-repro sweep"  # the prefix of its error lines
@@ -72,6 +74,31 @@ _CPU_DEVICES = flags.DEFINE_integer(
   "spread over (0: the usable CPUs / --parallel). No effect on GPU or "
   "TPU, nor where XLA_FLAGS sets a device count.",
 )
+_LAUNCHER = flags.DEFINE_enum(
+  "launcher",
+  "local",
+  ["local", "slurm"],
+  "local: child processes on this machine; slurm: one SLURM job array through submitit, "
+  "a task a point (bn_repro.sweeps.slurm).",
+)
+_SLURM_PARTITION = flags.DEFINE_string("slurm_partition", "", "With --launcher=slurm: partition.")
+_SLURM_TIME = flags.DEFINE_integer(
+  "slurm_time_min", 60, "With --launcher=slurm: time limit of each point's task, in minutes."
+)
+_SLURM_GPUS = flags.DEFINE_integer("slurm_gpus_per_point", 0, "With --launcher=slurm: GPUs a task.")
+_SLURM_CPUS = flags.DEFINE_integer("slurm_cpus_per_point", 1, "With --launcher=slurm: CPUs a task.")
+_SLURM_ARRAY = flags.DEFINE_integer(
+  "slurm_array_parallelism", 0, "With --launcher=slurm: tasks running at once (0: no limit)."
+)
+_SLURM_WAIT = flags.DEFINE_bool(
+  "slurm_wait", True, "With --launcher=slurm: follow the jobs to the end (else exit on submission)."
+)
+_SLURM_CLUSTER = flags.DEFINE_enum(
+  "slurm_cluster",
+  "slurm",
+  ["slurm", "local"],
+  "With --launcher=slurm: submitit's cluster; local runs the array's tasks as processes here.",
+)
 flags.mark_flags_as_required(["sweep", "workdir"])
 
 
@@ -93,6 +120,17 @@ def _check_flags() -> None:
     raise UserError("applies to --batched runs only; add --batched", field="--cpu_devices")
   if _MAX_BATCHED_RUNS.value and not _BATCHED.value:
     raise UserError("applies to --batched runs only; add --batched", field="--max_batched_runs")
+  for flag in (_SLURM_TIME, _SLURM_CPUS):
+    if flag.value < 1:
+      raise UserError("must be >= 1", field=f"--{flag.name}")
+  for flag in (_SLURM_GPUS, _SLURM_ARRAY):
+    if flag.value < 0:
+      raise UserError("must be >= 0", field=f"--{flag.name}")
+  if _LAUNCHER.value == "slurm" and (_PARALLEL.value > 1 or _BATCHED.value):
+    raise UserError(
+      "--launcher=slurm runs a task a point; use --slurm_array_parallelism instead",
+      field="--parallel" if _PARALLEL.value > 1 else "--batched",
+    )
 
 
 def _select(points: Sequence[resolve.ResolvedPoint], spec: str) -> list[int]:
@@ -111,7 +149,13 @@ def _select(points: Sequence[resolve.ResolvedPoint], spec: str) -> list[int]:
 
 
 def _check_workdir(workdir: str, spec: str) -> None:
-  """The workdir is a directory, new or holding this same sweep."""
+  """The workdir is a local (or shared) directory, new or holding this same sweep."""
+  if not is_local(workdir):
+    raise UserError(
+      f"{workdir} is on object storage, where a sweep's job logs and locks cannot live; "
+      "use a local or shared directory (each run may still set a gs:// data directory)",
+      field="--workdir",
+    )
   if os.path.exists(workdir) and not os.path.isdir(workdir):
     raise UserError(f"{workdir} exists and is not a directory", field="--workdir")
   path = SweepDir(workdir).record_path
@@ -201,11 +245,32 @@ def _run_sweep(
       run.create()
       run.write_config(points[i].resolved)
       run.write_status("pending")
+  sweep_dir = SweepDir(workdir)
+
+  def out(line: str) -> None:
+    print(line, flush=True)
+    sweep_dir.log(f"{datetime.datetime.now().isoformat(timespec='seconds')} {line}")
+
+  if _LAUNCHER.value == "slurm":
+    options = slurm.Options(
+      partition=_SLURM_PARTITION.value,
+      time_min=_SLURM_TIME.value,
+      gpus_per_point=_SLURM_GPUS.value,
+      cpus_per_point=_SLURM_CPUS.value,
+      array_parallelism=_SLURM_ARRAY.value,
+      cluster=_SLURM_CLUSTER.value,
+    )
+    try:
+      return slurm.submit(
+        points, selected, command, cwd, sweep_dir, options, out, wait=_SLURM_WAIT.value
+      )
+    except UserError as e:
+      return cli.report(PROGRAM, str(e))
   runner = Runner(
     points,
     _PARALLEL.value,
     cwd,
-    out=lambda s: print(s, flush=True),
+    out=out,
     batch_command=runner_argv(spec, workdir, overrides) if _BATCHED.value else None,
     max_batched_runs=_MAX_BATCHED_RUNS.value,
     cpu_devices=_CPU_DEVICES.value,

@@ -46,6 +46,8 @@ def _devices() -> dict[str, Any]:
     devices = jax.devices()
     return {
       "backend": jax.default_backend(),
+      "platform": devices[0].platform if devices else "cpu",
+      "device_count": len(devices),
       "devices": f"{len(devices)} x {devices[0].device_kind}" if devices else "none",
     }
   except Exception as e:

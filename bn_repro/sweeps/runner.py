@@ -26,10 +26,11 @@ from typing import Any, BinaryIO, Protocol
 import ml_collections
 
 from bn_repro import fields, training
-from bn_repro.errors import EXIT_DIVERGED, EXIT_STOPPED, UserError
+from bn_repro.errors import UserError
 from bn_repro.parallel import usable_cpus
-from bn_repro.rundir import RunDir
+from bn_repro.sweeps import devices, outcomes
 from bn_repro.sweeps.environment import probe_environment
+from bn_repro.sweeps.progress import Progress
 from bn_repro.sweeps.resolve import ResolvedPoint
 
 # With several trainers on one machine, each one's XLA CPU thread pool would span all
@@ -106,20 +107,25 @@ class Process(Protocol):
   def kill(self) -> None: ...
 
 
-# (argv, cwd, env, log file for its output, lock descriptors it inherits) -> its process.
-Launcher = Callable[[Sequence[str], str, Mapping[str, str], BinaryIO, Sequence[int]], Process]
+# (argv, cwd, env, log file for its output, lock descriptors it inherits, CPU cores it may
+# use (empty: all)) -> its process.
+Launcher = Callable[
+  [Sequence[str], str, Mapping[str, str], BinaryIO, Sequence[int], Sequence[int]], Process
+]
 
 
-def _die_with_parent() -> Callable[[], None] | None:
-  """A preexec_fn that asks Linux to SIGTERM the child when the runner dies (even by
-  SIGKILL), so no orphan trains on; the trainer then saves a checkpoint and exits."""
+def _preexec(cpus: Sequence[int]) -> Callable[[], None] | None:
+  """A preexec_fn that confines the child to `cpus` and asks Linux to SIGTERM it when
+  the runner dies (even by SIGKILL), so no orphan trains on; the trainer then saves a
+  checkpoint and exits."""
   try:
     prctl = ctypes.CDLL(None, use_errno=True).prctl
   except (OSError, AttributeError):
-    return None
+    return (lambda: devices.confine(cpus)) if cpus else None
   parent = os.getpid()
 
   def preexec():
+    devices.confine(cpus)
     prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
     if os.getppid() != parent:  # the runner died before prctl took effect
       os._exit(1)
@@ -128,9 +134,15 @@ def _die_with_parent() -> Callable[[], None] | None:
 
 
 def launch_local(
-  argv: Sequence[str], cwd: str, env: Mapping[str, str], log: BinaryIO, lock_fds: Sequence[int]
+  argv: Sequence[str],
+  cwd: str,
+  env: Mapping[str, str],
+  log: BinaryIO,
+  lock_fds: Sequence[int],
+  cpus: Sequence[int] = (),
 ) -> subprocess.Popen:
-  """A child process on this machine, in its own session, that dies with the runner."""
+  """A child process on this machine, in its own session, on `cpus` (empty: the runner's),
+  that dies with the runner."""
   return subprocess.Popen(
     argv,
     cwd=cwd,
@@ -140,59 +152,8 @@ def launch_local(
     stderr=subprocess.STDOUT,
     start_new_session=True,
     pass_fds=lock_fds,
-    preexec_fn=_die_with_parent(),
+    preexec_fn=_preexec(cpus),
   )
-
-
-# ---------------------------------------------------------------------------
-# Points' files.
-
-
-def _is_finished(point: ResolvedPoint, status: Mapping[str, Any]) -> bool:
-  """Done or diverged; a done run whose num_steps was raised since is not (it extends)."""
-  if status["status"] == "diverged":
-    return True
-  return status["status"] == "done" and status.get("step", 0) >= point.resolved.get("num_steps", 0)
-
-
-def _prepare_fresh(point: ResolvedPoint) -> None:
-  """A point with no checkpoint starts over: drop a previous attempt's partial files."""
-  run = point.run_dir
-  if run.latest_checkpoint() is not None:
-    return
-  run.clear_metrics()
-  run.write_config(point.resolved)
-
-
-def _last_line(path: os.PathLike, offset: int) -> str:
-  try:
-    with open(path, "rb") as f:
-      f.seek(offset)
-      lines = f.read().decode(errors="replace").strip().splitlines()
-  except OSError:
-    return ""
-  return lines[-1].strip() if lines else ""
-
-
-def _outcome(status: Mapping[str, Any], rc: int, signalled: bool, took: str) -> tuple[str, str]:
-  """A finished job's point: (outcome, what to say) from its exit code and status; for
-  "failed", what to say comes from `_error`."""
-  if rc == 0 and status["status"] == "done":
-    return "done", f"done at step {status.get('step')} ({took})"
-  if status["status"] == "diverged" and rc in (0, EXIT_DIVERGED, EXIT_STOPPED):
-    return "diverged", f"diverged at step {status.get('step')} ({took})"
-  if rc == EXIT_STOPPED or (signalled and rc != 0):
-    return "stopped", f"stopped at step {status.get('step')}; rerun to resume"
-  return "failed", ""
-
-
-def _error(status: Mapping[str, Any], rc: int, line: str) -> str:
-  """Why a job failed, in one line: its exit and its output's last line."""
-  if rc == 0:
-    return f"exited 0 but {RunDir.STATUS} says {status['status']!r}"
-  if rc < 0:
-    return f"killed by signal {-rc}" + (f"; last output: {line}" if line else "")
-  return line or f"exit code {rc} without output"
 
 
 @dataclasses.dataclass
@@ -203,6 +164,7 @@ class _Job:
   log: BinaryIO
   log_offset: int
   started: float
+  slot: devices.Slot
 
 
 # ---------------------------------------------------------------------------
@@ -238,6 +200,8 @@ class Runner:
     self.launch = launch
     self.env = child_env(parallel)
     self.environment: dict[str, Any] | None = None
+    self.pool: devices.DevicePool | None = None
+    self.progress = Progress(0)
     self.outcomes: collections.Counter = collections.Counter()
     self.signal: int | None = None
     self.signals_seen = 0
@@ -269,6 +233,7 @@ class Runner:
         signal.signal(s, h)
 
   def _run(self, selected: Sequence[int]) -> int:
+    self.progress = Progress(len(selected))
     todo = self._unfinished(selected)
     self._loop(
       collections.deque(
@@ -293,9 +258,10 @@ class Runner:
     for i in selected:
       point = self.points[i]
       status = point.run_dir.status()
-      if _is_finished(point, status):
+      if outcomes.is_finished(point, status):
         self.outcomes["skipped"] += 1
         self.outcomes[status["status"]] += 1
+        self.progress.skipped()
         self._say(i, point, f"skipped ({status['status']} at step {status.get('step')})")
       else:
         todo.append(i)
@@ -309,9 +275,14 @@ class Runner:
       if self.signal is not None:
         self._stop(running, queue)
       while queue and len(running) < self.parallel and self.signal is None:
-        job, busy = self._start(queue.popleft())
+        slot = self._acquire(queue[0])
+        if slot is None:  # the devices it needs are in use: wait for a job to end
+          break
+        job, busy = self._start(queue.popleft(), slot)
         if job is not None:
           running.append(job)
+        else:
+          self._release(slot)
         if busy:  # locked by another runner: retry later
           for i in sorted(set(busy) - busy_said):
             self._say(i, self.points[i], "busy (another process is running it); waiting")
@@ -323,6 +294,7 @@ class Runner:
         if rc is not None:
           running.remove(job)
           self._finish(job, rc)
+          self.out(self.progress.line(running=len(running)))
       time.sleep(0.1)
 
   def _stop(self, running: list[_Job], queue: collections.deque) -> None:
@@ -352,9 +324,10 @@ class Runner:
         busy.append(i)
         continue
       status = point.run_dir.status()
-      if _is_finished(point, status):  # another runner finished it while we waited
+      if outcomes.is_finished(point, status):  # another runner finished it while we waited
         os.close(fd)
         self.outcomes[status["status"]] += 1
+        self.progress.skipped()
         self._say(i, point, f"{status['status']} (by another runner)")
       else:
         claimed.append((i, fd, status))
@@ -385,43 +358,57 @@ class Runner:
     log.flush()
     return log, log.tell()
 
-  def _start(self, group: Sequence[int]) -> tuple[_Job | None, list[int]]:
-    """Starts the points of `group` in one process: the job (None if none was left to
-    run: finished meanwhile, or busy) and the points another process holds."""
+  def _acquire(self, group: Sequence[int]) -> devices.Slot | None:
+    """The devices and cores for the job of `group` (the first time, after probing what
+    the machine has), or None while they are in use."""
+    if self.pool is None:
+      self.environment = probe_environment(self.env)
+      self.pool = devices.pool_from_probe(self.environment, self.parallel, self.env)
+    return self.pool.acquire(devices.wanted(self.points[group[0]].resolved, self.pool.share))
+
+  def _release(self, slot: devices.Slot) -> None:
+    if self.pool is not None:
+      self.pool.release(slot)
+
+  def _start(self, group: Sequence[int], slot: devices.Slot) -> tuple[_Job | None, list[int]]:
+    """Starts the points of `group` in one process on `slot`: the job (None if none was
+    left to run: finished meanwhile, or busy) and the points another process holds."""
     claimed, busy = self._claim(group)
     if not claimed:
       return None, busy
     points = [self.points[i] for i, _, _ in claimed]
-    if self.environment is None:
-      self.environment = probe_environment(self.env)
+    placed = {"slot": slot.describe(), "slot_env": slot.env(), "slot_cpus": list(slot.cpus)}
     for point in points:
-      _prepare_fresh(point)
-      point.run_dir.write_environment(self.environment)
+      outcomes.prepare_fresh(point)
+      point.run_dir.write_environment({**(self.environment or {}), **placed})
     argv = self._argv(points)
     log, offset = self._open_log(points, argv)
     fds = [fd for _, fd, _ in claimed]
-    proc = self.launch(argv, self.cwd, self.env, log, fds)
+    proc = self.launch(argv, self.cwd, {**self.env, **slot.env()}, log, fds, slot.cpus)
     together = f" (batched, {len(points)} points)" if len(points) > 1 else ""
+    together += f" on {slot.describe()}" if slot.devices else ""  # cores: environment.json
     for (i, _, status), point in zip(claimed, points):
       extra = f" from step {status['step']}" if status.get("step") else ""
       self._say(i, point, f"started{extra}{together}")
     indices = [i for i, _, _ in claimed]
-    return _Job(indices, proc, fds, log, offset, time.monotonic()), busy
+    return _Job(indices, proc, fds, log, offset, time.monotonic(), slot), busy
 
   def _finish(self, job: _Job, rc: int) -> None:
     """Each point's outcome from the exit code and its status (a batched group exits 0
     when each of its points is done or diverged, 4 when stopped)."""
     job.log.close()
+    self._release(job.slot)
     took = f"{time.monotonic() - job.started:.1f} s"
     log_path = self.points[job.indices[0]].run_dir.log_path
     for i, fd in zip(job.indices, job.lock_fds):
       point = self.points[i]
       status = point.run_dir.status()
-      outcome, what = _outcome(status, rc, self.signal is not None, took)
+      outcome, what = outcomes.outcome(status, rc, self.signal is not None, took)
       if outcome == "failed":
-        error = _error(status, rc, _last_line(log_path, job.log_offset))
+        error = outcomes.error(status, rc, outcomes.last_line(log_path, job.log_offset))
         point.run_dir.write_status("failed", error=error, exit_code=rc)
         what = f"failed (exit {rc}): {error}"
       os.close(fd)
       self.outcomes[outcome] += 1
+      self.progress.finished(outcome)
       self._say(i, point, what)
