@@ -7,8 +7,8 @@
 #   BN_REPRO_MNIST_DIR=DIR FIGURE1_PRESET=t10k scripts/figure1.sh runs/fig1
 # Each net trains FIGURE1_SEEDS seeds (default 3: seeds 0..N-1 in OUT_DIR/bn/seed<k> and
 # OUT_DIR/nobn/seed<k>) as one batched program (bn-repro --seeds); FIGURE1_SEEDS=1 trains one
-# run each, in OUT_DIR/bn and OUT_DIR/nobn. The two nets train at the same time, each on one
-# CPU core and one XLA CPU thread, and every line they print starts with "bn: " or "nobn: ";
+# run each, in OUT_DIR/bn and OUT_DIR/nobn. The two nets train at the same time, each on its
+# own CPU core (config.cpu_cores), and every line they print starts with "bn: " or "nobn: ";
 # FIGURE1_SEQUENTIAL=1 runs one after the other. Pinning each run to one core also fixes the
 # float rounding: XLA:CPU splits some operations by the number of CPUs a process may use, so
 # one core per run gives the same numbers in both modes and on any machine with the same
@@ -17,32 +17,21 @@ set -euo pipefail
 out=${1:?usage: scripts/figure1.sh OUT_DIR [--config.field=value ...]}
 shift
 seeds=${FIGURE1_SEEDS:-3}
-# --- CPU placement -----------------------------------------------------------------------
-# PLACEMENT=taskset pins each run's process to its core with taskset. PLACEMENT=field passes
-# --config.cpu_cores=<core> instead (the config field of bn_repro/placement.py, issue 18):
-# switch the default to "field" once that field is on main.
-PLACEMENT=${FIGURE1_PLACEMENT:-taskset}
-# ------------------------------------------------------------------------------------------
 run() {
   local variant=$1 core=$2
   shift 2
-  local pin=() place=()
-  if [[ -n $core && $PLACEMENT == taskset ]]; then
-    pin=(taskset -c "$core")
-  elif [[ -n $core && $PLACEMENT == field ]]; then
-    place=("--config.cpu_cores=$core")
-  fi
-  "${pin[@]}" python -m bn_repro.main \
+  local place=()
+  [[ -n $core ]] && place=("--config.cpu_cores=$core")
+  python -m bn_repro.main \
     --config="mnist_mlp:${variant}_sigmoid${FIGURE1_PRESET:+,$FIGURE1_PRESET}" \
     --workdir="$out/$variant" --seeds="$seeds" "${place[@]}" "$@" 2>&1 |
     sed -u "s/^/$variant: /"
 }
-# Two cores this script may use (the first twice if it has one); none without taskset.
-cores=()
-if [[ $PLACEMENT == field ]] || command -v taskset > /dev/null; then
-  read -r -a cores < <(python -c 'import os
-c = sorted(os.sched_getaffinity(0)); print(c[0], c[1 % len(c)])')
-fi
+# Two cores this script may use (the first twice if it has one; none where the OS has no
+# CPU affinity): each run gets its own through config.cpu_cores (bn_repro/placement.py).
+read -r -a cores < <(python -c 'import os
+c = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+print(*(c[:2] if len(c) > 1 else c * 2))')
 export XLA_FLAGS="${XLA_FLAGS:-} --xla_cpu_multi_thread_eigen=false"
 if [[ "${FIGURE1_SEQUENTIAL:-0}" == 1 ]]; then
   run bn "${cores[0]:-}" "${@}"
