@@ -9,15 +9,19 @@ measured in docs/RESULTS.md ("CPU placement") as the step's FLOPs; `SMALL_STEP_F
 crossover.
 
 `cpu_cores` is "auto" (one core when the step is small, else all), "all", or a comma list of
-core ids ("0", "2,3"). Every choice stays within the cores the process was given (its
-affinity mask, as `taskset`, a sweep's launcher or a cluster sets it), so runs that go side by
-side get disjoint cores from whoever starts them. On GPU and TPU hosts (and where the OS has no
-affinity call) "auto" leaves the process as it is.
+core ids ("0", "2,3"). An "auto" run claims its core with a lock file in the temp directory,
+so runs started independently on one machine take different cores while there are free ones
+(and share all of them when there are not). Every choice stays within the cores the process
+was given (its affinity mask, as `taskset`, a sweep's launcher or a cluster sets it), so runs
+that go side by side get disjoint cores from whoever starts them. On GPU and TPU hosts (and
+where the OS has no affinity call) "auto" leaves the process as it is.
 """
 
 import contextlib
+import fcntl
 import importlib.util
 import os
+import tempfile
 from collections.abc import Sequence
 from typing import Any
 
@@ -100,10 +104,35 @@ def apply(config: Any, runs: int = 1) -> str:
   allowed = sorted(os.sched_getaffinity(0))
   flops = step_flops(config, runs)
   cores = choose(spec, flops, allowed)
+  note = ""
+  if spec == AUTO and len(cores) == 1 < len(allowed):
+    free = next((c for c in allowed if _claim(c)), None)
+    cores = allowed if free is None else (free,)
+    note = "; every core holds another run" if free is None else ""
   if set(cores) != set(allowed):
     _pin(cores)
   size = f"{flops / 1e6:.0f} MFLOP/step" if flops is not None else "no closed-form FLOPs"
   return (
     f"placement: CPU core(s) {','.join(map(str, cores))} of {len(allowed)} "
-    f"(cpu_cores={spec}, {size})"
+    f"(cpu_cores={spec}, {size}{note})"
   )
+
+
+_CLAIMED: list[int] = []  # descriptors of the claimed cores' lock files, held until exit
+
+
+def _claim(core: int) -> bool:
+  """Claims `core` for this process's lifetime (an flock on a file in the temp directory),
+  so that "auto" runs started independently on one machine take different cores."""
+  path = os.path.join(tempfile.gettempdir(), f"bn_repro-cpu{core}.lock")
+  try:
+    fd = os.open(path, os.O_RDONLY | os.O_CREAT, 0o644)
+  except OSError:
+    return False
+  try:
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+  except OSError:
+    os.close(fd)
+    return False
+  _CLAIMED.append(fd)
+  return True

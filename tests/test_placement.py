@@ -78,3 +78,34 @@ def test_apply_pins_every_thread_of_the_process(spec, want):
   assert len(got["threads"]) >= 2
   assert all(t == want for t in got["threads"]), got
   assert got["line"].startswith(f"placement: CPU core(s) {','.join(map(str, want))} of 2")
+
+
+@pytest.mark.skipif(
+  not hasattr(os, "sched_setaffinity") or (os.cpu_count() or 1) < 2, reason="needs 2 cores"
+)
+def test_auto_runs_started_together_claim_different_cores(tmp_path):
+  """Three "auto" processes alive at once on 2 cores: the first two get one core each, the
+  third finds both claimed and shares them."""
+  child = (
+    "import sys; from bn_repro import configs, placement; "
+    "print(placement.apply(configs.get('mnist_mlp:bn_sigmoid')), flush=True); sys.stdin.read()"
+  )
+  env = dict(os.environ, TMPDIR=str(tmp_path))
+  procs = []
+  lines = []
+  for _ in range(3):
+    p = subprocess.Popen(
+      [sys.executable, "-c", child],
+      stdin=subprocess.PIPE,
+      stdout=subprocess.PIPE,
+      text=True,
+      env=env,
+      preexec_fn=lambda: os.sched_setaffinity(0, {0, 1}),
+    )
+    procs.append(p)
+    lines.append(p.stdout.readline())  # this one has claimed (or not) before the next starts
+  for p in procs:
+    p.communicate("")
+  assert lines[0].startswith("placement: CPU core(s) 0 of 2")
+  assert lines[1].startswith("placement: CPU core(s) 1 of 2")
+  assert lines[2].startswith("placement: CPU core(s) 0,1 of 2") and "another run" in lines[2]

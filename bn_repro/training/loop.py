@@ -162,6 +162,9 @@ class Loop:
     self.raise_divergence = raise_divergence
     self.config = runs[0].config  # the schedule every run shares
     self.plan = CallPlan(self.config, agree=jax.process_count() > 1)
+    # Wall seconds by activity: training (without compiling), evaluations (their compile
+    # included), checkpoints; logged at the end.
+    self.seconds = {"train": 0.0, "eval": 0.0, "checkpoints": 0.0}
 
   def diverge(self, r: int, at: int) -> None:
     run = self.runs[r]
@@ -172,7 +175,9 @@ class Loop:
 
   def evaluate(self, states: Any, r: int, step: int) -> tuple[Any, dict[str, float] | None]:
     """Run r's eval metrics, or None after recording that they are not finite."""
+    t = time.perf_counter()
     states, evals = self.engine.evaluate_run(states, r)
+    self.seconds["eval"] += time.perf_counter() - t
     if all(math.isfinite(v) for v in evals.values()):
       return states, evals
     self.diverge(r, step)
@@ -216,6 +221,7 @@ class Loop:
       t, compile_before = time.perf_counter(), engine.compile_seconds
       states, reached, metrics, finite = self.train_chunk(states, step, stop)
       compiled = engine.compile_seconds - compile_before
+      self.seconds["train"] += time.perf_counter() - t - compiled
       rate = (reached - step) / max(time.perf_counter() - t - compiled, 1e-9)
       for r, run in enumerate(self.runs):
         bad = first_bad_step(metrics[:, r, 0], bool(finite[r]), config.max_loss)
@@ -225,10 +231,17 @@ class Loop:
       states = self.after_chunk(states, step, metrics, rate, compiled)
       self.log(step, start, t_start)
       stop_signal = self.signals.agreed()  # read once: every run stops at this step, or none
+      t = time.perf_counter()
       self.save_or_stop(states, step, stop_signal)
+      self.seconds["checkpoints"] += time.perf_counter() - t
     for run in self.runs:
       if run.status == "running":
         run.set_status("done", step)
+    logging.info(
+      "time: %s (training compiles %.1f s)",
+      ", ".join(f"{k} {v:.1f} s" for k, v in self.seconds.items()),
+      engine.compile_seconds,
+    )
     return states
 
   def after_chunk(
