@@ -107,7 +107,7 @@ def apply(config: Any, runs: int = 1) -> str:
   note = ""
   if spec == AUTO and len(cores) == 1 < len(allowed):
     free = next((c for c in allowed if _claim(c)), None)
-    cores = allowed if free is None else (free,)
+    cores = tuple(allowed) if free is None else (free,)
     note = "; every core holds another run" if free is None else ""
   if set(cores) != set(allowed):
     _pin(cores)
