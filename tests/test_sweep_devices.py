@@ -89,8 +89,13 @@ def test_children_see_their_own_gpus(tmp_path, monkeypatch):
 
 
 def test_children_side_by_side_get_disjoint_cores(tmp_path, monkeypatch):
-  cores = sorted(os.sched_getaffinity(0))
-  rc, seen, _ = _sweep(tmp_path, monkeypatch, "cpu")
+  mine = os.sched_getaffinity(0)
+  os.sched_setaffinity(0, range(os.cpu_count() or 1))  # every core, not the xdist worker's one
+  try:
+    cores = sorted(os.sched_getaffinity(0))
+    rc, seen, _ = _sweep(tmp_path, monkeypatch, "cpu")
+  finally:
+    os.sched_setaffinity(0, mine)
   assert rc == 0 and all(s["cuda"] is None for s in seen)
   halves = {tuple(s["cpus"]) for s in seen}
   assert len(cores) < 2 or (len(halves) == 2 and not set.intersection(*map(set, halves)))
