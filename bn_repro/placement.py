@@ -29,8 +29,9 @@ from bn_repro.errors import UserError
 
 AUTO, ALL = "auto", "all"
 # Below this many FLOPs a training step (all runs of a batched group together) runs faster on
-# one core than on two (docs/RESULTS.md, "CPU placement").
-SMALL_STEP_FLOPS = 2e8
+# one core than on two: measured one core / two 1.10x at 36 MFLOP (the paper's MLP), 1.03x at
+# 86, 0.77x at 230 and 0.62x at 392 (docs/RESULTS.md, "CPU placement").
+SMALL_STEP_FLOPS = 1e8
 _ACCELERATOR_PLUGINS = ("jax_cuda12_plugin", "jax_cuda13_plugin", "jax_rocm60_plugin", "libtpu")
 
 
