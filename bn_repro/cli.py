@@ -7,6 +7,7 @@ import re
 import sys
 from collections.abc import Callable, Sequence
 
+from bn_repro import fields
 from bn_repro.errors import EXIT_BAD_INPUT
 
 
@@ -59,11 +60,47 @@ def plain_flag_error(message: str) -> str:
   return f"{m.group(1)}: " + ": ".join(str(p) for p in parts)
 
 
+def config_flag_hint(
+  message: str,
+  given: Sequence[str],
+  known: Sequence[str],
+  how: str,
+  spell: Callable[[str, str], str],
+  module: str,
+) -> str | None:
+  """For absl's "Unknown command line flag 'num_steps'": a misspelt flag of `module`'s own
+  as "did you mean"; a config field (also misspelt, without its prefix, or as
+  `config.num_steps`) as one line saying `how` config fields are set and `spell(field,
+  value)`, the flag it should have been; else None."""
+  import difflib
+
+  from absl import flags
+
+  m = re.match(r"Unknown command line flag '([^']+)'", message)
+  if not m:
+    return None
+  name = m.group(1)
+  own = [f.name for f in flags.FLAGS.get_key_flags_for_module(module)]
+  typo = difflib.get_close_matches(name, own, n=1, cutoff=0.75)
+  if typo:
+    return f"unknown flag --{name}; did you mean --{typo[0]}?"
+  field = name.removeprefix("config.")
+  match = field if field in known else fields.closest(field, known) if known else None
+  if not match:
+    return None
+  value = next((a.split("=", 1)[1] for a in given if a.startswith(f"--{name}=")), "VALUE")
+  return f"unknown flag --{name}; {how}, here {spell(match, value)}"
+
+
 def one_line_flags_parser(
-  program: str, module: str | None = None, doc: str | None = None
+  program: str,
+  module: str | None = None,
+  doc: str | None = None,
+  hint: Callable[[str, Sequence[str]], str | None] | None = None,
 ) -> Callable[[Sequence[str]], list[str]]:
   """An absl `app.run(..., flags_parser=)`: a bad flag is one line and exit 2, no usage dump;
-  --help prints `doc` and the flags of `module` (bn_repro.cli.exit_with_help)."""
+  --help prints `doc` and the flags of `module` (bn_repro.cli.exit_with_help). `hint(message,
+  argv)` may replace absl's message (a config field given as a flag of its own)."""
 
   def parse(argv: Sequence[str]) -> list[str]:
     from absl import flags
@@ -73,7 +110,8 @@ def one_line_flags_parser(
     try:
       return flags.FLAGS(argv)
     except flags.Error as e:
-      sys.exit(report(program, plain_flag_error(first_line(e))))
+      message = first_line(e)
+      sys.exit(report(program, (hint and hint(message, argv)) or plain_flag_error(message)))
 
   return parse
 

@@ -209,17 +209,13 @@ def _unknown_field(given: list[str]) -> str:
 
 def _unknown_flag_hint(message: str, given: list[str]) -> str | None:
   """For `--num_steps=100`: the config field it should have been, or None."""
-  if not message.startswith("Unknown command line flag"):
-    return None
-  name = message.split("'")[1] if "'" in message else ""
-  known = _config_fields(given) or {}
-  match = name if name in known else fields.closest(name, list(known)) if known else None
-  if not match:
-    return None
-  value = next((a.split("=", 1)[1] for a in given if a.startswith(f"--{name}=")), "VALUE")
-  return (
-    f"unknown flag --{name}; config fields are set as --config.<field>, "
-    f"here --config.{match}={value}"
+  return cli.config_flag_hint(
+    message,
+    given,
+    list(_config_fields(given) or {}),
+    "config fields are set as --config.<field>",
+    lambda field, value: f"--config.{field}={value}",
+    __name__,
   )
 
 

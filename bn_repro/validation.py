@@ -312,16 +312,10 @@ def validate_data(config: ml_collections.ConfigDict, train_ds: Any, eval_ds: Any
   for name, ds in (("train_split", train_ds), ("eval_split", eval_ds)):
     if len(ds) == 0:
       raise UserError("selects no examples; widen the split", field=f"config.data.{name}")
-  if len(train_ds) < config.batch_size:
-    raise UserError(
-      f"global batch {config.batch_size} is larger than the training split "
-      f"{config.data.train_split!r} ({len(train_ds)} examples), so every step would repeat "
-      f"examples; use --config.batch_size <= {len(train_ds)} or a larger "
-      "--config.data.train_split",
-      field="config.batch_size",
-    )
     if int(ds.labels.max()) >= config.model.num_classes:
       raise UserError(
-        f"has label {int(ds.labels.max())} but the model has {config.model.num_classes} classes",
+        f"{name} has label {int(ds.labels.max())} but the model has "
+        f"{config.model.num_classes} classes",
         field="config.model.num_classes",
       )
+  data.check_batch_fits(len(train_ds), config.batch_size, config.data.train_split)

@@ -87,6 +87,9 @@ BAD_INPUT = [
     ["--config.batch_size=8", "--config.bn.cross_device=False", "--config.num_devices=8"],
     "config.batch_size",
   ),
+  ("batch over the split", ["--config.batch_size=128"], "larger than the training split"),
+  ("batch across an epoch repeats", ["--config.batch_size=64"], "fewer than two batches"),
+  ("labels over the classes", ["--config.model.num_classes=5"], "config.model.num_classes"),
   ("too many devices", ["--config.num_devices=9"], "config.num_devices"),
   ("bad nonlinearity", ["--config.model.nonlinearity=swish"], "config.model.nonlinearity"),
   ("decay out of range", ["--config.bn.decay=1.0"], "config.bn.decay"),
@@ -270,6 +273,7 @@ MESSAGES = [
     "unknown flag --num_steps; config fields are set as --config.<field>, "
     "here --config.num_steps=100",
   ),
+  (["--workdr=x"], "unknown flag --workdr; did you mean --workdir?"),
   (["--config.optimizer.learning_rate=1e400"], "must be a finite number, got inf"),
   (
     ["--config=mnist_sweeps:lr_grid"],
@@ -311,6 +315,42 @@ def test_a_config_passed_as_sweep_is_named(tmp_path):
   assert r.returncode == 2
   assert "mnist_mlp is a config, not a sweep file; train it with bn-repro" in r.stderr, r.stderr
   assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "w").exists()
+
+
+SWEEP_MESSAGES = [
+  (
+    "--num_steps=100",
+    "unknown flag --num_steps; a sweep sets config fields with --override=FIELD=VALUE, "
+    "here --override=num_steps=100",
+  ),
+  ("--config.num_steps=100", "here --override=num_steps=100"),
+  ("--learning_rat=0.1", "here --override=optimizer.learning_rate=0.1"),
+  ("--paralel=2", "unknown flag --paralel; did you mean --parallel?"),
+]
+
+
+@pytest.mark.parametrize(
+  "flag,expect", SWEEP_MESSAGES, ids=[m[0].split("=")[0] for m in SWEEP_MESSAGES]
+)
+def test_a_sweep_names_the_override_a_config_flag_should_be(tmp_path, flag, expect):
+  r = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "bn_repro.sweeps",
+      "--sweep=mnist_sweeps:lr_grid",
+      f"--workdir={tmp_path}/w",
+      flag,
+    ],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
+  assert r.returncode == 2
+  lines = r.stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith("bn-repro sweep: error: ") and expect in lines[0]
+  assert not (tmp_path / "w").exists()
 
 
 @pytest.mark.parametrize(

@@ -287,19 +287,57 @@ def test_network_reachable_local():
 
 
 def reference_stream(n: int, batch_size: int, seed: int, num_steps: int) -> np.ndarray:
-  epochs = -(-num_steps * batch_size // n)
-  stream = np.concatenate([np.random.default_rng([seed, e]).permutation(n) for e in range(epochs)])
-  return stream[: num_steps * batch_size].reshape(num_steps, batch_size)
+  """Epoch after epoch of default_rng([seed, e]).permutation(n); a batch left open at an
+  epoch's end is filled with the next epoch's first examples it does not hold yet (the
+  ones skipped stay first in line)."""
+  stream: list[int] = []
+  e = 0
+  while len(stream) < num_steps * batch_size:
+    line = [int(k) for k in np.random.default_rng([seed, e]).permutation(n)]
+    open_batch = stream[len(stream) - len(stream) % batch_size :]
+    while line and len(stream) % batch_size:
+      k = next((k for k in line if k not in open_batch), None)
+      assert k is not None, "the split cannot fill the batch without a repeat"
+      line.remove(k)
+      stream.append(k)
+      open_batch.append(k)
+    stream.extend(line)
+    e += 1
+  return np.array(stream[: num_steps * batch_size]).reshape(num_steps, batch_size)
 
 
-@pytest.mark.parametrize("n,batch_size", [(10, 4), (10, 10), (7, 32), (100, 3)])
-def test_train_batch_indices_epochs_are_permutations(n, batch_size):
-  got = data_lib.train_batch_indices(n, batch_size, seed=3, start_step=0, num_steps=25)
-  assert got.shape == (25, batch_size) and got.dtype == np.int32
+@pytest.mark.parametrize("n,batch_size", [(10, 4), (10, 10), (10, 5), (25, 10), (100, 3), (50, 8)])
+def test_train_batch_indices_epochs_are_permutations_and_batches_never_repeat(n, batch_size):
+  got = data_lib.train_batch_indices(n, batch_size, seed=3, start_step=0, num_steps=40)
+  assert got.shape == (40, batch_size) and got.dtype == np.int32
   flat = got.reshape(-1)
   for start in range(0, len(flat) - n + 1, n):
     np.testing.assert_array_equal(np.sort(flat[start : start + n]), np.arange(n))
-  np.testing.assert_array_equal(got, reference_stream(n, batch_size, 3, 25))
+  for batch in got:
+    assert len(set(batch.tolist())) == batch_size, batch
+  np.testing.assert_array_equal(got, reference_stream(n, batch_size, 3, 40))
+
+
+def test_the_t10k_batches_across_epoch_boundaries_never_repeat():
+  """8,000 examples in batches of 60: a batch across every third epoch boundary."""
+  got = data_lib.train_batch_indices(8000, 60, seed=0, start_step=0, num_steps=50_000)
+  ordered = np.sort(got, axis=1)
+  assert not (ordered[:, 1:] == ordered[:, :-1]).any()
+  plain = np.concatenate([np.random.default_rng([0, e]).permutation(8000) for e in range(375)])
+  changed = (got.reshape(-1) != plain[: got.size]).reshape(got.shape).any(axis=1)
+  # Only batches at an epoch boundary differ from the plain concatenation, and not all of them.
+  boundary = {s for s in range(50_000) if (s * 60) // 8000 != ((s + 1) * 60 - 1) // 8000}
+  assert set(np.flatnonzero(changed)) <= boundary | {s + 1 for s in boundary}
+  assert 0 < changed.sum() < len(boundary)
+
+
+@pytest.mark.parametrize(
+  "n,batch_size,expect",
+  [(7, 32, "larger than the training split"), (10, 6, "fewer than two batches")],
+)
+def test_train_batch_indices_refuses_a_batch_that_would_repeat_examples(n, batch_size, expect):
+  with pytest.raises(UserError, match=expect):
+    data_lib.train_batch_indices(n, batch_size, seed=0, start_step=0, num_steps=3)
 
 
 def test_train_batch_indices_deterministic_and_resumable():

@@ -125,5 +125,7 @@ def test_a_run_in_a_notebook_prints_its_start_progress_and_summary(tmp_path, cap
   assert b"hparams" in raw and b"optimizer.learning_rate" in raw and b'"num_steps": 8' in raw
 
 
-PRINTED = ("run: ", "devices: ", "data: ", "steps: ", "compiling ", "compiled in ", "step 4/8")
+PRINTED = ("run: ", "devices: ", "data: ", "steps: ", "compiling the evaluation (step 0) ...")
+PRINTED += ("compiled and ran the evaluation in ", "compiling the training program")
+PRINTED += ("compiled in ", "step 4/8")
 PRINTED += ("done at step 8 ", "files: ", "next: python scripts/figure1.py --bn=")

@@ -4,6 +4,7 @@ from bn_repro.data.imagenet import StreamingImages
 from bn_repro.data.mnist import (
   DATASETS,
   ArrayDataset,
+  check_batch_fits,
   load_splits,
   pad_for_eval,
   train_batch_indices,
@@ -18,6 +19,7 @@ __all__ = [
   "ArrayDataset",
   "Shift",
   "StreamingImages",
+  "check_batch_fits",
   "load_splits",
   "pad_for_eval",
   "parse_shift",

@@ -279,6 +279,49 @@ def _tfds_sources(
   }
 
 
+def check_batch_fits(num_examples: int, batch_size: int, split: str = "") -> None:
+  """Refuses a batch that would hold an example twice: one larger than the training split,
+  or one across an epoch boundary of a split of fewer than two batches (train_batch_indices
+  keeps every boundary batch of a larger split free of repeats)."""
+  where = f"training split {split!r}" if split else "training split"
+  if batch_size > num_examples:
+    raise UserError(
+      f"global batch {batch_size} is larger than the {where} ({num_examples} examples), so "
+      f"every step would repeat examples; use --config.batch_size <= {num_examples} or a "
+      "larger --config.data.train_split",
+      field="config.batch_size",
+    )
+  if num_examples % batch_size and num_examples < 2 * batch_size:
+    raise UserError(
+      f"global batch {batch_size} does not divide the {where} ({num_examples} examples), "
+      "which holds fewer than two batches, so the batch across each epoch boundary would "
+      f"repeat examples; use --config.batch_size={num_examples}, or at most "
+      f"{num_examples // 2}",
+      field="config.batch_size",
+    )
+
+
+def _epoch_order(num_examples: int, seed: int, epoch: int, num_shards: int) -> np.ndarray:
+  """Epoch `epoch`'s order before train_batch_indices' boundary rule."""
+  rng = np.random.default_rng([seed, epoch])
+  if not num_shards:
+    return rng.permutation(num_examples).astype(np.int32)
+  shards = np.array_split(np.arange(num_examples, dtype=np.int32), num_shards)
+  return np.concatenate([shards[i] for i in rng.permutation(num_shards)])
+
+
+def _boundary_free(order: np.ndarray, tail: np.ndarray, head: int) -> np.ndarray:
+  """`order` with its first `head` examples the first `head` not in `tail`, the examples
+  they pass moved just after them (the rest in place)."""
+  clash = np.isin(order, tail)
+  if not clash[:head].any():
+    return order
+  first = np.flatnonzero(~clash)[:head]
+  rest = np.ones(len(order), bool)
+  rest[first] = False
+  return np.concatenate([order[first], order[rest]])
+
+
 def train_batch_indices(
   num_examples: int,
   batch_size: int,
@@ -289,12 +332,17 @@ def train_batch_indices(
 ) -> np.ndarray:
   """int32 [num_steps, batch_size]: example indices for steps from start_step.
 
-  The stream concatenates per-epoch orders, so no example is dropped and each step depends
-  only on (seed, step). Epoch e's order is default_rng([seed, e]).permutation(num_examples);
-  with num_shards > 0 (no within-shard shuffling), the examples cut into that many
-  contiguous shards (np.array_split's sizes), the shards in the order
-  default_rng([seed, e]).permutation(num_shards), each read from its first example to its
-  last, so that neighbours in storage share batches every epoch.
+  The stream concatenates per-epoch orders, so no example is dropped, every epoch
+  (num_examples consecutive positions from a multiple of num_examples) holds each example
+  once, no batch holds one twice, and each step depends only on (seed, step). Epoch e's
+  order is default_rng([seed, e]).permutation(num_examples); with num_shards > 0 (no
+  within-shard shuffling), the examples cut into that many contiguous shards (np.array_split's
+  sizes), the shards in the order default_rng([seed, e]).permutation(num_shards), each read
+  from its first example to its last, so that neighbours in storage share batches every
+  epoch. Where a batch spans epochs e - 1 and e, epoch e's order starts with its first
+  examples that are not in epoch e - 1's part of that batch, the ones they pass coming right
+  after them: a change within the first batch of epoch e, so that the batch repeats no
+  example (check_batch_fits refuses the splits where no such order exists).
   """
   if not 0 < num_examples < 2**31:
     raise UserError(
@@ -311,20 +359,20 @@ def train_batch_indices(
       f"{num_shards} shards for {num_examples} examples; use 1 to {num_examples}",
       field="config.data.shuffle_shards",
     )
+  check_batch_fits(num_examples, batch_size)
   seed = int(seed) % 2**64
-  shards = np.array_split(np.arange(num_examples, dtype=np.int32), num_shards or 1)
   begin = start_step * batch_size
   end = begin + num_steps * batch_size
   out = np.empty((end - begin,), np.int32)
   for epoch in range(begin // num_examples, -(-end // num_examples)):
     lo = max(begin, epoch * num_examples)
     hi = min(end, (epoch + 1) * num_examples)
-    rng = np.random.default_rng([seed, epoch])
-    if num_shards:
-      perm = np.concatenate([shards[i] for i in rng.permutation(num_shards)])
-    else:
-      perm = rng.permutation(num_examples)
-    out[lo - begin : hi - begin] = perm[lo - epoch * num_examples : hi - epoch * num_examples]
+    order = _epoch_order(num_examples, seed, epoch, num_shards)
+    tail = epoch * num_examples % batch_size  # epoch - 1's part of the batch across the start
+    if epoch and tail:
+      previous = _epoch_order(num_examples, seed, epoch - 1, num_shards)[-tail:]
+      order = _boundary_free(order, previous, batch_size - tail)
+    out[lo - begin : hi - begin] = order[lo - epoch * num_examples : hi - epoch * num_examples]
   return out.reshape(num_steps, batch_size)
 
 

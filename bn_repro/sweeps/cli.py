@@ -303,9 +303,35 @@ def main(argv: Sequence[str]) -> int:
   return _run_sweep(spec, sweep, points, selected, overrides, command, cwd)
 
 
+def _sweep_fields(argv: Sequence[str]) -> list[str]:
+  """The dotted fields of the base config of the sweep `--sweep` names (of the common base
+  config if it does not load)."""
+  spec = next((a.split("=", 1)[1] for a in argv if a.startswith("--sweep=")), "")
+  try:
+    sweep, sweep_dir = resolve.load_sweep(spec)
+    config = resolve.parse_config(resolve.config_arg(sweep.base, sweep_dir, os.getcwd()), {})
+  except Exception:  # the runner's own checks say what is wrong with the sweep
+    from bn_repro.configs import common
+
+    config = common.get_config()
+  return list(fields.flatten(config.to_dict()))
+
+
+def _override_hint(message: str, argv: Sequence[str]) -> str | None:
+  """For `--num_steps=100` or `--config.num_steps=100`: the --override it should have been."""
+  return cli.config_flag_hint(
+    message,
+    argv,
+    _sweep_fields(argv),
+    "a sweep sets config fields with --override=FIELD=VALUE",
+    lambda field, value: f"--override={field}={value}",
+    __name__,
+  )
+
+
 def run() -> None:
   """Console entry point (bn-repro-sweep)."""
   app.run(
     lambda argv: sys.exit(main(argv)),
-    flags_parser=cli.one_line_flags_parser(PROGRAM, __name__, __doc__),
+    flags_parser=cli.one_line_flags_parser(PROGRAM, __name__, __doc__, hint=_override_hint),
   )

@@ -165,6 +165,7 @@ class Loop:
     # Wall seconds by activity: training (without compiling), evaluations (their compile
     # included), checkpoints; logged at the end.
     self.seconds = {"train": 0.0, "eval": 0.0, "checkpoints": 0.0}
+    self.evaluated = False  # whether an evaluation has run (and so compiled) in this process
 
   def diverge(self, r: int, at: int) -> None:
     run = self.runs[r]
@@ -176,8 +177,13 @@ class Loop:
   def evaluate(self, states: Any, r: int, step: int) -> tuple[Any, dict[str, float] | None]:
     """Run r's eval metrics, or None after recording that they are not finite."""
     t = time.perf_counter()
+    if not self.evaluated:
+      logging.info("compiling the evaluation (step %d) ...", step)
     states, evals = self.engine.evaluate_run(states, r)
     self.seconds["eval"] += time.perf_counter() - t
+    if not self.evaluated:
+      logging.info("compiled and ran the evaluation in %.1f s", time.perf_counter() - t)
+      self.evaluated = True
     if all(math.isfinite(v) for v in evals.values()):
       return states, evals
     self.diverge(r, step)
