@@ -73,10 +73,19 @@ def _tiny(variant):
 def test_scale_invariance_with_bn_and_not_without():
   """With BN the deviations are epsilon's effect only; without BN the input gradient of a
   sigmoid net scales roughly with a."""
-  bn_dx, bn_dw = scale.deviations(_tiny("bn_sigmoid"), 10.0, batch=32)
-  nobn_dx, nobn_dw = scale.deviations(_tiny("nobn_sigmoid"), 10.0, batch=32)
+  bn, nobn = (scale.at_unit_scale(_tiny(v)) for v in ("bn_sigmoid", "nobn_sigmoid"))
+  assert (bn.model.init_std, bn.model.init_fan_in) == (1.0, True)
+  bn_dx, bn_dw = scale.deviations(bn, 10.0, batch=32)
+  nobn_dx, nobn_dw = scale.deviations(nobn, 10.0, batch=32)
   assert bn_dx < 1e-3 and bn_dw < 1e-3
   assert nobn_dx > 0.5 and nobn_dw > 0.5
+
+
+def test_from_the_small_start_epsilon_alone_moves_the_gradients_by_about_a_percent():
+  """N(0, 0.01²) weights: Var[Wu] of about 1e-3, so BN's epsilon breaks the identity by more
+  than the claim's tolerance, and at_unit_scale is what the claim measures on."""
+  bn_dx, _ = scale.deviations(_tiny("bn_sigmoid"), 10.0, batch=32)
+  assert scale.TOLERANCE < bn_dx < 0.2
 
 
 def test_experiment_configs_take_their_fields_then_the_overrides():

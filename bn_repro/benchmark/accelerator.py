@@ -88,8 +88,8 @@ MLP_MODEL = dict(
   num_classes=10,
   nonlinearity="sigmoid",
   use_bn=True,
-  init_std=1.0,
-  init_fan_in=True,
+  init_std=0.01,
+  init_fan_in=False,
   bn_position="wu",
   dropout_rate=0.0,
 )

@@ -10,7 +10,7 @@ bn_repro/configs/common.py applied to every point), 2 seeds each:
   ics             advantage 1, internal covariate shift: BN / noisy BN / no BN with the
                   ICS probe (Santurkar et al.'s gradient change) at every evaluation.
   weight_scale    advantage 2, gradients independent of the parameters' scale: initial
-                  weights scaled by a in {0.1, 1, 10}, BN on/off.
+                  weights N(0, a^2 / fan_in), a in {0.1, 1, 10}, BN on/off.
   regularization  advantage 3: dropout 0 / 0.3 x BN on/off, train-set accuracy evaluated
                   (train_eval/*) for the train-test gap, 3x the steps.
   Advantage 4 (saturating nonlinearities, higher learning rates) is
@@ -23,10 +23,7 @@ t10k-labels-idx1-ubyte[.gz]):
   bn-repro-sweep --sweep=ablation_sweeps:variants,t10k --workdir=runs/abl/variants --parallel=2
   python scripts/ablation_report.py --variants=runs/abl/variants --report_dir=runs/abl/report
 (the same for ics, weight_scale and regularization, each with its own --workdir and
-report flag). With tfds MNIST drop ",t10k".
-Measured so (README, BN variants and ablations; mean over 2 seeds): eval accuracy at step
-250 0.89-0.92 with BN or any of its variants and 0.28 without; at step 5,000 0.956 with BN,
-0.957 without, 0.951-0.970 for the variants.
+report flag). With tfds MNIST drop ",t10k". What they measured: docs/RESULTS.md, "Ablations".
 """
 
 from bn_repro.configs import common
@@ -118,7 +115,7 @@ def weight_scale() -> sw.Sweep:
       sw.axis("model.init_std", (0.1, 1.0, 10.0)),
       sw.axis("seed", SEEDS),
     ),
-    fixed={"num_steps": STEPS, "max_loss": 1e3},
+    fixed={"num_steps": STEPS, "max_loss": 1e3, "model.init_fan_in": True},
     aliases=ALIASES,
     description="Initial weights scaled by a (N(0, a^2/fan_in)), BN on/off (Sec. 3.3)",
   )

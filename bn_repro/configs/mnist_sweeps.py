@@ -21,10 +21,7 @@ t10k-labels-idx1-ubyte[.gz]), 5,000 steps per run:
   bn-repro-sweep --sweep=mnist_sweeps:lr_grid,t10k --workdir=runs/lr_t10k --parallel=2 \
     --override=num_steps=5000
   python scripts/sweep_report.py --sweep_dir=runs/lr_t10k
-Measured so at 2,000 steps per run (README; final eval accuracy, mean over 3 seeds): the
-sigmoid net with BN 0.92-0.95 at every learning rate, without BN 0.17 at 0.01, 0.79 at 0.1,
-0.95 at 1 and 3, 0.35 at 10; ReLU with BN 0.96-0.97 up to 3 (0.10 at 10); ReLU without BN
-0.93-0.97 up to 0.3, diverging from 1 on (1 of 3 seeds at 1, all at 3 and 10).
+What they measured: docs/RESULTS.md.
 
 Figure 1 the same way (`:figure1,t10k`, `--workdir=runs/fig1`); `--print_commands` prints one
 command per point instead of running them (for a cluster's job array). The 8 seeds in one
