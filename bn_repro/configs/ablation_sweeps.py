@@ -2,7 +2,7 @@
 advantages, each a sweep that scripts/ablation_report.py turns into a figure.
 
 Sweeps (`--sweep=ablation_sweeps:<name>[,<preset>]`, a data preset of
-bn_repro/configs/common.py applied to every point), 2 seeds each:
+bn_repro/configs/common.py applied to every point), 3 seeds each:
   variants        plain BN vs each variant of bn_repro.BatchNorm at the paper preset:
                   ghost batches of 6 and 20, Batch Renormalization, noisy BN, BN frozen
                   after 1,000 steps, Algorithm-2 population statistics (unbiased), BN
@@ -31,7 +31,7 @@ from bn_repro.sweeps import grid as sw
 
 BASE = "mnist_mlp.py:bn_sigmoid"  # relative to this file
 STEPS = 5_000
-SEEDS = (0, 1)
+SEEDS = (0, 1, 2)
 ALIASES = {
   "model.use_bn": "bn",
   "seed": "seed",

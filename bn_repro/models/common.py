@@ -28,7 +28,10 @@ def gaussian_init(std: float, fan_in_scaled: bool):
 
   def init(key, shape, dtype=jnp.float32):
     shape = tuple(shape)
-    z = jax.random.normal(key, (math.prod(shape),), dtype).reshape(shape)
+    # The barrier keeps the scaling below out of the generator's fusion under jax.jit, so
+    # that a jitted init draws the same values, bit for bit, as one run op by op.
+    z = jax.lax.optimization_barrier(jax.random.normal(key, (math.prod(shape),), dtype))
+    z = z.reshape(shape)
     if fan_in_scaled:
       if len(shape) < 2:
         raise ValueError(f"a fan-in scaled kernel needs at least 2 axes, got shape {shape}")
