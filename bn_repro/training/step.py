@@ -63,7 +63,7 @@ def preprocess(images: jax.Array, dtype: Any) -> jax.Array:
 @functools.lru_cache(maxsize=8)
 def _compiled_init(model: Any) -> Any:
   """`model.init` as one compiled program, not one per operation: on CPU the small
-  Inception's init takes about 7 s so against 23 s op by op. The same values bit for bit
+  Inception's init takes about 7 s against 23 s op by op. The same values bit for bit
   (common.gaussian_init); cached per model, so batched runs sharing one compile it once."""
   return jax.jit(functools.partial(model.init, train=False))
 
