@@ -124,7 +124,7 @@ def run_shards(num_runs: int, data_devices: int) -> int:
   On CPU a row keeps at least two runs (MIN_CPU_RUNS_PER_ROW): measured with jax 0.10.2,
   a row of one run rounds differently from the same run alone (XLA:CPU's results
   depend on the program's shapes and layout; the cause was not traced), while with 2-4
-  runs a row every run matched its run alone bit for bit (README, Batched runs).
+  runs a row every run matched its run alone bit for bit (docs/RESULTS.md, Batched runs).
   """
   if jax.process_count() > 1:
     return 1

@@ -15,7 +15,7 @@ width x1/8; modules 3a 3b 3c 4a) and the
 same differences between variants as the paper (learning rates in ratio 1 : 5 : 30, dropout,
 LRN, L2 and decay speed), with the base learning rate raised from 0.0015 to 0.01 so that the
 baseline learns within a few thousand steps of batch 32.
-Measured on the t10k 8k/2k split, 2,000 steps each (README, Inception models): max eval
+Measured on the t10k 8k/2k split, 2,000 steps each (docs/RESULTS.md, Inception): max eval
 accuracy 0.9695 Inception, 0.9835 BN-Baseline, 0.9865 BN-x5, 0.9895 BN-x30, 0.941
 BN-x5-Sigmoid; BN-x5 and BN-x30 reach Inception's best in about half its steps (700 and 800
 vs 1,400).

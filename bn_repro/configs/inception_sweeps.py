@@ -15,7 +15,7 @@ t10k-labels-idx1-ubyte[.gz]), 2,000 steps each:
   bn-repro-sweep --sweep=inception_sweeps:small_five,t10k --workdir=runs/small_five \
     --parallel=2 --override=num_steps=2000
   python scripts/sweep_report.py --sweep_dir=runs/small_five
-Measured so (README, Inception models): max eval accuracy 0.9695 Inception, 0.9835
+Measured so (docs/RESULTS.md, Inception): max eval accuracy 0.9695 Inception, 0.9835
 BN-Baseline, 0.9865 BN-x5, 0.9895 BN-x30, 0.941 BN-x5-Sigmoid; BN-x5 and BN-x30 reach
 Inception's best in about half its steps (700 and 800 vs 1,400).
 """

@@ -34,7 +34,7 @@ a diverging point is recorded and its partners go on. Points training.check_batc
 groups of one, run as above. On a CPU host the child makes `--cpu_devices` JAX devices
 (default: the usable CPUs / --parallel) and spreads the group's runs over them
 (bn_repro.parallel.run_shards). Each point's files are those of a single run (on this
-project's CPU, bit for bit in the layouts measured: README, Batched runs).
+project's CPU, bit for bit in the layouts measured: docs/RESULTS.md, Batched runs).
 `--print_commands` then prints one command per group.
 Batching is a flag, not a field of the Sweep, because it changes how the points run,
 not what they are: the same sweep runs either way, and which is faster depends on the
