@@ -364,14 +364,17 @@ def train_batch_indices(
   begin = start_step * batch_size
   end = begin + num_steps * batch_size
   out = np.empty((end - begin,), np.int32)
+  previous = None  # the epoch before's order (its last batch_size examples are its own)
   for epoch in range(begin // num_examples, -(-end // num_examples)):
     lo = max(begin, epoch * num_examples)
     hi = min(end, (epoch + 1) * num_examples)
-    order = _epoch_order(num_examples, seed, epoch, num_shards)
+    order = base = _epoch_order(num_examples, seed, epoch, num_shards)
     tail = epoch * num_examples % batch_size  # epoch - 1's part of the batch across the start
     if epoch and tail:
-      previous = _epoch_order(num_examples, seed, epoch - 1, num_shards)[-tail:]
-      order = _boundary_free(order, previous, batch_size - tail)
+      if previous is None:
+        previous = _epoch_order(num_examples, seed, epoch - 1, num_shards)
+      order = _boundary_free(base, previous[-tail:], batch_size - tail)
+    previous = base
     out[lo - begin : hi - begin] = order[lo - epoch * num_examples : hi - epoch * num_examples]
   return out.reshape(num_steps, batch_size)
 
