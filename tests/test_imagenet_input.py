@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from bn_repro import data as data_lib
-from bn_repro.data import augment, imagenet
+from bn_repro.data import augment, imagenet, mnist
 from bn_repro.errors import UserError
 
 tfds = pytest.importorskip("tensorflow_datasets")
@@ -296,3 +296,17 @@ def test_cifar10_load_splits():
   cfg.source = "idx"
   with pytest.raises(UserError, match="config.data.source.*no IDX files"):
     data_lib.load_splits(cfg)
+
+
+def test_streamed_imagenet_reads_in_shard_order(mock):
+  """data.shuffle="shards" reaches the streamed reader: its labels follow the shard order
+  of data.train_batch_indices (tests/test_shuffle.py)."""
+  cfg = config(shuffle="shards", shuffle_shards=4)
+  kw = dict(split="validation", global_batch=5, image_size=8, train=False)
+  source = tfds.builder("imagenet2012").as_data_source(split="validation")
+  want = mnist.train_batch_indices(NUM_EXAMPLES, 5, 3, 0, 2, num_shards=4)
+  for keys, (_, labels) in zip(want, take(stream(cfg, **kw), 0, 2), strict=True):
+    np.testing.assert_array_equal(labels, [int(source[int(k)]["label"]) for k in keys])
+  cfg.shuffle = "random"
+  with pytest.raises(UserError, match="config.data.shuffle"):
+    stream(cfg, **kw)

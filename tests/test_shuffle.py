@@ -1,9 +1,10 @@
-"""The training order without within-shard shuffling (data.train_batch_indices, num_shards)."""
+"""The training order without within-shard shuffling (data.train_batch_indices, num_shards); the
+streamed reader's use of it: tests/test_imagenet_input.py."""
 
 import numpy as np
 import pytest
 
-from bn_repro.data import imagenet, mnist
+from bn_repro.data import mnist
 from bn_repro.errors import UserError
 
 
@@ -41,38 +42,3 @@ def test_every_epoch_sees_each_example_once_and_neighbours_stay_together():
 def test_bad_shard_count():
   with pytest.raises(UserError, match="shuffle_shards"):
     mnist.train_batch_indices(10, 2, 0, 0, 1, num_shards=11)
-
-
-def test_streamed_imagenet_reads_in_shard_order():
-  """data.shuffle="shards" reaches the streamed reader: its labels follow the shard order."""
-  tfds = pytest.importorskip("tensorflow_datasets")
-  import ml_collections
-
-  n = 20
-  cfg = ml_collections.ConfigDict(
-    dict(
-      name="imagenet2012",
-      source="tfds",
-      tfds_data_dir="",
-      idx_dir="",
-      train_split="train",
-      eval_split="validation",
-      shuffle="shards",
-      shuffle_shards=4,
-    )
-  )
-  with tfds.testing.mock_data(num_examples=n):
-    ds = imagenet.StreamingImages(
-      cfg, split="validation", global_batch=5, image_size=8, train=False, seed=3, distortion=1.0
-    )
-    source = tfds.builder("imagenet2012").as_data_source(split="validation")
-    want = mnist.train_batch_indices(n, 5, 3, 0, 2, num_shards=4)
-    with ds.batches(0) as it:
-      for keys in want:
-        _, labels = next(it)
-        np.testing.assert_array_equal(labels, [int(source[int(k)]["label"]) for k in keys])
-    cfg.shuffle = "random"
-    with pytest.raises(UserError, match="config.data.shuffle"):
-      imagenet.StreamingImages(
-        cfg, split="validation", global_batch=5, image_size=8, train=False, seed=3, distortion=1
-      )
