@@ -95,6 +95,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.dtype = "float32"  # compute dtype: float32 or bfloat16 (params, BN statistics float32)
   c.num_devices = 0  # 0 = all local devices
   c.cpu_cores = "auto"  # CPU placement (bn_repro/placement.py): auto, all, or ids like "0,1"
+  # JAX's persistent compilation cache (bn_repro/compile_cache.py): auto, off, or a directory
+  c.compilation_cache = "auto"
   c.parallel = "pmap"  # or "shard_map": jax.jit + jax.shard_map over a device mesh
   c.tensorboard = True
   c.profile_start_step = -1  # >= 0: jax.profiler trace into <workdir>/profile from this step

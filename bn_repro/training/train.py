@@ -22,7 +22,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from bn_repro import checkpoints, data, parallel, placement, validation
+from bn_repro import checkpoints, compile_cache, data, parallel, placement, validation
 from bn_repro.errors import UserError
 from bn_repro.metrics import NullWriter
 from bn_repro.rundir import RunDir
@@ -41,6 +41,7 @@ RESUMABLE_CHANGES = (
   "tensorboard",
   "num_devices",
   "cpu_cores",
+  "compilation_cache",
   "steps_per_call",
   "call_seconds",
   "profile_start_step",
@@ -90,7 +91,7 @@ def train_and_evaluate(
     if not allow_config_change:
       run.check_config(config.to_dict(), RESUMABLE_CHANGES)
     sizes = None if train_ds is None or eval_ds is None else (len(train_ds), len(eval_ds))
-    extra = [where]
+    extra = [where, compile_cache.configure(config.get("compilation_cache", "auto"))]
     primary = jax.process_index() == 0
     if primary:
       run.create()  # an unwritable workdir is one line, before the start block
@@ -147,6 +148,7 @@ def train_batched(
     validation.validate(c)
     check_batchable(c)
   logging.info("%s", placement.apply(configs[0], runs=len(configs)))
+  logging.info("%s", compile_cache.configure(configs[0].get("compilation_cache", "auto")))
   if jax.process_count() > 1:
     raise UserError("batched runs train in one process; train each run alone", field="workdirs")
   devs = parallel.run_devices(configs[0])
