@@ -28,9 +28,10 @@ from typing import Any
 from bn_repro.errors import UserError
 
 AUTO, ALL = "auto", "all"
-# Below this many FLOPs a training step (all runs of a batched group together) runs faster on
-# one core than on two: measured one core / two 1.10x at 36 MFLOP (the paper's MLP), 1.03x at
-# 86, 0.77x at 230 and 0.62x at 392 (docs/RESULTS.md, "CPU placement").
+# Below this many FLOPs a training step (all runs of a batched group together) runs about as
+# fast or faster on one core than on two: one core / two measured 1.10x at 36 MFLOP (the paper's
+# MLP), 1.03x at 86, 0.77x at 230 and 0.62x at 392 on an Intel Xeon; 0.97-1.03x at 36, 0.93x at
+# 86, 0.61x at 392 on an AMD EPYC (docs/RESULTS.md, "CPU placement").
 SMALL_STEP_FLOPS = 1e8
 _ACCELERATOR_PLUGINS = ("jax_cuda12_plugin", "jax_cuda13_plugin", "jax_rocm60_plugin", "libtpu")
 
