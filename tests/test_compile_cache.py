@@ -1,5 +1,6 @@
 """JAX's persistent compilation cache (bn_repro.compile_cache): where `config.compilation_cache`
-puts it, and a second run loading every program the first one compiled, with the same numbers."""
+puts it, a second run loading every program the first one compiled, with the same numbers, and
+a run with another seed loading them too."""
 
 import json
 import os
@@ -83,7 +84,7 @@ def test_a_directory_that_cannot_be_made(jax_settings, tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_a_second_run_loads_every_program_and_gives_the_same_numbers(tmp_path):
+def test_a_second_run_and_another_seed_load_every_program(tmp_path):
   idx = tmp_path / "idx"
   idx.mkdir()
   write_mnist_dir(idx, 20, 300)
@@ -91,14 +92,15 @@ def test_a_second_run_loads_every_program_and_gives_the_same_numbers(tmp_path):
   env.pop("JAX_COMPILATION_CACHE_DIR", None)
   cache = tmp_path / "cache"
 
-  def run(name):
+  def run(name, *flags):
     subprocess.run(
       [sys.executable, "-m", "bn_repro.main", "--config=mnist_mlp:bn_sigmoid",
        f"--workdir={tmp_path / name}", "--config.data.source=idx", f"--config.data.idx_dir={idx}",
        "--config.data.train_split=test[:240]", "--config.data.eval_split=test[240:]",
        "--config.num_steps=20", "--config.log_every=10", "--config.eval_every=10",
        "--config.checkpoint_every=20", "--config.tensorboard=false",
-       f"--config.compilation_cache={cache}"],
+       "--config.model.dropout_rate=0.1",  # the step draws from the seed's keys
+       f"--config.compilation_cache={cache}", *flags],
       env=env, check=True, capture_output=True, text=True,
     )  # fmt: skip
     entries = sorted(p.name for p in cache.rglob("*-cache"))
@@ -111,3 +113,5 @@ def test_a_second_run_loads_every_program_and_gives_the_same_numbers(tmp_path):
   again, second = run("b")
   assert again == entries  # nothing compiled anew
   assert second == first
+  other, third = run("c", "--config.seed=1")  # the seed is an argument of the programs
+  assert other == entries and third != first

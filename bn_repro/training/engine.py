@@ -75,11 +75,14 @@ class Trainer:
     sync = config.model.use_bn and not config.bn.cross_device
     backend = config.parallel
     self._train = parallel.data_parallel(
-      lambda *a: steps_lib.train_chunk(*a, dtype=dtype, sync_batch_stats=sync, seed=config.seed),
+      lambda *a: steps_lib.train_chunk(*a, dtype=dtype, sync_batch_stats=sync),
       devs,
       donate_argnums=(0,),
       backend=backend,
     )
+    # The seed is an argument, not a constant of the program: runs that differ only in it
+    # share one compiled program (and its entry in the compilation cache).
+    self._seed = parallel.replicate(np.asarray(config.seed, np.int32), devs)
     self._population = parallel.data_parallel(
       lambda *a: steps_lib.recompute_population(*a, dtype=dtype),
       devs,
@@ -128,7 +131,7 @@ class Trainer:
 
   def train(self, state, start: int, steps: int):
     """Runs `steps` steps from `start`: the state, host [steps, 2] metrics, all finite."""
-    args = (state,) + tuple(self.feed.train_inputs(start, steps))
+    args = (state, *self.feed.train_inputs(start, steps), self._seed)
     if steps not in self._compiled:
       t = time.perf_counter()
       logging.info("compiling the training program (%d steps a call) ...", steps)

@@ -149,12 +149,13 @@ def train_step(
   return state, parallel.pmean(jnp.stack([loss, accuracy]))
 
 
-def train_chunk(state, dataset, batches, *, dtype, sync_batch_stats, seed):
+def train_chunk(state, dataset, batches, seed, *, dtype, sync_batch_stats):
   """len(batches) steps; returns the state, per-step [loss, accuracy], and whether
   the final parameters and BN statistics are all finite (checked once per chunk).
 
   `batches` holds, per step, either example indices into the device-resident
   `dataset` (images, labels), or, with `dataset` = (), the (images, labels) themselves.
+  `seed`: the run's seed as an int32 array (train_step's dropout keys).
   """
 
   def body(state, batch):
