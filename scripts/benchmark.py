@@ -23,7 +23,9 @@ Each loop's speed is its fastest round at its best placement (timeit's rule: the
 disturbed by other load; every round is in --json), and each ratio the median over rounds of
 the two loops' speeds in the same round, each at its best placement. --widths adds ours with
 BN at those hidden widths, at both placements: the crossover bn_repro.placement uses.
---figure1 (needs --idx_dir) also times `scripts/figure1.sh` in a subprocess as a user runs it.
+--figure1 (needs --idx_dir) also times `scripts/figure1.sh` (one seed a net) as a user runs it,
+with the compilation cache empty and then warm, and the same training and evaluations as plain
+Flax programs side by side (bn_repro.benchmark.peer).
 --profile adds where one step's time goes (XLA operations, from a jax.profiler trace).
 Without --idx_dir it uses random images (speed does not depend on pixel values).
 """
@@ -39,7 +41,7 @@ _STEPS = flags.DEFINE_integer("steps", 500, "Steps per timed loop.")
 _REPEATS = flags.DEFINE_integer("repeats", 9, "Interleaved rounds.")
 _JSON = flags.DEFINE_bool("json", False, "Print one JSON object instead of the table.")
 _FIGURE1 = flags.DEFINE_bool(
-  "figure1", False, "Also time the whole Figure 1 reproduction (2 x 50,000 steps)."
+  "figure1", False, "Also time Figure 1 end to end (2 x 50,000 steps) and its plain Flax peer."
 )
 _PROFILE = flags.DEFINE_bool(
   "profile", False, "Also print the XLA operations of one step and their time."

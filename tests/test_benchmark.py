@@ -61,3 +61,24 @@ def test_best_placement_and_crossover_from_rounds():
     "one_core_over_all": pytest.approx((1.5 + 8 / 7) / 2),
   }
   assert h400["one_core_over_all"] == pytest.approx((0.5 + 1 / 3) / 2)
+
+
+def test_flax_peer_evaluates_like_figure1():
+  from bn_repro.benchmark import peer
+
+  rows = peer.train("", use_bn=True, steps=20, every=10)
+  assert [r["step"] for r in rows] == [0, 10, 20]
+  for r in rows:
+    assert 0 <= r["accuracy"] <= 1 and r["loss"] > 0 and r["p15"] <= r["p50"] <= r["p85"]
+  # At step 0 the probe reads BN's output with scale 1 and bias 0: each batch's values of the
+  # unit have mean 0 and variance 1, so the pooled 15th/85th percentiles are near -1 and 1.
+  assert abs(rows[0]["p50"]) < 0.3 and abs(rows[0]["p85"] - 1.04) < 0.3
+  assert abs(rows[0]["p15"] + 1.04) < 0.3
+  plain = peer.train("", use_bn=False, steps=10, every=10)
+  assert [r["step"] for r in plain] == [0, 10]
+  assert all(r["p15"] <= r["p50"] <= r["p85"] for r in plain)
+
+
+@pytest.mark.slow
+def test_flax_peer_runs_both_nets_side_by_side():
+  assert benchmark.figure1_peer_seconds("", steps=20) > 0

@@ -92,7 +92,7 @@ class Floor:
     self.w = jax.block_until_ready(self.fn(self.w, self.x))
 
 
-class _FlaxMlp(nn.Module):
+class FlaxMlp(nn.Module):
   """The paper's MLP written the usual Flax way, with flax.linen.BatchNorm."""
 
   use_bn: bool
@@ -108,9 +108,9 @@ class _FlaxMlp(nn.Module):
     return nn.Dense(10)(x)
 
 
-def _flax_step(use_bn):
-  """(init values, the jitted-to-be SGD step) of _FlaxMlp: the plain Flax training step."""
-  net, tx = _FlaxMlp(use_bn), optax.sgd(0.5)
+def flax_step(use_bn):
+  """(init values, the jitted-to-be SGD step) of FlaxMlp: the plain Flax training step."""
+  net, tx = FlaxMlp(use_bn), optax.sgd(0.5)
   v = net.init(jax.random.PRNGKey(0), jnp.zeros((2, 28, 28, 1)), train=False)
   params, stats = v["params"], v.get("batch_stats", {})
 
@@ -132,11 +132,11 @@ def _flax_step(use_bn):
 
 
 class FlaxScan:
-  """The plain Flax loop at its best: _flax_step in one lax.scan over batches in device
+  """The plain Flax loop at its best: flax_step in one lax.scan over batches in device
   memory (no per-step dispatch), flax.linen.BatchNorm."""
 
   def __init__(self, use_bn, train_ds, steps):
-    (params, stats, opt), step = _flax_step(use_bn)
+    (params, stats, opt), step = flax_step(use_bn)
     rng = np.random.default_rng(0)
     idx = rng.integers(0, len(train_ds), (steps, 60))
     self.xs = jnp.asarray(train_ds.images[idx])
@@ -161,7 +161,7 @@ class PerStep:
   """The usual Flax loop: jax.jit(step) with flax.linen.BatchNorm, one dispatch per step."""
 
   def __init__(self, use_bn, train_ds, steps):
-    (self.params, self.stats, self.opt), step = _flax_step(use_bn)
+    (self.params, self.stats, self.opt), step = flax_step(use_bn)
     step = jax.jit(step)
     self.images, self.labels = train_ds.images, train_ds.labels
     self.rng = np.random.default_rng(0)

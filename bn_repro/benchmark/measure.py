@@ -1,5 +1,6 @@
 """Measuring the loops (bn_repro.benchmark.loops) interleaved in one process, and the table."""
 
+import functools
 import json
 import os
 import statistics
@@ -13,29 +14,63 @@ from bn_repro import placement
 from bn_repro.benchmark import loops
 
 
-def figure1_wall_seconds(idx_dir: str, script: str) -> float:
-  """Wall seconds of `script` (scripts/figure1.sh) on the IDX files: both runs (50,000 steps
-  each, evals every 250, as the script trains them), and the figure."""
+def figure1_wall_seconds(idx_dir: str, script: str) -> tuple[float, float]:
+  """Wall seconds of `script` (scripts/figure1.sh, one seed a net: 2 x 50,000 steps, evals every
+  250, the figure) on the IDX files, with the compilation cache empty and then warm."""
   with tempfile.TemporaryDirectory() as tmp:
-    t = time.perf_counter()
-    proc = subprocess.run(
-      [script, os.path.join(tmp, "fig1")],
-      cwd=os.path.dirname(os.path.dirname(os.path.abspath(script))),
-      capture_output=True,
-      text=True,
-      env=dict(
-        os.environ,
-        FIGURE1_PRESET="t10k",
-        BN_REPRO_MNIST_DIR=os.path.abspath(idx_dir),
-        PATH=os.path.dirname(sys.executable)
-        + os.pathsep  # its `python`
-        + os.environ.get("PATH", ""),
-      ),
-    )
-    if proc.returncode:
-      last = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
-      raise SystemExit(f"benchmark: scripts/figure1.sh exited {proc.returncode}: {last}")
-    return time.perf_counter() - t
+    walls = []
+    for attempt in ("cold", "warm"):
+      t = time.perf_counter()
+      proc = subprocess.run(
+        [script, os.path.join(tmp, attempt)],
+        cwd=os.path.dirname(os.path.dirname(os.path.abspath(script))),
+        capture_output=True,
+        text=True,
+        env=dict(
+          os.environ,
+          FIGURE1_PRESET="t10k",
+          FIGURE1_SEEDS="1",
+          BN_REPRO_MNIST_DIR=os.path.abspath(idx_dir),
+          BN_REPRO_CACHE_DIR=os.path.join(tmp, "cache"),
+          PATH=os.path.dirname(sys.executable)
+          + os.pathsep  # its `python`
+          + os.environ.get("PATH", ""),
+        ),
+      )
+      if proc.returncode:
+        last = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
+        raise SystemExit(f"benchmark: scripts/figure1.sh exited {proc.returncode}: {last}")
+      walls.append(time.perf_counter() - t)
+  return walls[0], walls[1]
+
+
+def figure1_peer_seconds(idx_dir: str, steps: int = 50_000) -> float:
+  """Wall seconds of Figure 1's training and evaluations as plain Flax programs
+  (bn_repro.benchmark.peer): the two nets side by side, one process and core each."""
+  cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+  pairs: list[int | None] = [*(cores[:2] if len(cores) > 1 else cores * 2)] or [None, None]
+  env = dict(os.environ)
+  env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false").strip()
+  t = time.perf_counter()
+  procs = [
+    subprocess.Popen(
+      [
+        sys.executable,
+        "-m",
+        "bn_repro.benchmark.peer",
+        f"--idx_dir={idx_dir}",
+        f"--bn={bn}",
+        f"--steps={steps}",
+      ],
+      stdout=subprocess.DEVNULL,
+      env=env,
+      preexec_fn=None if core is None else functools.partial(os.sched_setaffinity, 0, {core}),
+    )  # fmt: skip
+    for bn, core in zip((True, False), pairs)
+  ]
+  if any(p.wait() for p in procs):
+    raise SystemExit("benchmark: the Flax peer of Figure 1 failed (its stderr is above)")
+  return time.perf_counter() - t
 
 
 PROFILE_TOP = 8
@@ -270,8 +305,14 @@ def measure(
   if with_profile:
     result["profile"] = _profiles(idx_dir, steps)
   if figure1_script:
-    wall = figure1_wall_seconds(idx_dir, figure1_script)
-    result["figure1"] = {"wall_seconds": wall, "floor_seconds": 2 * 50_000 / best["floor"]}
+    cold, warm = figure1_wall_seconds(idx_dir, figure1_script)
+    peer = figure1_peer_seconds(idx_dir)
+    result["figure1"] = {
+      "wall_seconds": cold,
+      "warm_wall_seconds": warm,
+      "flax_peer_seconds": peer,
+      "floor_seconds": 50_000 / best["floor"],
+    }
   return result
 
 
@@ -361,10 +402,14 @@ def print_table(res: dict) -> None:
     )
   if "figure1" in res:
     f1 = res["figure1"]
+    peer = f1["flax_peer_seconds"]
     print(
-      f"Figure 1 reproduction (scripts/figure1.sh: 2 x 50,000 steps, evals every 250, the "
-      f"figure): {f1['wall_seconds']:.1f} s wall; the floor's matmuls alone for the "
-      f"100,000 steps: {f1['floor_seconds']:.1f} s"
+      f"Figure 1 (scripts/figure1.sh, one seed a net: 2 x 50,000 steps side by side, evals "
+      f"every 250, the figure): {f1['wall_seconds']:.1f} s wall with the compilation cache "
+      f"empty, {f1['warm_wall_seconds']:.1f} s warm; the same training and evaluations as "
+      f"plain Flax programs, one process a net: {peer:.1f} s (figure1.sh "
+      f"{f1['wall_seconds'] / peer:.2f}x / {f1['warm_wall_seconds'] / peer:.2f}x of it); "
+      f"the floor's matmuls alone for one net's 50,000 steps: {f1['floor_seconds']:.1f} s"
     )
   for k, p in res.get("profile", {}).items():
     print(
