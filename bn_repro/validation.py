@@ -101,6 +101,9 @@ def _validate_choices(config: ml_collections.ConfigDict) -> None:
   _one_of(config, "probe_network", PROBE_NETWORKS)
 
 
+MAX_SEED = 2**31 - 1
+
+
 def _validate_sizes(config: ml_collections.ConfigDict) -> None:
   """Step counts, batch sizes, intervals and rates: positive, or >= 0 where 0 turns them off."""
   for field in (
@@ -129,6 +132,8 @@ def _validate_sizes(config: ml_collections.ConfigDict) -> None:
     raise UserError(
       f"must be in [0, 1), got {config.optimizer.momentum!r}", field="config.optimizer.momentum"
     )
+  if not 0 <= config.seed <= MAX_SEED:  # the programs take it as an int32
+    raise UserError(f"must be in 0..{MAX_SEED}, got {config.seed!r}", field="config.seed")
 
 
 def _validate_bn(config: ml_collections.ConfigDict) -> None:

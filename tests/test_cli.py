@@ -99,6 +99,13 @@ BAD_INPUT = [
   ("unknown dataset", ["--config.data.name=svhn"], "config.data.name"),
   ("unknown BN mode", ["--config.bn.population=median"], "config.bn.population"),
   ("unknown backend", ["--config.parallel=xmap"], "config.parallel"),
+  ("negative seed", ["--config.seed=-1"], "config.seed: must be in 0..2147483647"),
+  ("seed past int32", ["--config.seed=2147483648"], "config.seed: must be in 0..2147483647"),
+  (
+    "cache directory under a file",
+    ["--config.compilation_cache=/dev/null/cache"],
+    "config.compilation_cache: cannot create",
+  ),
   ("unknown source", ["--config.data.source=web"], "config.data.source"),
   ("bad split", ["--config.data.eval_split=test[a:b]"], "config.data.eval_split"),
   (
