@@ -11,6 +11,8 @@ executable a compile would produce, so no number changes.
           directory cannot be created, no cache (the start block says so).
   "off"   compile every program in every run.
   a path  that directory (local or gs://); one that cannot be created is an error.
+A directory JAX was given already (JAX_COMPILATION_CACHE_DIR, jax.config) holds whatever the
+field says; the start block names the one in use.
 The programs go in a subdirectory per host kind (`host_key`): JAX's cache key holds the
 program, the JAX version, the XLA flags and the device kind, but on a CPU host not its
 instruction set, so a program compiled where AVX-512 exists would stop a machine without it

@@ -62,11 +62,11 @@ def bucket(monkeypatch):
     proc.wait()
 
 
-def _train(cwd, env, workdir, steps):
+def _train(cwd, env, workdir, steps, *flags):
   return subprocess.run(
     [sys.executable, "-m", "bn_repro.main", "--config=mnist_mlp:bn_sigmoid", f"--workdir={workdir}"]
     + TINY
-    + [f"--config.num_steps={steps}"],
+    + [f"--config.num_steps={steps}", *flags],
     cwd=cwd,
     env={**os.environ, **env, "PYTHONPATH": str(REPO)},
     capture_output=True,
@@ -109,3 +109,20 @@ def test_a_gs_workdir_trains_resumes_and_writes_nothing_locally(bucket, tmp_path
 
   with pytest.raises(UserError, match="bucket gs://nosuch does not exist"):
     RunDir("gs://nosuch/runs/x").check_config({})
+
+
+@pytest.mark.slow
+def test_a_gs_compilation_cache_serves_the_next_run(bucket, tmp_path):
+  from etils import epath
+
+  write_mnist_dir(epath.Path("gs://bkt/idx"), train=96, test=80)
+  env = {**bucket, "JAX_COMPILATION_CACHE_DIR": ""}  # no cache of the test session's own
+  flag = "--config.compilation_cache=gs://bkt/cache"
+  first = _train(tmp_path, env, str(tmp_path / "a"), 8, flag)
+  assert first.returncode == 0, first.stderr[-3000:]
+  assert "compilation cache: gs://bkt/cache/" in first.stderr
+  entries = _objects("bkt/cache")
+  assert any("jit_init" in e for e in entries) and len(entries) >= 3
+  second = _train(tmp_path, env, str(tmp_path / "b"), 8, flag)
+  assert second.returncode == 0, second.stderr[-3000:]
+  assert _objects("bkt/cache") == entries  # every program loaded, none compiled anew
