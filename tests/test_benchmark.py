@@ -4,6 +4,7 @@ placement, and ratios that are the same-round medians the docstring promises. Sp
 themselves are not checked: the suite has no clock."""
 
 import statistics
+import time
 
 import pytest
 
@@ -82,3 +83,29 @@ def test_flax_peer_evaluates_like_figure1():
 @pytest.mark.slow
 def test_flax_peer_runs_both_nets_side_by_side():
   assert benchmark.figure1_peer_seconds("", steps=20) > 0
+
+
+def test_figure1_split_reads_each_net_from_the_log():
+  started = time.mktime((2026, 12, 2, 23, 59, 58, 0, 0, -1))  # the runs cross midnight
+  log = "\n".join(
+    [
+      "bn: I1202 23:59:59.500000 1 console.py:119] run: /tmp/f/bn  (a new run)",
+      "nobn: I1202 23:59:59.750000 1 console.py:119] run: /tmp/f/nobn  (a new run)",
+      "bn: I1202 23:59:59.600000 1 train.py:99] building the model's state ...",
+      "bn: I1203 00:00:01.100000 1 loop.py:181] compiling the evaluation (step 0) ...",
+      "bn: I1203 00:00:01.400000 1 loop.py:185] compiled and ran the evaluation in 0.3 s",
+      "bn: I1203 00:00:01.500000 1 engine.py:134] compiling the training program ...",
+      "bn: I1203 00:00:02.000000 1 engine.py:141] compiled in 0.5 s",
+      "bn: I1203 00:00:30.000000 1 loop.py:246] time: train 24.5 s, eval 3.1 s, "
+      "checkpoints 0.3 s (training compiles 0.5 s)",
+      "bn: I1203 00:00:30.100000 1 console.py:119] done at step 50000 in 30.6 s",
+    ]
+  )  # fmt: skip
+  nobn = log.replace("bn: ", "nobn: ").replace("nobn: I1202 23:59:59.500000", "x")
+  split = benchmark.figure1_split(log + "\n" + nobn, started, started + 34.6)
+  bn = split["bn"]
+  assert bn["start_up"] == pytest.approx(1.5) and bn["state"] == pytest.approx(1.5)
+  assert bn["first_eval"] == pytest.approx(0.3) and bn["train_compile"] == pytest.approx(0.5)
+  assert (bn["train"], bn["evals"], bn["checkpoints"]) == (24.5, 3.1, 0.3)
+  assert bn["after"] == pytest.approx(34.6 - 32.1)
+  assert split["nobn"]["start_up"] == pytest.approx(1.75)  # its own first line
