@@ -16,12 +16,13 @@ field says; the start block names the one in use.
 The programs go in a subdirectory per host kind (`host_key`): JAX's cache key holds the
 program, the JAX version, the XLA flags and the device kind, but on a CPU host not its
 instruction set, so a program compiled where AVX-512 exists would stop a machine without it
-(a home directory shared by a mixed cluster), nor the number of cores XLA:CPU split the
-program's operations for, which sets their rounding (bn_repro/placement.py).
+(a home directory shared by a mixed cluster); nor the cores the process may use, by which
+XLA:CPU splits operations (bn_repro/placement.py), so a program compiled under one placement
+never serves another.
 
 The setting holds for the process: JAX opens its cache at the first compile, so a later
-run in the same process keeps the first one's cache (and reports it). JAX trusts its cache:
-keep it where only its owner can write.
+run in the same process keeps the first one's cache (and names it). JAX runs what it finds in
+its cache: keep it where only its owner can write.
 """
 
 import hashlib
