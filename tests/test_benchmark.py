@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from bn_repro.benchmark import figure1
 from bn_repro.benchmark import measure as benchmark
 
 
@@ -82,7 +83,7 @@ def test_flax_peer_evaluates_like_figure1():
 
 @pytest.mark.slow
 def test_flax_peer_runs_both_nets_side_by_side():
-  assert benchmark.figure1_peer_seconds("", steps=20) > 0
+  assert figure1.peer_seconds("", steps=20) > 0
 
 
 def test_figure1_split_reads_each_net_from_the_log():
@@ -102,7 +103,7 @@ def test_figure1_split_reads_each_net_from_the_log():
     ]
   )  # fmt: skip
   nobn = log.replace("bn: ", "nobn: ").replace("nobn: I1202 23:59:59.500000", "x")
-  split = benchmark.figure1_split(log + "\n" + nobn, started, started + 34.6)
+  split = figure1.split(log + "\n" + nobn, started, started + 34.6)
   bn = split["bn"]
   assert bn["start_up"] == pytest.approx(1.5) and bn["state"] == pytest.approx(1.5)
   assert bn["first_eval"] == pytest.approx(0.3) and bn["train_compile"] == pytest.approx(0.5)
