@@ -198,7 +198,8 @@ def measure(
 ) -> dict:
   """Every loop's speed at each placement and at its best, the ratios between them (each loop
   at its best placement), compile times and memory (one dict); with `figure1_script`
-  (scripts/figure1.sh) also the wall time of Figure 1; with `widths` the placement crossover."""
+  (scripts/figure1.sh) also Figure 1's wall times, split and plain Flax peer
+  (bn_repro.benchmark.figure1); with `widths` the placement crossover."""
   spec = {"idx_dir": idx_dir, "steps": steps, "inception": with_inception, "widths": list(widths)}
   where = placements()
   workers = {p: _Worker(cores, spec) for p, cores in where.items()}
