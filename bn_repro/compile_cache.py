@@ -32,6 +32,7 @@ from pathlib import Path
 
 import jax
 
+from bn_repro import parallel, storage
 from bn_repro.errors import UserError
 
 AUTO, OFF = "auto", "off"
@@ -65,8 +66,7 @@ def this_host() -> str:
     )
   except OSError:
     pass
-  cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-  return host_key(platform.machine(), cpu, cores or 1)
+  return host_key(platform.machine(), cpu, parallel.usable_cpus())
 
 
 def configure(spec: str) -> str:
@@ -80,7 +80,7 @@ def configure(spec: str) -> str:
   if spec == AUTO and current:
     return f"compilation cache: {current} (JAX's own setting)"
   path = os.path.join(default_dir() if spec == AUTO else spec, this_host())
-  if "://" not in path:
+  if storage.is_local(path):
     try:
       os.makedirs(path, exist_ok=True)
     except OSError as e:
